@@ -1,0 +1,66 @@
+/// An error thrown for input that AttentionKit cannot compute with.
+///
+/// Every entry point validates its arguments before touching memory and throws one of
+/// these instead of trapping. ``code`` says what kind of problem it was, so callers can
+/// branch on it; ``message`` names the shapes and values involved, for people.
+///
+/// ```swift
+/// do {
+///     _ = try scaledDotProductAttention(query: q, key: k, value: v)
+/// } catch let error as AttentionError {
+///     print(error)   // "query Dk 64 does not match key Dk 32 (query [1, 8, 128, 64], key [1, 8, 128, 32])"
+/// }
+/// ```
+public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The kind of problem.
+    public enum Code: String, Sendable, CaseIterable {
+        /// The number of scalars does not equal the product of the shape.
+        case scalarCountMismatch
+        /// A dimension is negative.
+        case negativeDimension
+        /// The product of a shape overflows `Int`, or a size exceeds what BLAS can index.
+        case sizeOverflow
+        /// A tensor's rank is outside 2...4, or query, key and value ranks differ.
+        case invalidRank
+        /// The query's last dimension (Dk) differs from the key's.
+        case keyDimensionMismatch
+        /// Key and value sequence lengths (S) differ.
+        case sequenceLengthMismatch
+        /// Batch sizes differ between query, key and value.
+        case batchMismatch
+        /// Key and value head counts differ.
+        case headCountMismatch
+        /// The query head count is not a multiple of the key/value head count.
+        case headGrouping
+        /// A boolean mask or additive bias does not broadcast to the score shape.
+        case maskShape
+        /// Key lengths do not have one entry per batch element, or one is outside 0...S.
+        case keyLengths
+        /// A dropout probability is outside [0, 1) or NaN.
+        case dropoutProbability
+        /// The scale is NaN or infinite.
+        case invalidScale
+        /// A thread count is not a positive integer.
+        case threadCount
+    }
+
+    /// The kind of problem.
+    public let code: Code
+    /// A human-readable explanation naming the shapes or values involved.
+    public let message: String
+
+    /// Creates an error of the given kind with an explanation.
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// The explanation, as printed.
+    public var description: String { message }
+}
+
+/// Formats a shape as `[2, 8, 128, 64]`.
+@inline(never)
+func describe(_ shape: [Int]) -> String {
+    "[" + shape.map(String.init).joined(separator: ", ") + "]"
+}

@@ -1,0 +1,91 @@
+/// The validated geometry of one attention call, in the internal 4-d layout.
+///
+/// Rank-3 inputs `[B, L, D]` are one head (`H = 1`); rank-2 inputs `[L, D]` are one batch
+/// entry of one head. Internally every call is `[B, Hq, L, Dk] × [B, Hkv, S, Dk]ᵀ →
+/// [B, Hq, L, S]`, then `× [B, Hkv, S, Dv] → [B, Hq, L, Dv]`.
+struct AttentionProblem: Sendable {
+    let rank: Int
+    let batch: Int
+    let queryHeads: Int
+    let kvHeads: Int
+    let queryLength: Int
+    let keyLength: Int
+    let keyDim: Int
+    let valueDim: Int
+    let queryShape: [Int]
+    let keyShape: [Int]
+    let valueShape: [Int]
+
+    /// Query heads per key/value head (grouped-query attention); 1 for ordinary attention.
+    var group: Int { kvHeads == 0 ? 1 : queryHeads / kvHeads }
+
+    /// The user-facing shape of the scores and weights: `[B, Hq, L, S]`, `[B, L, S]` or `[L, S]`.
+    var scoreShape: [Int] { userShape(last2: queryLength, keyLength) }
+
+    /// The user-facing shape of the output: `[B, Hq, L, Dv]`, `[B, L, Dv]` or `[L, Dv]`.
+    var outputShape: [Int] { userShape(last2: queryLength, valueDim) }
+
+    private func userShape(last2 a: Int, _ b: Int) -> [Int] {
+        switch rank {
+        case 4: return [batch, queryHeads, a, b]
+        case 3: return [batch, a, b]
+        default: return [a, b]
+        }
+    }
+
+    init(query: [Int], key: [Int], value: [Int]) throws {
+        let shapes = "query \(describe(query)), key \(describe(key)), value \(describe(value))"
+        guard (2...4).contains(query.count), (2...4).contains(key.count), (2...4).contains(value.count) else {
+            throw AttentionError(.invalidRank,
+                "query, key and value must have rank 2 [L, D], 3 [B, L, D] or 4 [B, H, L, D]; got \(shapes)")
+        }
+        guard query.count == key.count, key.count == value.count else {
+            throw AttentionError(.invalidRank, "query, key and value ranks differ: \(shapes)")
+        }
+        rank = query.count
+        queryShape = query
+        keyShape = key
+        valueShape = value
+
+        func padded(_ s: [Int]) -> (b: Int, h: Int, l: Int, d: Int) {
+            switch s.count {
+            case 4: return (s[0], s[1], s[2], s[3])
+            case 3: return (s[0], 1, s[1], s[2])
+            default: return (1, 1, s[0], s[1])
+            }
+        }
+        let q = padded(query), k = padded(key), v = padded(value)
+        guard q.b == k.b, k.b == v.b else {
+            throw AttentionError(.batchMismatch,
+                "batch sizes differ: query \(q.b), key \(k.b), value \(v.b) (\(shapes))")
+        }
+        guard k.h == v.h else {
+            throw AttentionError(.headCountMismatch,
+                "key has \(k.h) heads but value has \(v.h) (\(shapes))")
+        }
+        guard (k.h == 0 && q.h == 0) || (k.h > 0 && q.h % k.h == 0) else {
+            throw AttentionError(.headGrouping,
+                "query heads (\(q.h)) must be a multiple of key/value heads (\(k.h)) (\(shapes))")
+        }
+        guard q.d == k.d else {
+            throw AttentionError(.keyDimensionMismatch,
+                "query Dk \(q.d) does not match key Dk \(k.d) (\(shapes))")
+        }
+        guard k.l == v.l else {
+            throw AttentionError(.sequenceLengthMismatch,
+                "key length \(k.l) does not match value length \(v.l) (\(shapes))")
+        }
+        let limit = BLAS.maximumDimension
+        guard q.l <= limit, k.l <= limit, q.d <= limit, v.d <= limit,
+              q.l.multipliedReportingOverflow(by: max(1, q.h)).partialValue <= limit else {
+            throw AttentionError(.sizeOverflow, "a dimension exceeds BLAS's 32-bit sizes (\(shapes))")
+        }
+        batch = q.b
+        queryHeads = q.h
+        kvHeads = k.h
+        queryLength = q.l
+        keyLength = k.l
+        keyDim = q.d
+        valueDim = v.d
+    }
+}

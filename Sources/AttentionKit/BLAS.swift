@@ -1,0 +1,63 @@
+import CBLAS
+import Synchronization
+
+/// The only door to OpenBLAS: typed wrappers that convert `Int` sizes to BLAS's 32-bit
+/// `blasint` (callers have already checked that sizes fit; see `AttentionProblem`).
+enum BLAS {
+    /// Row-major `C[m, n] = alpha · A[m, k] · op(B) + beta · C`, with `op(B) = Bᵀ` when
+    /// `transposeB` (B stored `[n, k]`) and `B` otherwise (B stored `[k, n]`).
+    ///
+    /// Handles the empty cases itself: OpenBLAS rejects a leading dimension of 0, and a
+    /// zero `k` must still scale `C` by `beta`.
+    @inline(__always)
+    static func sgemm(
+        m: Int, n: Int, k: Int,
+        alpha: Float,
+        a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int, transposeB: Bool,
+        beta: Float,
+        c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        guard m > 0, n > 0 else { return }
+        guard k > 0 else {
+            for row in 0..<m {
+                let p = c + row * ldc
+                if beta == 0 { p.update(repeating: 0, count: n) } else { for j in 0..<n { p[j] *= beta } }
+            }
+            return
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    blasint(m), blasint(n), blasint(k),
+                    alpha, a, blasint(lda), b, blasint(ldb),
+                    beta, c, blasint(ldc))
+    }
+
+    /// The largest size a BLAS dimension or leading dimension may have.
+    static let maximumDimension = Int(Int32.max)
+
+    private struct ThreadHold {
+        var depth = 0
+        var saved: Int32 = 1
+    }
+    private static let hold = Mutex(ThreadHold())
+
+    /// Runs `body` with OpenBLAS limited to one thread, restoring its previous thread count
+    /// when the last concurrent caller leaves. AttentionKit's kernels parallelise over their
+    /// own work items, so a multi-threaded sgemm inside them would oversubscribe the cores.
+    static func singleThreaded<R>(_ body: () throws -> R) rethrows -> R {
+        hold.withLock { state in
+            if state.depth == 0 {
+                state.saved = openblas_get_num_threads()
+                if state.saved != 1 { openblas_set_num_threads(1) }
+            }
+            state.depth += 1
+        }
+        defer {
+            hold.withLock { state in
+                state.depth -= 1
+                if state.depth == 0, state.saved != 1 { openblas_set_num_threads(state.saved) }
+            }
+        }
+        return try body()
+    }
+}

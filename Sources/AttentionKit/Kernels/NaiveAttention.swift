@@ -1,0 +1,66 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The naive kernel: plain loops that read like the formula, one query row at a time.
+///
+///     scores[j] = (q · k_j) · scale + bias[j]     (−∞ where the mask excludes j)
+///     p         = softmax(scores)                 (zeros if every key is excluded)
+///     p         = dropout(p)
+///     out       = Σ_j p[j] · v_j
+///
+/// Single-threaded and scalar on purpose: it is the readable oracle that attention-bench
+/// checks the fast kernels against, not a kernel to use.
+func naiveAttention(_ a: KernelArguments) {
+    let p = a.problem
+    let (S, Dk, Dv) = (p.keyLength, p.keyDim, p.valueDim)
+    var scores = [Float](repeating: 0, count: S)
+    for b in 0..<p.batch {
+        for h in 0..<p.queryHeads {
+            let kvHead = h / p.group                     // grouped-query: shared K/V head
+            let keys = a.key + (b * p.kvHeads + kvHead) * S * Dk       // [S, Dk]
+            let values = a.value + (b * p.kvHeads + kvHead) * S * Dv   // [S, Dv]
+            for i in 0..<p.queryLength {
+                let rowIndex = (b * p.queryHeads + h) * p.queryLength + i
+                let q = a.query + rowIndex * Dk                        // [Dk]
+
+                // scores = q · Kᵀ · scale + mask
+                for j in 0..<S {
+                    var dot: Float = 0
+                    for d in 0..<Dk { dot += q[d] * keys[j * Dk + d] }
+                    let allowed = a.mask.allows(batch: b, head: h, query: i, key: j, keyLength: S)
+                    scores[j] = allowed ? dot * a.scale + a.mask.bias(batch: b, head: h, query: i, key: j) : -.infinity
+                }
+
+                // p = softmax(scores), with the row maximum subtracted
+                let m = scores.max() ?? -.infinity
+                if m == -.infinity {
+                    for j in 0..<S { scores[j] = 0 }
+                } else {
+                    var sum: Float = 0
+                    for j in 0..<S { scores[j] = expf(scores[j] - m); sum += scores[j] }
+                    for j in 0..<S { scores[j] /= sum }
+                }
+
+                scores.withUnsafeMutableBufferPointer { row in
+                    a.dropout?.apply(row.baseAddress!, count: S, rowIndex: rowIndex)
+                    if let weights = a.weights {
+                        (weights + rowIndex * S).update(from: row.baseAddress!, count: S)
+                    }
+                }
+
+                // out = p · V
+                let out = a.output + rowIndex * Dv
+                for e in 0..<Dv {
+                    var acc: Float = 0
+                    for j in 0..<S { acc += scores[j] * values[j * Dv + e] }
+                    out[e] = acc
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+/// A resolved mask with raw pointers into its tensors, valid inside
+/// ``withMaskRows(_:_:)`` only. Kernels use it to mask one score row at a time, so no
+/// `[B, H, L, S]` mask is ever materialised.
+struct MaskRows: @unchecked Sendable {
+    let resolved: ResolvedMask
+    let booleans: [(UnsafePointer<Bool>, BroadcastStrides)]
+    let additives: [(UnsafePointer<Float>, BroadcastStrides)]
+
+    /// The number of leading keys the causal and key-length parts allow for row `i` of
+    /// batch entry `b`.
+    @inline(__always)
+    func rowEnd(batch b: Int, query i: Int, keyLength s: Int) -> Int {
+        resolved.rowEnd(batch: b, query: i, keyLength: s)
+    }
+
+    /// Adds the biases and applies the boolean masks to `row[0..<count]`, the scores of
+    /// query `i` of head `h` in batch entry `b` (vectorised).
+    @inline(__always)
+    func apply(_ row: UnsafeMutablePointer<Float>, count: Int, batch b: Int, head h: Int, query i: Int) {
+        for (bias, strides) in additives {
+            addBias(row, count: count, bias: bias + strides.rowOffset(batch: b, head: h, query: i), stride: strides.key)
+        }
+        for (allowed, strides) in booleans {
+            applyBooleanMask(row, count: count, allowed: allowed + strides.rowOffset(batch: b, head: h, query: i), stride: strides.key)
+        }
+    }
+
+    /// Whether every part allows key `j` for query `(b, h, i)` (scalar, for the naive kernel).
+    func allows(batch b: Int, head h: Int, query i: Int, key j: Int, keyLength s: Int) -> Bool {
+        guard j < rowEnd(batch: b, query: i, keyLength: s) else { return false }
+        for (allowed, st) in booleans where !allowed[st.rowOffset(batch: b, head: h, query: i) + j * st.key] {
+            return false
+        }
+        return true
+    }
+
+    /// The sum of the additive biases for query `(b, h, i)` and key `j` (scalar).
+    func bias(batch b: Int, head h: Int, query i: Int, key j: Int) -> Float {
+        var total: Float = 0
+        for (bias, st) in additives { total += bias[st.rowOffset(batch: b, head: h, query: i) + j * st.key] }
+        return total
+    }
+}
+
+/// A stand-in address for empty buffers, whose `baseAddress` may be nil. Never dereferenced:
+/// every loop over an empty dimension runs zero times.
+nonisolated(unsafe) private let emptyStorage = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+
+@inline(__always)
+func nonNull<T>(_ p: UnsafePointer<T>?) -> UnsafePointer<T> {
+    p ?? UnsafePointer(emptyStorage.assumingMemoryBound(to: T.self))
+}
+
+@inline(__always)
+func nonNull<T>(_ p: UnsafeMutablePointer<T>?) -> UnsafeMutablePointer<T> {
+    p ?? emptyStorage.assumingMemoryBound(to: T.self)
+}
+
+/// Calls `body` with pointers into every tensor of `mask`.
+func withMaskRows<R>(_ mask: ResolvedMask, _ body: (MaskRows) throws -> R) rethrows -> R {
+    try withPointers(mask.booleans.map(\.0)[...], []) { booleans in
+        try withPointers(mask.additives.map(\.0)[...], []) { additives in
+            try body(MaskRows(resolved: mask,
+                              booleans: Array(zip(booleans, mask.booleans.map(\.1))),
+                              additives: Array(zip(additives, mask.additives.map(\.1)))))
+        }
+    }
+}
+
+private func withPointers<T, R>(
+    _ tensors: ArraySlice<Tensor<T>>, _ pointers: [UnsafePointer<T>],
+    _ body: ([UnsafePointer<T>]) throws -> R
+) rethrows -> R {
+    guard let first = tensors.first else { return try body(pointers) }
+    return try first.withUnsafeBufferPointer { buffer in
+        try withPointers(tensors.dropFirst(), pointers + [nonNull(buffer.baseAddress)], body)
+    }
+}

@@ -1,0 +1,154 @@
+/// Which implementation computes attention.
+public enum AttentionKernel: String, Sendable, CaseIterable {
+    /// Plain scalar loops that read like the formula; single-threaded. The readable oracle.
+    case naive
+    /// Two `cblas_sgemm` calls per block of query rows around a vectorised Swift
+    /// mask + softmax layer, parallel over blocks. Materialises one block of scores per thread.
+    case blas
+    /// Picks the fastest kernel for the shape (currently always ``blas``).
+    case automatic
+}
+
+/// Scaled dot-product attention: `softmax(Q·Kᵀ·scale + mask) · V`.
+///
+/// ```
+/// scores  = query · keyᵀ · scale + bias        // [B, Hq, L, S]
+/// scores  = −∞ where the mask excludes a key
+/// weights = softmax(scores, over S)            // zero rows where nothing is allowed
+/// weights = dropout(weights)                   // if dropout is given
+/// output  = weights · value                    // [B, Hq, L, Dv]
+/// ```
+///
+/// Shapes (row-major, contiguous):
+/// - `query`: `[B, Hq, L, Dk]`, `[B, L, Dk]` or `[L, Dk]`
+/// - `key`:   `[B, Hkv, S, Dk]`, `[B, S, Dk]` or `[S, Dk]`
+/// - `value`: `[B, Hkv, S, Dv]`, `[B, S, Dv]` or `[S, Dv]`
+/// - result:  `[B, Hq, L, Dv]`, `[B, L, Dv]` or `[L, Dv]`
+///
+/// where B is the batch size, Hq and Hkv the query and key/value head counts, L the number
+/// of queries, S the number of keys, Dk the query/key width and Dv the value width. When
+/// `Hq > Hkv` (grouped-query or multi-query attention), `Hq` must be a multiple of `Hkv` and
+/// query head `h` uses key/value head `h / (Hq / Hkv)`; K and V are not copied.
+///
+/// Masks apply to scores of shape `[B, Hq, L, S]` (`[B, L, S]`, `[L, S]` for lower ranks); see
+/// ``AttentionMask`` for the parts and how tensors broadcast. A query with no allowed key gets
+/// a zero output row. Empty sizes are allowed: `L = 0` or `B = 0` gives an empty result and
+/// `S = 0` gives zeros.
+///
+/// The semantics match PyTorch's `torch.nn.functional.scaled_dot_product_attention`
+/// (including `enable_gqa`), with masks in its boolean convention (`true` = attend).
+///
+/// - Parameters:
+///   - query: Queries, `[B, Hq, L, Dk]`.
+///   - key: Keys, `[B, Hkv, S, Dk]`.
+///   - value: Values, `[B, Hkv, S, Dv]`.
+///   - mask: Exclusions and biases; ``AttentionMask/none`` by default.
+///   - scale: Multiplies `Q·Kᵀ`; `nil` means `1/√Dk` (1 when `Dk = 0`). Any finite value
+///     is allowed: 0 averages V uniformly, a negative scale is legal.
+///   - dropout: Dropout on the weights, or `nil` for none.
+///   - kernel: The implementation; ``AttentionKernel/automatic`` by default.
+/// - Returns: The output, `[B, Hq, L, Dv]`.
+/// - Throws: ``AttentionError`` when ranks, batch sizes, head counts, widths or lengths do
+///   not fit together, a mask does not broadcast, key lengths are wrong, the scale is not
+///   finite, or `ATTENTIONKIT_NUM_THREADS` is malformed. Nothing is computed then.
+public func scaledDotProductAttention(
+    query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
+    mask: AttentionMask = .none, scale: Float? = nil, dropout: Dropout? = nil,
+    kernel: AttentionKernel = .automatic
+) throws -> Tensor<Float> {
+    try runAttention(query: query, key: key, value: value, mask: mask, scale: scale,
+                     dropout: dropout, kernel: kernel, wantWeights: false).output
+}
+
+/// Scaled dot-product attention that also returns the attention weights (the seed's `p_attn`).
+///
+/// Computes exactly what
+/// ``scaledDotProductAttention(query:key:value:mask:scale:dropout:kernel:)`` computes and
+/// also returns `weights = dropout(softmax(Q·Kᵀ·scale + mask))`, shape `[B, Hq, L, S]`
+/// (`[B, L, S]`, `[L, S]` for lower ranks). Each weight row sums to 1, or is all zeros when
+/// the row has no allowed key; with dropout, the dropped weights are returned and
+/// `output = weights · value`.
+///
+/// Returning the weights costs `B·Hq·L·S` floats of memory; use the function without
+/// weights when you do not need them.
+///
+/// - Parameters: As for ``scaledDotProductAttention(query:key:value:mask:scale:dropout:kernel:)``.
+/// - Returns: The output `[B, Hq, L, Dv]` and the weights `[B, Hq, L, S]`.
+/// - Throws: ``AttentionError``, as the function without weights does.
+public func scaledDotProductAttentionWithWeights(
+    query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
+    mask: AttentionMask = .none, scale: Float? = nil, dropout: Dropout? = nil,
+    kernel: AttentionKernel = .automatic
+) throws -> (output: Tensor<Float>, weights: Tensor<Float>) {
+    let result = try runAttention(query: query, key: key, value: value, mask: mask, scale: scale,
+                                  dropout: dropout, kernel: kernel, wantWeights: true)
+    return (result.output, result.weights!)
+}
+
+/// Runs only the two sgemm calls of the ``AttentionKernel/blas`` kernel, on the same work
+/// items and threads, skipping the mask + softmax layer. The result is not attention; its
+/// time, divided by the full kernel's, is the "GEMM share" that attention-bench reports.
+@_spi(Benchmarking)
+public func blasAttentionGEMMOnly(
+    query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
+    mask: AttentionMask = .none, scale: Float? = nil
+) throws -> Tensor<Float> {
+    try runAttention(query: query, key: key, value: value, mask: mask, scale: scale,
+                     dropout: nil, kernel: .blas, wantWeights: false, gemmOnly: true).output
+}
+
+/// Validates the arguments, allocates the results and hands raw pointers to a kernel.
+func runAttention(
+    query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
+    mask: AttentionMask, scale: Float?, dropout: Dropout?,
+    kernel: AttentionKernel, wantWeights: Bool, gemmOnly: Bool = false
+) throws -> (output: Tensor<Float>, weights: Tensor<Float>?) {
+    let problem = try AttentionProblem(query: query.shape, key: key.shape, value: value.shape)
+    if let scale, !scale.isFinite {
+        throw AttentionError(.invalidScale, "scale must be finite, got \(scale)")
+    }
+    let resolvedScale = scale ?? (problem.keyDim > 0 ? 1 / Float(problem.keyDim).squareRoot() : 1)
+    let resolvedMask = try ResolvedMask(mask, problem: problem)
+    let threads = try AttentionThreads.count()
+
+    // The shapes were validated above, so these counts cannot overflow.
+    var output = Tensor<Float>(validatedShape: problem.outputShape,
+                               scalars: [Float](repeating: 0, count: problem.outputShape.reduce(1, *)))
+    var weights = wantWeights
+        ? Tensor<Float>(validatedShape: problem.scoreShape,
+                        scalars: [Float](repeating: 0, count: problem.scoreShape.reduce(1, *)))
+        : nil
+    let rows = problem.batch * problem.queryHeads * problem.queryLength
+    guard rows > 0, problem.keyLength > 0 else { return (output, weights) }
+
+    query.withUnsafeBufferPointer { q in
+        key.withUnsafeBufferPointer { k in
+            value.withUnsafeBufferPointer { v in
+                withMaskRows(resolvedMask) { maskRows in
+                    output.withUnsafeMutableBufferPointer { out in
+                        withOptionalMutablePointer(&weights) { w in
+                            let arguments = KernelArguments(
+                                problem: problem,
+                                query: nonNull(q.baseAddress), key: nonNull(k.baseAddress),
+                                value: nonNull(v.baseAddress), output: nonNull(out.baseAddress),
+                                weights: w, mask: maskRows, scale: resolvedScale,
+                                dropout: dropout, threads: threads)
+                            switch kernel {
+                            case .naive: naiveAttention(arguments)
+                            case .blas, .automatic: blasAttention(arguments, gemmOnly: gemmOnly)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return (output, weights)
+}
+
+private func withOptionalMutablePointer<R>(
+    _ tensor: inout Tensor<Float>?, _ body: (UnsafeMutablePointer<Float>?) -> R
+) -> R {
+    guard tensor != nil else { return body(nil) }
+    return tensor!.withUnsafeMutableBufferPointer { body(nonNull($0.baseAddress)) }
+}

@@ -1,0 +1,109 @@
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How many threads AttentionKit's kernels use.
+///
+/// By default a call uses every online core. The environment variable
+/// `ATTENTIONKIT_NUM_THREADS` overrides that for the process, and ``setCount(_:)``
+/// overrides both from Swift. While a kernel runs, OpenBLAS is held to one thread and the
+/// kernel parallelises over its own work items, so the two never oversubscribe the cores.
+///
+/// ```swift
+/// try AttentionThreads.setCount(1)      // single-threaded from now on
+/// try AttentionThreads.setCount(nil)    // back to the environment / all cores
+/// ```
+public enum AttentionThreads {
+    /// 0 means "not set from Swift".
+    private static let override = Atomic<Int>(0)
+
+    /// The number of online cores.
+    public static var coreCount: Int {
+        max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+
+    /// Sets the thread count for subsequent calls, or restores the default with `nil`.
+    ///
+    /// - Throws: ``AttentionError`` with code `.threadCount` when `count` is less than 1.
+    public static func setCount(_ count: Int?) throws {
+        if let count, count < 1 {
+            throw AttentionError(.threadCount, "thread count must be at least 1, got \(count)")
+        }
+        override.store(count ?? 0, ordering: .relaxed)
+    }
+
+    /// The thread count the next call will use: the Swift setting, else
+    /// `ATTENTIONKIT_NUM_THREADS`, else ``coreCount``.
+    ///
+    /// - Throws: ``AttentionError`` with code `.threadCount` when
+    ///   `ATTENTIONKIT_NUM_THREADS` is set but is not a positive integer.
+    public static func count() throws -> Int {
+        let set = override.load(ordering: .relaxed)
+        let environment = getenv("ATTENTIONKIT_NUM_THREADS").map { String(cString: $0) }
+        return try resolve(override: set > 0 ? set : nil, environment: environment, cores: coreCount)
+    }
+
+    /// The thread count from its three sources, in order of precedence.
+    static func resolve(override: Int?, environment: String?, cores: Int) throws -> Int {
+        if let override { return override }
+        if let environment {
+            let text = environment.trimmingWhitespace()
+            guard let value = Int(text), value >= 1 else {
+                throw AttentionError(.threadCount,
+                    "ATTENTIONKIT_NUM_THREADS must be a positive integer, got '\(text)'")
+            }
+            return value
+        }
+        return cores
+    }
+}
+
+private extension String {
+    func trimmingWhitespace() -> String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}
+
+/// A shared counter from which workers claim work items.
+private final class WorkQueue: Sendable {
+    private let next = Atomic<Int>(0)
+    let count: Int
+    init(count: Int) { self.count = count }
+
+    func claim() -> Int? {
+        let item = next.add(1, ordering: .relaxed).oldValue
+        return item < count ? item : nil
+    }
+}
+
+/// Runs `worker` on up to `threads` threads. Each call of `worker` receives `claim`, which
+/// hands out the items `0..<items` one at a time until none remain (dynamic scheduling, so
+/// uneven items such as causal rows balance). Workers set up per-thread scratch before
+/// claiming. Runs inline when one thread suffices.
+func parallelWork(threads: Int, items: Int, _ worker: (_ claim: () -> Int?) -> Void) {
+    let queue = WorkQueue(count: items)
+    let workers = min(threads, items)
+    if workers <= 1 {
+        worker(queue.claim)
+        return
+    }
+    withoutActuallyEscaping(worker) { worker in
+        let box = UncheckedSendable(worker)
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            box.value(queue.claim)
+        }
+    }
+}
+
+/// Carries a value into concurrent code whose safety the caller guarantees (the kernels
+/// write disjoint output rows and read shared inputs).
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    var value: Value
+    init(_ value: Value) { self.value = value }
+}

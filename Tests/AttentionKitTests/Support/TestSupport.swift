@@ -1,0 +1,95 @@
+import AttentionKit
+import Testing
+
+/// SplitMix64: a small, fixed-seed generator so every test sees the same inputs.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Random values on the grid k/16, |k| ≤ 32, times `magnitude`. Products of two grid values
+/// and their sums are exact in float32, so the float32 kernels and the float64 reference
+/// see the same scores up to the final scaling: differences measure the kernels, not
+/// input rounding.
+func gridTensor(_ shape: [Int], seed: UInt64, magnitude: Float = 1) -> Tensor<Float> {
+    var rng = SplitMix64(seed: seed)
+    let count = shape.reduce(1, *)
+    let scalars = (0..<count).map { _ in Float(Int.random(in: -32...32, using: &rng)) / 16 * magnitude }
+    return try! Tensor(shape: shape, scalars: scalars)
+}
+
+/// Random normal values (Box–Muller), for tests that want inputs off any grid.
+func normalTensor(_ shape: [Int], seed: UInt64) -> Tensor<Float> {
+    var rng = SplitMix64(seed: seed)
+    let count = shape.reduce(1, *)
+    let scalars = (0..<count).map { _ -> Float in
+        let u = Double.random(in: Double.ulpOfOne..<1, using: &rng)
+        let w = Double.random(in: 0..<1, using: &rng)
+        return Float((-2 * Foundation.log(u)).squareRoot() * Foundation.cos(2 * .pi * w))
+    }
+    return try! Tensor(shape: shape, scalars: scalars)
+}
+
+func randomBools(_ shape: [Int], seed: UInt64, probabilityTrue: Double = 0.7) -> [Bool] {
+    var rng = SplitMix64(seed: seed)
+    return (0..<shape.reduce(1, *)).map { _ in Double.random(in: 0..<1, using: &rng) < probabilityTrue }
+}
+
+/// Converts a flat index into a multi-index of `shape`, for messages.
+func multiIndex(_ flat: Int, _ shape: [Int]) -> [Int] {
+    var rest = flat
+    var index = [Int](repeating: 0, count: shape.count)
+    for axis in stride(from: shape.count - 1, through: 0, by: -1) where shape[axis] > 0 {
+        index[axis] = rest % shape[axis]
+        rest /= shape[axis]
+    }
+    return index
+}
+
+/// Asserts |got − want| ≤ absolute + relative·|want| elementwise, reporting the worst
+/// element (by how far it exceeds its bound) with its index and values. NaN never passes.
+func assertClose(
+    _ got: Tensor<Float>, _ want: [Double], shape: [Int],
+    absolute: Double, relative: Double = 2e-5,
+    _ what: String, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    #expect(got.shape == shape, "\(what): shape \(got.shape), want \(shape)", sourceLocation: sourceLocation)
+    guard got.shape == shape, got.count == want.count else { return }
+    var worst = -1
+    var worstExcess = 0.0
+    var failures = 0
+    for (n, (g, w)) in zip(got.scalars, want).enumerated() {
+        let bound = absolute + relative * Swift.abs(w)
+        let error = Swift.abs(Double(g) - w)
+        if !(error <= bound) {
+            failures += 1
+            let excess = error.isNaN ? .infinity : error / bound
+            if worst < 0 || excess > worstExcess { worst = n; worstExcess = excess }
+        }
+    }
+    if worst >= 0 {
+        Issue.record("""
+            \(what): \(failures) of \(want.count) elements out of tolerance \
+            (|got − want| ≤ \(absolute) + \(relative)·|want|); worst at \(multiIndex(worst, shape)): \
+            got \(got.scalars[worst]), want \(want[worst]), error \(Swift.abs(Double(got.scalars[worst]) - want[worst]))
+            """, sourceLocation: sourceLocation)
+    }
+}
+
+/// The issue's tolerance for float32 outputs against float64:
+/// |got − want| ≤ 2e-5·max(1, max|V|) + 2e-5·|want|.
+func outputTolerance(_ value: Tensor<Float>) -> Double {
+    2e-5 * max(1, Double(value.scalars.map { Swift.abs($0) }.max() ?? 0))
+}
+
+/// The kernels every semantic test runs.
+let allKernels: [AttentionKernel] = AttentionKernel.allCases
+
+import Foundation
