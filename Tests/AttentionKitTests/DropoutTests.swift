@@ -1,0 +1,89 @@
+import AttentionKit
+import Foundation
+import Testing
+
+@Suite("Dropout")
+struct DropoutTests {
+    static let shapes = (q: [2, 4, 32, 16], k: [2, 2, 128, 16], v: [2, 2, 128, 8])
+
+    func inputs() -> (Tensor<Float>, Tensor<Float>, Tensor<Float>) {
+        (gridTensor(Self.shapes.q, seed: 7), gridTensor(Self.shapes.k, seed: 8), gridTensor(Self.shapes.v, seed: 9))
+    }
+
+    /// The same seed gives the same weights on every kernel and every call; another seed
+    /// gives another pattern.
+    @Test func reproducibleFromSeed() throws {
+        let (q, k, v) = inputs()
+        let dropout = try Dropout(probability: 0.25, seed: 42)
+        let runs = try [AttentionKernel.naive, .blas, .blas, .automatic].map {
+            try scaledDotProductAttentionWithWeights(query: q, key: k, value: v, mask: .causal(.lowerRight),
+                                                     dropout: dropout, kernel: $0)
+        }
+        let zeros = runs.map { $0.weights.scalars.map { $0 == 0 } }
+        for other in zeros.dropFirst() { #expect(other == zeros[0], "drop pattern differs between kernels") }
+        #expect(runs[1].weights == runs[2].weights && runs[1].output == runs[2].output, "blas is not repeatable")
+
+        let another = try scaledDotProductAttentionWithWeights(
+            query: q, key: k, value: v, mask: .causal(.lowerRight), dropout: try Dropout(probability: 0.25, seed: 43))
+        #expect(another.weights.scalars.map { $0 == 0 } != zeros[0], "a new seed should change the pattern")
+    }
+
+    /// Survivors are the undropped weights scaled by 1/(1−p); dropped ones are 0; the drop
+    /// fraction matches p; and the output is exactly the returned weights times V.
+    @Test(arguments: [Float(0.1), 0.5, 0.9]) func statisticsAndOutput(_ p: Float) throws {
+        let (q, k, v) = inputs()
+        let want = referenceAttention(query: q, key: k, value: v)
+        for kernel in [AttentionKernel.naive, .blas] {
+            let (out, weights) = try scaledDotProductAttentionWithWeights(
+                query: q, key: k, value: v, dropout: try Dropout(probability: p, seed: 3), kernel: kernel)
+            var dropped = 0
+            var worst = 0.0
+            for (got, ref) in zip(weights.scalars, want.weights) {
+                if got == 0 { dropped += 1; continue }
+                worst = max(worst, Swift.abs(Double(got) - ref / Double(1 - p)) / (2e-5 + 2e-5 * ref / Double(1 - p)))
+            }
+            #expect(worst <= 1, "[\(kernel)] a surviving weight is not weight/(1−p): \(worst)× tolerance")
+            // Binomial: n = 16384 weights, all nonzero before dropout; allow 5 standard deviations.
+            let n = Double(weights.count), fraction = Double(dropped) / n
+            let sigma = (Double(p) * (1 - Double(p)) / n).squareRoot()
+            #expect(Swift.abs(fraction - Double(p)) <= 5 * sigma, "[\(kernel)] dropped \(fraction), want \(p) ± \(5 * sigma)")
+
+            // output = weights · V in float64, from the returned (dropped) weights.
+            let S = 128, Dv = 8, g = 2
+            var product = [Double](repeating: 0, count: out.count)
+            for row in 0..<(2 * 4 * 32) {
+                let b = row / (4 * 32), h = (row / 32) % 4
+                let vBase = (b * 2 + h / g) * S * Dv
+                for j in 0..<S {
+                    let w = Double(weights.scalars[row * S + j])
+                    for d in 0..<Dv { product[row * Dv + d] += w * Double(v.scalars[vBase + j * Dv + d]) }
+                }
+            }
+            assertClose(out, product, shape: [2, 4, 32, 8], absolute: 2e-5 * 2 / Double(1 - p), "[\(kernel)] output = weights · V")
+        }
+    }
+
+    /// Averaged over many seeds, dropped weights approach the undropped ones (unbiased).
+    @Test func unbiased() throws {
+        let q = gridTensor([1, 1, 4, 8], seed: 1), k = gridTensor([1, 1, 16, 8], seed: 2), v = gridTensor([1, 1, 16, 4], seed: 3)
+        let want = referenceAttention(query: q, key: k, value: v).weights
+        var mean = [Double](repeating: 0, count: want.count)
+        let seeds = 2000
+        for seed in 0..<seeds {
+            let w = try scaledDotProductAttentionWithWeights(query: q, key: k, value: v,
+                                                             dropout: try Dropout(probability: 0.5, seed: UInt64(seed))).weights
+            for n in mean.indices { mean[n] += Double(w.scalars[n]) / Double(seeds) }
+        }
+        // Each mean has standard deviation w/√seeds; allow 5 of them.
+        for (m, w) in zip(mean, want) {
+            #expect(Swift.abs(m - w) <= 5 * w / Double(seeds).squareRoot() + 1e-6, "mean \(m) vs \(w)")
+        }
+    }
+
+    @Test func zeroProbabilityChangesNothing() throws {
+        let (q, k, v) = inputs()
+        let plain = try scaledDotProductAttentionWithWeights(query: q, key: k, value: v)
+        let zero = try scaledDotProductAttentionWithWeights(query: q, key: k, value: v, dropout: try Dropout(probability: 0, seed: 9))
+        #expect(plain.output == zero.output && plain.weights == zero.weights)
+    }
+}
