@@ -1,4 +1,4 @@
-/// Vectorised `exp` for the softmax layer.
+/// Vectorised `exp` for the softmax layer, on the domain the softmax needs: x ≤ 0.
 ///
 /// Swift's SIMD types have no transcendental functions, and calling `Foundation.exp` per
 /// element costs more than the two GEMMs of attention at small head dimensions, so the
@@ -7,31 +7,30 @@
 ///     x = n·ln 2 + r,  n = round(x / ln 2),  |r| ≤ ln 2 / 2
 ///     exp(x) = 2ⁿ · (1 + r + r²·P(r)),  P a degree-5 minimax polynomial
 ///
-/// with `ln 2` split into a high and a low part so that `r` is exact, `n` found with the
-/// 1.5·2²³ shifter (no float→int conversion, so NaN cannot trap), and `2ⁿ` built from
-/// exponent bits as `2^⌊n/2⌋ · 2^(n−⌊n/2⌋)` so both factors stay normal at the ends of the
-/// range.
+/// with `ln 2` split into a high and a low part so that `r` is exact, and `n` found with
+/// the 1.5·2²³ shifter, whose low mantissa bits then hold `n` (no float→int conversion, so
+/// NaN and −∞ cannot trap; their lanes are replaced at the end). Softmax arguments are
+/// `s − max(s) ≤ 0`, so `n ∈ [−126, 0]` and `2ⁿ` is one normal float built from exponent
+/// bits; no clamping is needed.
 ///
-/// Accuracy: relative error ≤ 1.2e-7 (1 ulp of 1; measured worst 8.0e-8) against a float64 `exp` for
-/// x ∈ [−87.3, 88.7], checked by `ExponentialTests`. Results below 2⁻¹²⁶ (x < −87.34) are
-/// flushed to 0 and x > 88.72 gives +∞; −∞ gives exactly 0 and NaN stays NaN.
-@inline(__always)
+/// Accuracy: relative error ≤ 1.2e-7 (1 ulp of 1; measured worst 8.0e-8) against a float64
+/// `exp` for x ∈ [−87.33, 0], checked by `ExponentialTests`. Results below 2⁻¹²⁶
+/// (x < −87.33, including −∞) are exactly 0 and NaN stays NaN. Arguments above 0 are
+/// outside the domain.
+///
+/// Cost at the default x86-64 baseline (SSE2): about 27 vector instructions per 4 lanes.
+@_transparent
 func exponential(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let upper: Float = 88.72283905206835     // ln(Float.greatestFiniteMagnitude)
     let lower: Float = -87.33654475055310    // ln(Float.leastNormalMagnitude)
     let log2e: Float = 1.44269504088896341
     let ln2High: Float = 0.693359375         // exactly representable, 9 bits
     let ln2Low: Float = -2.12194440e-4       // ln 2 − ln2High
     let shifter: Float = 12582912.0          // 1.5 · 2²³
 
-    var xc = x
-    xc.replace(with: upper, where: x .> upper)
-    xc.replace(with: lower, where: x .< lower)
-
     // t = round(x·log2e) + shifter, exactly; the low mantissa bits of t hold n.
-    let t = xc * log2e + shifter
+    let t = x * log2e + shifter
     let n = t - shifter
-    var r = xc - n * ln2High
+    var r = x - n * ln2High
     r = r - n * ln2Low
 
     var p = SIMD8<Float>(repeating: 1.9875691500e-4)
@@ -42,14 +41,11 @@ func exponential(_ x: SIMD8<Float>) -> SIMD8<Float> {
     p = p * r + 5.0000001201e-1
     p = p * (r * r) + r + 1
 
-    // 2ⁿ as two normal factors: n ∈ [−126, 128].
-    let ni = unsafeBitCast(t, to: SIMD8<Int32>.self) &- unsafeBitCast(SIMD8<Float>(repeating: shifter), to: SIMD8<Int32>.self)
-    let half = ni &>> 1
-    let scale1 = unsafeBitCast((half &+ 127) &<< 23, to: SIMD8<Float>.self)
-    let scale2 = unsafeBitCast((ni &- half &+ 127) &<< 23, to: SIMD8<Float>.self)
-    var result = p * scale1 * scale2
+    // 2ⁿ from its exponent bits: ((bits(t) − bits(shifter)) + 127) << 23.
+    let bias = unsafeBitCast(SIMD8<Float>(repeating: shifter), to: SIMD8<Int32>.self) &- 127
+    let scale = unsafeBitCast((unsafeBitCast(t, to: SIMD8<Int32>.self) &- bias) &<< 23, to: SIMD8<Float>.self)
+    var result = p * scale
     result.replace(with: 0, where: x .< lower)
-    result.replace(with: .infinity, where: x .> upper)
     return result
 }
 

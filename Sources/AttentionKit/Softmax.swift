@@ -65,19 +65,28 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
 ///
 ///     m = max_j s_j,   p_j = exp(s_j − m) / Σ_k exp(s_k − m)
 ///
-/// A row with no finite maximum from below (every entry −∞, or `end == 0`) becomes all
-/// zeros rather than NaN. Returns the sum Σ exp(s_j − m), or 0 for such a row.
+/// A row whose entries are all −∞ (or `end == 0`) becomes all zeros rather than NaN.
+/// With `normalize: false` the row is left as `exp(s_j − m)` and the caller divides later
+/// (the BLAS kernel scales the output row instead, which is `Dv` multiplies, not `S`).
+/// Returns the sum Σ exp(s_j − m), or 0 for an all-excluded row.
 @discardableResult
 @inline(__always)
-func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int) -> Float {
+func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normalize: Bool = true) -> Float {
     var sum: Float = 0
     if end > 0 {
         // Pass 1: row maximum.
         var vmax = SIMD8<Float>(repeating: -.infinity)
         var j = 0
-        while j + lanes <= end { vmax = pointwiseMax(vmax, load(row + j)); j += lanes }
-        var m = vmax.max()
-        while j < end { m = max(m, row[j]); j += 1 }
+        while j + lanes <= end {
+            // A compare and select: `pointwiseMax` follows IEEE maxNum per lane and does
+            // not vectorise.
+            let x = load(row + j)
+            vmax.replace(with: x, where: x .> vmax)
+            j += lanes
+        }
+        var m = -Float.infinity
+        for lane in 0..<lanes where vmax[lane] > m { m = vmax[lane] }
+        while j < end { if row[j] > m { m = row[j] }; j += 1 }
 
         if m == -.infinity {
             // Every key excluded: a zero row, as PyTorch ≥ 2.5 does.
@@ -102,6 +111,10 @@ func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int) -> Flo
             j += 1
         }
         // Pass 3: normalise.
+        guard normalize else {
+            if end < count { (row + end).update(repeating: 0, count: count - end) }
+            return sum
+        }
         let inverse = 1 / sum
         let vinv = SIMD8<Float>(repeating: inverse)
         j = 0
@@ -112,4 +125,13 @@ func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int) -> Flo
         (row + end).update(repeating: 0, count: count - end)
     }
     return sum
+}
+
+/// `row[0..<count] *= factor`.
+@inline(__always)
+func scaleRow(_ row: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
+    let v = SIMD8<Float>(repeating: factor)
+    var j = 0
+    while j + lanes <= count { store(load(row + j) * v, row + j); j += lanes }
+    while j < count { row[j] *= factor; j += 1 }
 }

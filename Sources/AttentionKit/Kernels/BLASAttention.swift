@@ -24,12 +24,16 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     let rowBlock = blasRowBlock(unitRows: unitRows, units: p.batch * p.kvHeads, keyLength: S, threads: a.threads)
     let blocksPerUnit = (unitRows + rowBlock - 1) / rowBlock
     let items = p.batch * p.kvHeads * blocksPerUnit
+    // Without weights or dropout to return, P need not be normalised before P·V: dividing
+    // the [R, Dv] output rows is cheaper than the [R, S'] score rows.
+    let deferNormalization = a.weights == nil && a.dropout == nil
 
     BLAS.singleThreaded {
         parallelWork(threads: a.threads, items: items) { claim in
             let scratch: UnsafeMutablePointer<Float>? = a.weights == nil
                 ? .allocate(capacity: rowBlock * S) : nil
-            defer { scratch?.deallocate() }
+            let inverseSums = UnsafeMutablePointer<Float>.allocate(capacity: rowBlock)
+            defer { scratch?.deallocate(); inverseSums.deallocate() }
 
             while let item = claim() {
                 let unit = item / blocksPerUnit                // b · Hkv + kvHead
@@ -64,7 +68,8 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                         let row = scores + r * S
                         let end = a.mask.rowEnd(batch: b, query: i, keyLength: S)
                         a.mask.apply(row, count: end, batch: b, head: h, query: i)
-                        softmaxRow(row, end: end, count: blockEnd)
+                        let sum = softmaxRow(row, end: end, count: blockEnd, normalize: !deferNormalization)
+                        inverseSums[r] = sum > 0 ? 1 / sum : 0
                         a.dropout?.apply(row, count: end, rowIndex: firstRow + r)
                     }
                 }
@@ -73,6 +78,11 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 BLAS.sgemm(m: rows, n: Dv, k: blockEnd, alpha: 1,
                            a: scores, lda: S, b: v, ldb: Dv, transposeB: false,
                            beta: 0, c: out, ldc: Dv)
+
+                if deferNormalization && !gemmOnly {
+                    // out[r, :] /= Σ_j exp(s_rj − m_r)
+                    for r in 0..<rows { scaleRow(out + r * Dv, count: Dv, by: inverseSums[r]) }
+                }
             }
         }
     }
