@@ -1,0 +1,132 @@
+import ArgumentParser
+import AttentionKit
+
+/// The kernels the bench can time; mirrors ``AttentionKernel`` so that the command line
+/// does not depend on the library's enum conforming to `ExpressibleByArgument`.
+enum BenchKernel: String, CaseIterable, ExpressibleByArgument, Comparable {
+    case naive, blas, automatic
+
+    var library: AttentionKernel {
+        switch self {
+        case .naive: .naive
+        case .blas: .blas
+        case .automatic: .automatic
+        }
+    }
+
+    /// Whether the kernel runs the blas sgemm pair, so that a GEMM share makes sense.
+    var hasGEMMShare: Bool { self != .naive }
+
+    static func < (a: BenchKernel, b: BenchKernel) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// A comma-separated list of kernels (`--kernels naive,blas`), deduplicated and put in the
+/// canonical order naive, blas, automatic: naive runs first because it is the reference.
+struct KernelList: ExpressibleByArgument {
+    var kernels: [BenchKernel]
+
+    init(_ kernels: [BenchKernel]) { self.kernels = Array(Set(kernels)).sorted() }
+
+    init?(argument: String) {
+        var list: [BenchKernel] = []
+        for part in argument.split(separator: ",", omittingEmptySubsequences: false) {
+            let name = part.trimmingCharacters(in: .whitespaces).lowercased()
+            guard let kernel = BenchKernel(rawValue: name) else { return nil }
+            list.append(kernel)
+        }
+        guard !list.isEmpty else { return nil }
+        self.init(list)
+    }
+
+    static let all = KernelList(BenchKernel.allCases)
+
+    var defaultValueDescription: String { kernels.map(\.rawValue).joined(separator: ",") }
+
+    static var allValueStrings: [String] { BenchKernel.allCases.map(\.rawValue) }
+}
+
+/// The mask every shape is run with.
+enum MaskKind: String, CaseIterable, ExpressibleByArgument {
+    case none
+    case causal
+    case causalLowerRight = "causal-lower-right"
+    case keyLengths = "key-lengths"
+
+    /// Key lengths for `--mask key-lengths`: S, S − S/4, S − S/2, S − 3S/4 (at least 1),
+    /// cycling over the batch entries.
+    static func keyLengths(batch: Int, keyLength s: Int) -> [Int] {
+        (0..<batch).map { b in max(1, s - (b % 4) * s / 4) }
+    }
+
+    /// The library mask for a problem with `batch` entries and `keyLength` keys.
+    func mask(batch: Int, keyLength: Int) -> AttentionMask {
+        switch self {
+        case .none: .none
+        case .causal: .causal(.upperLeft)
+        case .causalLowerRight: .causal(.lowerRight)
+        case .keyLengths: .keyLengths(Self.keyLengths(batch: batch, keyLength: keyLength))
+        }
+    }
+}
+
+enum OutputFormat: String, CaseIterable, ExpressibleByArgument {
+    case table, csv, json
+}
+
+/// One problem size: query `[B, Hq, L, Dk]`, key `[B, Hkv, S, Dk]`, value `[B, Hkv, S, Dv]`.
+struct BenchShape: Sendable {
+    var name: String
+    var batch: Int
+    var heads: Int
+    var kvHeads: Int
+    var queryLength: Int
+    var keyLength: Int
+    var keyDim: Int
+    var valueDim: Int
+
+    /// Query heads per key/value head.
+    var group: Int { heads / kvHeads }
+
+    var queryShape: [Int] { [batch, heads, queryLength, keyDim] }
+    var keyShape: [Int] { [batch, kvHeads, keyLength, keyDim] }
+    var valueShape: [Int] { [batch, kvHeads, keyLength, valueDim] }
+    var outputShape: [Int] { [batch, heads, queryLength, valueDim] }
+
+    /// The dense FLOP count 2·B·Hq·L·S·(Dk + Dv): one multiply-add per element of Q·Kᵀ and
+    /// of P·V. Masks do not change it (a causal mask is counted as dense too), and the
+    /// softmax (≈ 5 flops per score) is not counted.
+    var flops: Double {
+        2 * Double(batch) * Double(heads) * Double(queryLength) * Double(keyLength)
+            * Double(keyDim + valueDim)
+    }
+
+    /// The slice used to check against naive when the full naive run is too slow: batch
+    /// entry 0 and key/value head 0 with its group of query heads.
+    var slice: BenchShape {
+        BenchShape(name: name + " (slice)", batch: 1, heads: group, kvHeads: 1,
+                   queryLength: queryLength, keyLength: keyLength, keyDim: keyDim, valueDim: valueDim)
+    }
+
+    /// `B1 H8 L512 S512 D64`, with `/Hkv` for grouped heads and `Dk/Dv` when they differ.
+    var dims: String {
+        let heads = kvHeads == self.heads ? "H\(self.heads)" : "H\(self.heads)/\(kvHeads)"
+        let dims = keyDim == valueDim ? "D\(keyDim)" : "D\(keyDim)/\(valueDim)"
+        return "B\(batch) \(heads) L\(queryLength) S\(keyLength) \(dims)"
+    }
+
+    static let encoder = BenchShape(name: "encoder", batch: 1, heads: 8, kvHeads: 8,
+                                    queryLength: 512, keyLength: 512, keyDim: 64, valueDim: 64)
+
+    /// The default suite.
+    static let suite: [BenchShape] = [
+        encoder,
+        BenchShape(name: "batched short", batch: 32, heads: 8, kvHeads: 8,
+                   queryLength: 128, keyLength: 128, keyDim: 64, valueDim: 64),
+        BenchShape(name: "ViT", batch: 4, heads: 12, kvHeads: 12,
+                   queryLength: 197, keyLength: 197, keyDim: 64, valueDim: 64),
+        BenchShape(name: "decode GQA", batch: 1, heads: 32, kvHeads: 8,
+                   queryLength: 1, keyLength: 4096, keyDim: 128, valueDim: 128),
+    ]
+}
