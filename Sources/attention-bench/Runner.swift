@@ -198,7 +198,7 @@ struct ShapeBench {
     }
 
     private func runGEMMOnly(_ inputs: Inputs) throws -> Tensor<Float> {
-        try blasAttentionGEMMOnly(query: inputs.query, key: inputs.key, value: inputs.value, mask: inputs.mask)
+        try attentionGEMMOnly(query: inputs.query, key: inputs.key, value: inputs.value, mask: inputs.mask)
     }
 
     /// Timed repetitions after a warm-up the caller has already done. With `gemmOnly`, the

@@ -251,17 +251,19 @@ struct ThreadTests {
                         mask: [.causal(.upperLeft), .keyLengths([170, 90])])
         let (q, k, v) = c.inputs()
         let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
-        var results: [Tensor<Float>] = []
-        for threads in [1, 2, max(3, AttentionThreads.coreCount)] {
-            try AttentionThreads.setCount(threads)
-            defer { try? AttentionThreads.setCount(nil) }
-            let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: .blas)
-            assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(threads) threads")
-            results.append(out)
-        }
-        for other in results.dropFirst() {
-            let worst = zip(results[0].scalars, other.scalars).map { Swift.abs($0 - $1) }.max() ?? 0
-            #expect(worst <= 1e-6, "thread counts differ by \(worst)")
+        for kernel in [AttentionKernel.blas, .tiled] {
+            var results: [Tensor<Float>] = []
+            for threads in [1, 2, max(3, AttentionThreads.coreCount)] {
+                try AttentionThreads.setCount(threads)
+                defer { try? AttentionThreads.setCount(nil) }
+                let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: kernel)
+                assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(kernel), \(threads) threads")
+                results.append(out)
+            }
+            for other in results.dropFirst() {
+                let worst = zip(results[0].scalars, other.scalars).map { Swift.abs($0 - $1) }.max() ?? 0
+                #expect(worst <= 1e-6, "\(kernel): thread counts differ by \(worst)")
+            }
         }
     }
 
