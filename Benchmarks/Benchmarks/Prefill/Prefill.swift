@@ -9,7 +9,7 @@ let benchmarks: @Sendable () -> Void = {
     for shape in Shapes.prefill {
         registerAttentionBenchmarks(
             shape, kernels: [.blas, .tiled],
-            metrics: [.wallClock, .cpuTotal, .peakMemoryResident],
+            metrics: [.wallClock, .peakMemoryResident],
             units: [.peakMemoryResident: .mega])
     }
 }

@@ -124,8 +124,7 @@ public func registerAttentionBenchmarks(
             let iterations = min(50, max(minimumIterations, Int(secondsPerBenchmark / estimate)))
             let configuration = Benchmark.Configuration(
                 metrics: metrics,
-                tags: ["kernel": kernel.rawValue, "threads": String(threadCount)],
-                timeUnits: .milliseconds,
+                timeUnits: .microseconds,
                 units: units,
                 warmupIterations: 1,
                 // The iteration count is what ends a run; the duration is only a safety net
