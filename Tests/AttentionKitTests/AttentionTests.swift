@@ -267,6 +267,27 @@ struct ThreadTests {
         }
     }
 
+    /// A decode step with one key/value head: with more than one thread the tiled kernel
+    /// splits the keys (split-KV), so thread counts change only the rounding of the merge.
+    @Test func decodeSplitAcrossThreads() throws {
+        let c = Cases.c("decode threads", [2, 4, 1, 32], [2, 1, 2500, 32], [2, 1, 2500, 16],
+                        mask: [.causal(.lowerRight), .keyLengths([2500, 1700])])
+        let (q, k, v) = c.inputs()
+        let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
+        var results: [Tensor<Float>] = []
+        for threads in [1, 2, 4] {
+            try AttentionThreads.setCount(threads)
+            defer { try? AttentionThreads.setCount(nil) }
+            let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: .tiled)
+            assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(threads) threads")
+            results.append(out)
+        }
+        for other in results.dropFirst() {
+            let worst = zip(results[0].scalars, other.scalars).map { Swift.abs($0 - $1) }.max() ?? 0
+            #expect(worst <= 1e-6, "thread counts differ by \(worst)")
+        }
+    }
+
     @Test func invalidThreadCountsThrow() {
         #expect(throws: AttentionError.self) { try AttentionThreads.setCount(0) }
         #expect(throws: AttentionError.self) { try AttentionThreads.setCount(-3) }
