@@ -65,6 +65,10 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
     public let message: String
 
     /// Creates an error of the given kind with an explanation.
+    ///
+    /// - Parameters:
+    ///   - code: The kind of problem.
+    ///   - message: A one-line explanation naming the shapes or values involved.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message

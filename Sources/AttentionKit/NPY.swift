@@ -46,10 +46,10 @@ extension Tensor where Element == Float {
         self = try bytes.withUnsafeBytes { try decodeNPY($0, as: Float.self, source: filePath(url)) }
     }
 
-    /// Reads a tensor from the bytes of a NumPy `.npy` file, as ``init(contentsOfNPY:)`` does.
+    /// Reads a tensor from the bytes of a NumPy `.npy` file, as `init(contentsOfNPY:)` does.
     ///
     /// - Parameter npyData: The complete contents of a `.npy` file.
-    /// - Throws: ``AttentionError``, as ``init(contentsOfNPY:)`` does (never `.fileAccess`).
+    /// - Throws: ``AttentionError``, as `init(contentsOfNPY:)` does (never `.fileAccess`).
     public init(npyData: Data) throws {
         self = try npyData.withUnsafeBytes { try decodeNPY($0, as: Float.self, source: "npy data") }
     }
@@ -63,7 +63,7 @@ extension Tensor where Element == Float {
         encodeNPY(self)
     }
 
-    /// Writes the tensor to a NumPy `.npy` file (`<f4`, C order; see ``npyData()``).
+    /// Writes the tensor to a NumPy `.npy` file (`<f4`, C order; see `npyData()`).
     ///
     /// The file is written completely or not at all: the bytes go to a temporary file in the
     /// same directory, which is renamed over `url` once it is complete.
@@ -102,10 +102,10 @@ extension Tensor where Element == Bool {
         self = try bytes.withUnsafeBytes { try decodeNPY($0, as: Bool.self, source: filePath(url)) }
     }
 
-    /// Reads a boolean tensor from the bytes of a `.npy` file, as ``init(contentsOfNPY:)`` does.
+    /// Reads a boolean tensor from the bytes of a `.npy` file, as `init(contentsOfNPY:)` does.
     ///
     /// - Parameter npyData: The complete contents of a `.npy` file.
-    /// - Throws: ``AttentionError``, as ``init(contentsOfNPY:)`` does (never `.fileAccess`).
+    /// - Throws: ``AttentionError``, as `init(contentsOfNPY:)` does (never `.fileAccess`).
     public init(npyData: Data) throws {
         self = try npyData.withUnsafeBytes { try decodeNPY($0, as: Bool.self, source: "npy data") }
     }
