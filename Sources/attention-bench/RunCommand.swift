@@ -196,7 +196,7 @@ struct Run: ParsableCommand {
         ]
         if let weights, let w = result.weights { lines.append(("weights", weights, describe(w.shape))) }
         if let heatmap { lines.append(("heatmap", heatmap, heatmapDescription)) }
-        let width = lines.map(\.1.count).max() ?? 0
+        let width = lines.filter { !$0.2.isEmpty }.map(\.1.count).max() ?? 0
         for (name, text, shape) in lines {
             let padded = shape.isEmpty ? text : text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0)
             print("\(name.padding(toLength: 8, withPad: " ", startingAt: 0))\(padded)\(shape.isEmpty ? "" : "  " + shape)")

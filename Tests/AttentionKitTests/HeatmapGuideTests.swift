@@ -12,8 +12,7 @@ import AttentionKit
 import Foundation
 import Testing
 
-/// A fixed pseudo-random vector for each id (entries of mean 0 and variance 1), so that the
-/// figures are reproducible.
+/// A fixed pseudo-random vector for each id (entries of mean 0 and variance 1).
 func vector(_ id: Int, dim: Int) -> [Float] {
     (0..<dim).map { d in
         let s = sin(Double(id * 131 + d * 17 + 1)) * 43758.5453
@@ -62,10 +61,11 @@ struct HeatmapGuideTests {
         let vocabulary = Array(Set(tokens)).sorted()
         let x = tokens.flatMap { vector(vocabulary.firstIndex(of: $0)!, dim: 16) }
         let q = try Tensor<Float>(shape: [tokens.count, 16], scalars: x)        // [L, D]
-        let (_, weights) = try scaledDotProductAttentionWithWeights(query: q, key: q, value: q)
+        let (output, weights) = try scaledDotProductAttentionWithWeights(query: q, key: q, value: q)
         let heatmap = try AttentionHeatmap(weights: weights, title: "Self-attention, q = k = v",
                                            queryLabels: tokens, keyLabels: tokens)
         try checkGuideImage("self-attention.svg", heatmap)
+        #expect(output.shape == [9, 16])
 
         // Each "the" puts most of its weight on the three "the"s.
         let S = tokens.count
@@ -98,7 +98,8 @@ struct HeatmapGuideTests {
         let x = try Tensor<Float>(shape: [L, 16], scalars: (0..<L).flatMap { vector($0, dim: 16) })
         let (_, weights) = try scaledDotProductAttentionWithWeights(query: x, key: x, value: x,
                                                                     mask: .causal(.upperLeft))
-        try checkGuideImage("causal.svg", try AttentionHeatmap(weights: weights, title: "Causal self-attention"))
+        let heatmap = try AttentionHeatmap(weights: weights, title: "Causal self-attention")
+        try checkGuideImage("causal.svg", heatmap)
         for i in 0..<L {
             for j in 0..<L where j > i { #expect(weights.scalars[i * L + j] == 0) }
         }
@@ -159,14 +160,17 @@ struct HeatmapGuideTests {
         let (L, H, D) = (8, 4, 8)
         let x = (0..<L).flatMap { vector($0, dim: H * D) }               // [L, H·D]
         let q = try splitHeads(x, length: L, heads: H, dim: D)           // [1, H, L, D]
-        let (_, weights) = try scaledDotProductAttentionWithWeights(query: q, key: q, value: q)
-        try checkGuideImage("encoder-heads.svg", try AttentionHeatmap(weights: weights, title: "Encoder self-attention, 4 heads"))
-        try checkGuideImage("decoder-heads.svg", try AttentionHeatmap(
-            weights: try scaledDotProductAttentionWithWeights(query: q, key: q, value: q, mask: .causal(.upperLeft)).weights,
-            title: "Decoder (masked) self-attention, 4 heads"))
+        let (_, encoder) = try scaledDotProductAttentionWithWeights(query: q, key: q, value: q)
+        let (_, decoder) = try scaledDotProductAttentionWithWeights(query: q, key: q, value: q,
+                                                                    mask: .causal(.upperLeft))
+        let encoderMap = try AttentionHeatmap(weights: encoder, title: "Encoder self-attention, 4 heads")
+        let decoderMap = try AttentionHeatmap(weights: decoder, title: "Decoder (masked) self-attention, 4 heads")
+        try checkGuideImage("encoder-heads.svg", encoderMap)
+        try checkGuideImage("decoder-heads.svg", decoderMap)
         // The heads differ: each sees its own slice of the features.
         let perHead = L * L
-        #expect(weights.scalars[0..<perHead] != weights.scalars[perHead..<2 * perHead])
+        #expect(encoder.scalars[0..<perHead] != encoder.scalars[perHead..<2 * perHead])
+        #expect(decoder.scalars[1] == 0)
     }
 
     @Test("cross-attention: target queries find the source keys they translate")
@@ -236,5 +240,25 @@ struct HeatmapGuideTests {
         try checkGuideImage("kv-cache.svg", heatmap)
         // The cached rows are the last L rows of full causal attention.
         for (a, b) in zip(cached.scalars, full.scalars[((S - L) * S)...]) { #expect(abs(a - b) <= 1e-6) }
+    }
+
+    @Test("every line of the guide's code is code run here")
+    func guideCodeIsTested() throws {
+        let guide = try String(contentsOf: guideResources.deletingLastPathComponent()
+            .appendingPathComponent("UnderstandingAttention.md"), encoding: .utf8)
+        let tested = Set(try String(contentsOf: URL(fileURLWithPath: #filePath), encoding: .utf8)
+            .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
+        var blocks = 0
+        for block in guide.components(separatedBy: "```swift\n").dropFirst() {
+            blocks += 1
+            let code = block.components(separatedBy: "```").first!
+            for line in code.split(separator: "\n") {
+                let text = line.trimmingCharacters(in: .whitespaces)
+                // The guide writes its pictures to files; the tests compare them instead.
+                if text.isEmpty || text.hasPrefix("try heatmap.write(to:") { continue }
+                #expect(tested.contains(text), "guide line not in the tested examples: \(text)")
+            }
+        }
+        #expect(blocks == 11, "\(blocks) Swift blocks in the guide")
     }
 }

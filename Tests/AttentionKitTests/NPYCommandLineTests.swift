@@ -103,6 +103,26 @@ struct NPYCommandLineTests {
         }
     }
 
+    @Test("the guide's attention-bench heatmap is what the documented command draws")
+    func guideImage() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try runBench(["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                                   "--value", try fixture("cli_v.npy"), "--mask", try fixture("cli_mask.npy"),
+                                   "--output", "out.npy", "--heatmap", "bench-run-mask.svg",
+                                   "--heatmap-title", "attention-bench run with a boolean mask"], in: directory)
+        #expect(result.status == 0, "\(result.stderr)")
+        let fresh = try parseSVG(Data(contentsOf: directory.appendingPathComponent("bench-run-mask.svg")))
+        let committed = try parseSVG(Data(contentsOf: URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources/AttentionKit/AttentionKit.docc/Resources/bench-run-mask.svg")))
+        #expect(fresh.cells.count == 4 * 35 && committed.cells.count == fresh.cells.count)
+        for (a, b) in zip(committed.cells, fresh.cells) {
+            #expect(a.query == b.query && a.key == b.key && abs(a.weight - b.weight) <= 1e-5, "\(a) vs \(b)")
+        }
+        #expect(committed.texts == fresh.texts)
+    }
+
     @Test("bad inputs: one line on stderr, non-zero status, nothing written")
     func badInputs() throws {
         let directory = try makeTemporaryDirectory()
