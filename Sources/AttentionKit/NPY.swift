@@ -27,7 +27,9 @@ extension Tensor where Element == Float {
     ///   Values too small for `Float` become subnormals or ±0, as in NumPy.
     ///
     /// Arrays written by `numpy.save(path, a)` for a `float32` or `float64` array `a` read back
-    /// as `Tensor<Float>` with `shape == list(a.shape)`. A 0-d array gives a rank-0 tensor.
+    /// as `Tensor<Float>` with `shape == list(a.shape)`; a 0-d array gives a rank-0 tensor.
+    /// `numpy.save` stores a transposed (Fortran-contiguous) array in Fortran order, which is
+    /// refused: save `numpy.ascontiguousarray(a)` instead.
     ///
     /// ```swift
     /// let q = try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: "q.npy"))   // [B, H, L, D]
