@@ -16,9 +16,10 @@ func libraryCall<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-struct AttentionBench: ParsableCommand {
+/// The default subcommand: `attention-bench` with no subcommand runs this.
+struct Suite: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "attention-bench",
+        commandName: "suite",
         abstract: "Times AttentionKit's attention kernels on the CPU and checks them against the naive kernel.",
         discussion: """
             With no shape option, runs the default suite (about a minute on 2 cores):
