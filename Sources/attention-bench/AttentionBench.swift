@@ -335,7 +335,7 @@ struct Suite: ParsableCommand {
         let cpu = machine.cpuModel.map { "\($0), " } ?? ""
         var blas = machine.openBLASConfig ?? "OpenBLAS (version unknown)"
         if let pool = machine.openBLASThreads { blas += ", own pool \(pool) threads" }
-        blas += "; held to 1 thread inside the kernels, which split work over their own threads"
+        blas += "; set to 1 thread by the kernels, which split work over their own threads"
         let date = ISO8601DateFormatter.string(from: Date(), timeZone: TimeZone(identifier: "UTC")!,
                                                formatOptions: [.withFullDate, .withTime, .withColonSeparatorInTime, .withSpaceBetweenDateAndTime])
         let load = machine.loadAverage.map { String(format: " | load %.2f", $0) } ?? ""
