@@ -42,6 +42,15 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         case invalidScale
         /// A thread count is not a positive integer.
         case threadCount
+        /// A layer's width is not divisible by its head count, or a head count or width is
+        /// not positive.
+        case headWidth
+        /// A weight or bias does not have the shape the layer needs.
+        case weightShape
+        /// An input's last dimension does not match the width its projection expects.
+        case inputWidth
+        /// A KV cache was made by another layer or for another batch size.
+        case cacheMismatch
     }
 
     /// The kind of problem.
