@@ -16,9 +16,19 @@ func libraryCall<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-struct AttentionBench: ParsableCommand {
+/// The command-line root: the kernel suite (the default subcommand, so that
+/// `attention-bench [options]` runs it as before) and the layer benchmark.
+struct AttentionBenchRoot: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attention-bench",
+        abstract: "Times AttentionKit on the CPU: its attention kernels (default) and the multi-head attention layer.",
+        subcommands: [AttentionBench.self, LayerBench.self],
+        defaultSubcommand: AttentionBench.self)
+}
+
+struct AttentionBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels",
         abstract: "Times AttentionKit's attention kernels on the CPU and checks them against the naive kernel.",
         discussion: """
             With no shape option, runs the default suite (about a minute on 2 cores):

@@ -113,4 +113,4 @@ sgemm compute kernel, so its GEMM share ≈ 1 means "all GEMM", not "near optima
 sgemv or streaming path for very few rows would read K and V (33.5 MB) once instead.
 */
 
-AttentionBench.main()
+AttentionBenchRoot.main()
