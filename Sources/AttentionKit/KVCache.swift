@@ -89,7 +89,7 @@ public struct KVCache: Sendable {
                 }
             }
         }
-        return Tensor(validatedShape: shape, scalars: scalars)
+        return Tensor(validatedShape: shape, scalars: scalars)          // [B, Hkv, newCapacity, D]
     }
 
     /// Writes `rows[b·n + t, h·D ..< (h+1)·D]` (a projection's `[B·n, Hkv·D]` output) to
@@ -199,7 +199,7 @@ extension MultiHeadAttention {
         try checkSizes(batch: B, queryLength: n, keyLength: n, what: "tokens \(describe(shape))")
         let threads = try AttentionThreads.count()
         let outputShape = shape.count == 3 ? [B, n, outputDim] : [n, outputDim]
-        guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }
+        guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]
 
         try cache.reserve(total)
         let P = cache.count
@@ -239,6 +239,6 @@ extension MultiHeadAttention {
         let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
                                                       mask: mask, kernel: .automatic)      // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads)          // [B, n, E_out]
-        return Tensor(validatedShape: outputShape, scalars: output.scalars)
+        return Tensor(validatedShape: outputShape, scalars: output.scalars)                   // [B, n, E_out] or [n, E_out]
     }
 }

@@ -75,7 +75,7 @@ public struct Linear: Sendable {
         let bound = inputDim + outputDim > 0 ? (6 / Double(inputDim + outputDim)).squareRoot() : 0
         var generator = LayerRandom(seed: seed)
         let scalars = (0..<count).map { _ in Float((2 * generator.nextUnit() - 1) * bound) }
-        try self.init(weight: Tensor(validatedShape: [outputDim, inputDim], scalars: scalars),
+        try self.init(weight: Tensor(validatedShape: [outputDim, inputDim], scalars: scalars),   // [out, in]
                       bias: bias ? Tensor(validatedShape: [outputDim], scalars: [Float](repeating: 0, count: outputDim)) : nil)
     }
 
@@ -114,7 +114,7 @@ public struct Linear: Sendable {
             }
             initialized = count
         }
-        return Tensor(validatedShape: outputShape, scalars: scalars)
+        return Tensor(validatedShape: outputShape, scalars: scalars)          // [..., out]
     }
 
     /// `y[rows, out] = x[rows, in] · Wᵀ (+ b)` on raw rows with row strides (leading

@@ -89,6 +89,7 @@ private func splitRows(_ tensor: Tensor<Float>, into parts: Int, width: Int) thr
     let blockShape = tensor.rank == 1 ? [rows] : [rows] + tensor.shape.dropFirst()
     let block = rows * max(width, 1)
     return (0..<parts).map { p in
+        // rows p·R ..< (p+1)·R: [R, in] (or [R])
         Tensor(validatedShape: blockShape, scalars: Array(tensor.scalars[(p * block)..<((p + 1) * block)]))
     }
 }
@@ -125,6 +126,6 @@ extension AttentionMask {
             throw AttentionError(.maskShape, "key_padding_mask must be [B, S] or [S], got \(describe(shape))")
         }
         let batch = shape.count == 2 ? shape[0] : 1
-        return .boolean(Tensor(validatedShape: [batch, 1, 1, shape.last!], scalars: padding.scalars.map { !$0 }))
+        return .boolean(Tensor(validatedShape: [batch, 1, 1, shape.last!], scalars: padding.scalars.map { !$0 }))   // [B, 1, 1, S]
     }
 }

@@ -338,7 +338,7 @@ extension MultiHeadAttention {
             }
             initialized = count
         }
-        return Tensor(validatedShape: [B, H, T, D], scalars: scalars)
+        return Tensor(validatedShape: [B, H, T, D], scalars: scalars)        // [B, H, T, D]
     }
 
     /// Merges heads `[B, Hq, T, Dv]` back into rows `[B·T, Hq·Dv]` and applies the output
@@ -370,7 +370,7 @@ extension MultiHeadAttention {
             }
             initialized = count
         }
-        return Tensor(validatedShape: [B, T, outputDim], scalars: scalars)
+        return Tensor(validatedShape: [B, T, outputDim], scalars: scalars)   // [B, T, E_out]
     }
 }
 
