@@ -219,7 +219,9 @@ extension MultiHeadAttention {
         }
         cache.append(keys: newKeys, values: newValues, tokens: n)    // cache[b, h, P + t, :]
 
-        let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads)  // [B, Hq, n, Dk]
+        let scratch = Scratch(count: B * n * heads * max(headDim, valueHeadDim))             // only used when n > 1
+        defer { scratch.free() }
+        let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
         // Query t (position P + t) sees positions 0 ... P + t: the lower-right causal
         // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage. When the
         // storage is exactly full that is `.causal(.lowerRight)` itself; otherwise key
@@ -238,7 +240,7 @@ extension MultiHeadAttention {
         }
         let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
                                                       mask: mask, kernel: .automatic)      // [B, Hq, n, Dv]
-        let output = projectOutput(attention, batch: B, length: n, threads: threads)          // [B, n, E_out]
+        let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
         return Tensor(validatedShape: outputShape, scalars: output.scalars)                   // [B, n, E_out] or [n, E_out]
     }
 }

@@ -283,9 +283,12 @@ extension MultiHeadAttention {
         if wantWeights { _ = try elementCount(of: [B, heads, L, S]) }
         let threads = try AttentionThreads.count()
 
-        let q = projectHeads(queryProjection, query, batch: B, length: L, heads: heads, width: headDim, threads: threads)   // [B, Hq, L, Dk]
-        let k = projectHeads(keyProjection, key, batch: B, length: S, heads: kvHeads, width: headDim, threads: threads)     // [B, Hkv, S, Dk]
-        let v = projectHeads(valueProjection, value, batch: B, length: S, heads: kvHeads, width: valueHeadDim, threads: threads) // [B, Hkv, S, Dv]
+        // One scratch buffer serves every head split and the merge (fewer fresh pages).
+        let scratch = Scratch(count: max(B * L * heads * max(headDim, valueHeadDim), B * S * kvHeads * max(headDim, valueHeadDim)))
+        defer { scratch.free() }
+        let q = projectHeads(queryProjection, query, batch: B, length: L, heads: heads, width: headDim, threads: threads, scratch: scratch)   // [B, Hq, L, Dk]
+        let k = projectHeads(keyProjection, key, batch: B, length: S, heads: kvHeads, width: headDim, threads: threads, scratch: scratch)     // [B, Hkv, S, Dk]
+        let v = projectHeads(valueProjection, value, batch: B, length: S, heads: kvHeads, width: valueHeadDim, threads: threads, scratch: scratch) // [B, Hkv, S, Dv]
 
         let attention: Tensor<Float>                                                    // [B, Hq, L, Dv]
         var weights: Tensor<Float>? = nil                                               // [B, Hq, L, S]
@@ -296,7 +299,7 @@ extension MultiHeadAttention {
             attention = try scaledDotProductAttention(
                 query: q, key: k, value: v, mask: mask, dropout: dropout, kernel: .automatic)
         }
-        var output = projectOutput(attention, batch: B, length: L, threads: threads)   // [B, L, E_out]
+        var output = projectOutput(attention, batch: B, length: L, threads: threads, scratch: scratch)   // [B, L, E_out]
         if g.rank == 2 {
             output = Tensor(validatedShape: [L, outputDim], scalars: output.scalars)    // [L, E_out]
             weights = weights.map { Tensor(validatedShape: [heads, L, S], scalars: $0.scalars) }  // [Hq, L, S]
@@ -311,7 +314,7 @@ extension MultiHeadAttention {
     /// bias included. Otherwise the projection writes a scratch buffer without the bias and
     /// one pass copies it into head-major order, adding the bias on the way.
     func projectHeads(_ projection: Linear, _ input: Tensor<Float>, batch B: Int, length T: Int,
-                      heads H: Int, width D: Int, threads: Int) -> Tensor<Float> {
+                      heads H: Int, width D: Int, threads: Int, scratch: Scratch) -> Tensor<Float> {
         let count = B * H * T * D                                  // validated by checkSizes
         let scalars = [Float](unsafeUninitializedCapacity: count) { heads, initialized in
             input.withUnsafeBufferPointer { x in
@@ -324,8 +327,7 @@ extension MultiHeadAttention {
                                          output: out, outputStride: H * D)     // [B·T, H·D]
                     }
                 } else {
-                    let rows = UnsafeMutablePointer<Float>.allocate(capacity: count)   // [B, T, H, D]
-                    defer { rows.deallocate() }
+                    let rows = scratch.pointer(count)                       // [B, T, H, D]
                     BLAS.withThreads(threads) {
                         projection.apply(rows: B * T, input: x, inputStride: projection.inputDim,
                                          output: rows, outputStride: H * D, addBias: false)  // [B·T, H·D]
@@ -343,7 +345,7 @@ extension MultiHeadAttention {
 
     /// Merges heads `[B, Hq, T, Dv]` back into rows `[B·T, Hq·Dv]` and applies the output
     /// projection: `[B, T, E_out]`. No copy when T = 1 or Hq = 1 (same bytes).
-    func projectOutput(_ attention: Tensor<Float>, batch B: Int, length T: Int, threads: Int) -> Tensor<Float> {
+    func projectOutput(_ attention: Tensor<Float>, batch B: Int, length T: Int, threads: Int, scratch: Scratch) -> Tensor<Float> {
         let width = heads * valueHeadDim
         let count = B * T * outputDim
         let scalars = [Float](unsafeUninitializedCapacity: count) { out, initialized in
@@ -357,8 +359,7 @@ extension MultiHeadAttention {
                                                output: out, outputStride: outputDim)
                     }
                 } else {
-                    let rows = UnsafeMutablePointer<Float>.allocate(capacity: B * T * width)  // [B, T, Hq, Dv]
-                    defer { rows.deallocate() }
+                    let rows = scratch.pointer(B * T * width)               // [B, T, Hq, Dv]
                     // [B, Hq, T, Dv] → [B, T, Hq, Dv]
                     mergeHeads(a, into: rows, batch: B, length: T, heads: heads, width: valueHeadDim, threads: threads)
                     BLAS.withThreads(threads) {
@@ -371,6 +372,27 @@ extension MultiHeadAttention {
             initialized = count
         }
         return Tensor(validatedShape: [B, T, outputDim], scalars: scalars)   // [B, T, E_out]
+    }
+}
+
+/// A scratch buffer shared by the steps of one call, allocated on first use (calls with
+/// L = 1 or one head never need it). Not thread-safe; it never leaves the call.
+final class Scratch {
+    private var storage: UnsafeMutablePointer<Float>?
+    private let capacity: Int
+
+    init(count: Int) { capacity = max(1, count) }
+
+    /// The buffer, for at most `count` ≤ capacity floats; valid until ``free()``.
+    func pointer(_ count: Int) -> UnsafeMutablePointer<Float> {
+        precondition(count <= capacity, "scratch of \(capacity) floats asked for \(count)")
+        if storage == nil { storage = .allocate(capacity: capacity) }
+        return storage!
+    }
+
+    func free() {
+        storage?.deallocate()
+        storage = nil
     }
 }
 
