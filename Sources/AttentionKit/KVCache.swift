@@ -219,7 +219,7 @@ extension MultiHeadAttention {
         }
         cache.append(keys: newKeys, values: newValues, tokens: n)    // cache[b, h, P + t, :]
 
-        let scratch = Scratch(count: B * n * heads * max(headDim, valueHeadDim))             // only used when n > 1
+        let scratch = Scratch()                                                              // only used when n > 1
         defer { scratch.free() }
         let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
         // Query t (position P + t) sees positions 0 ... P + t: the lower-right causal

@@ -104,7 +104,8 @@ public struct Linear: Sendable {
         let outputShape = Array(input.shape.dropLast()) + [outputDim]
         let count = try elementCount(of: outputShape)
         let threads = try AttentionThreads.count()
-        let scalars = [Float](unsafeUninitializedCapacity: count) { out, initialized in
+        var scalars = ArrayPool.take(count: count)                     // every element written below
+        scalars.withUnsafeMutableBufferPointer { out in
             input.withUnsafeBufferPointer { x in
                 BLAS.withThreads(threads) {
                     // y[rows, out] = x[rows, in] · W[out, in]ᵀ + b
@@ -112,7 +113,6 @@ public struct Linear: Sendable {
                           output: nonNull(out.baseAddress), outputStride: outputDim)
                 }
             }
-            initialized = count
         }
         return Tensor(validatedShape: outputShape, scalars: scalars)          // [..., out]
     }

@@ -283,23 +283,27 @@ extension MultiHeadAttention {
         if wantWeights { _ = try elementCount(of: [B, heads, L, S]) }
         let threads = try AttentionThreads.count()
 
-        // One scratch buffer serves every head split and the merge (fewer fresh pages).
-        let scratch = Scratch(count: max(B * L * heads * max(headDim, valueHeadDim), B * S * kvHeads * max(headDim, valueHeadDim)))
+        // One scratch buffer serves every head split and the merge. It, the projected heads
+        // and the core's output go back to ArrayPool as soon as they are dead, so the next
+        // call reuses their pages instead of faulting in fresh ones.
+        let scratch = Scratch()
         defer { scratch.free() }
-        let q = projectHeads(queryProjection, query, batch: B, length: L, heads: heads, width: headDim, threads: threads, scratch: scratch)   // [B, Hq, L, Dk]
-        let k = projectHeads(keyProjection, key, batch: B, length: S, heads: kvHeads, width: headDim, threads: threads, scratch: scratch)     // [B, Hkv, S, Dk]
-        let v = projectHeads(valueProjection, value, batch: B, length: S, heads: kvHeads, width: valueHeadDim, threads: threads, scratch: scratch) // [B, Hkv, S, Dv]
+        var q: Tensor<Float>? = projectHeads(queryProjection, query, batch: B, length: L, heads: heads, width: headDim, threads: threads, scratch: scratch)   // [B, Hq, L, Dk]
+        var k: Tensor<Float>? = projectHeads(keyProjection, key, batch: B, length: S, heads: kvHeads, width: headDim, threads: threads, scratch: scratch)     // [B, Hkv, S, Dk]
+        var v: Tensor<Float>? = projectHeads(valueProjection, value, batch: B, length: S, heads: kvHeads, width: valueHeadDim, threads: threads, scratch: scratch) // [B, Hkv, S, Dv]
 
-        let attention: Tensor<Float>                                                    // [B, Hq, L, Dv]
+        var attention: Tensor<Float>?                                                   // [B, Hq, L, Dv]
         var weights: Tensor<Float>? = nil                                               // [B, Hq, L, S]
         if wantWeights {
             (attention, weights) = try scaledDotProductAttentionWithWeights(
-                query: q, key: k, value: v, mask: mask, dropout: dropout, kernel: .automatic)
+                query: q!, key: k!, value: v!, mask: mask, dropout: dropout, kernel: .automatic)
         } else {
             attention = try scaledDotProductAttention(
-                query: q, key: k, value: v, mask: mask, dropout: dropout, kernel: .automatic)
+                query: q!, key: k!, value: v!, mask: mask, dropout: dropout, kernel: .automatic)
         }
-        var output = projectOutput(attention, batch: B, length: L, threads: threads, scratch: scratch)   // [B, L, E_out]
+        recycle(&q); recycle(&k); recycle(&v)
+        var output = projectOutput(attention!, batch: B, length: L, threads: threads, scratch: scratch)   // [B, L, E_out]
+        recycle(&attention)
         if g.rank == 2 {
             output = Tensor(validatedShape: [L, outputDim], scalars: output.scalars)    // [L, E_out]
             weights = weights.map { Tensor(validatedShape: [heads, L, S], scalars: $0.scalars) }  // [Hq, L, S]
@@ -316,7 +320,8 @@ extension MultiHeadAttention {
     func projectHeads(_ projection: Linear, _ input: Tensor<Float>, batch B: Int, length T: Int,
                       heads H: Int, width D: Int, threads: Int, scratch: Scratch) -> Tensor<Float> {
         let count = B * H * T * D                                  // validated by checkSizes
-        let scalars = [Float](unsafeUninitializedCapacity: count) { heads, initialized in
+        var scalars = ArrayPool.take(count: count)
+        scalars.withUnsafeMutableBufferPointer { heads in
             input.withUnsafeBufferPointer { x in
                 let x = nonNull(x.baseAddress)                     // [B·T, in]
                 let out = nonNull(heads.baseAddress)               // [B, H, T, D]
@@ -327,18 +332,18 @@ extension MultiHeadAttention {
                                          output: out, outputStride: H * D)     // [B·T, H·D]
                     }
                 } else {
-                    let rows = scratch.pointer(count)                       // [B, T, H, D]
-                    BLAS.withThreads(threads) {
-                        projection.apply(rows: B * T, input: x, inputStride: projection.inputDim,
-                                         output: rows, outputStride: H * D, addBias: false)  // [B·T, H·D]
-                    }
-                    withBias(projection, count: H * D) { bias in
-                        // [B, T, H, D] + b[H·D] → [B, H, T, D]
-                        splitHeads(rows, into: out, batch: B, length: T, heads: H, width: D, bias: bias, threads: threads)
+                    scratch.withPointer(count) { rows in                    // [B, T, H, D]
+                        BLAS.withThreads(threads) {
+                            projection.apply(rows: B * T, input: x, inputStride: projection.inputDim,
+                                             output: rows, outputStride: H * D, addBias: false)  // [B·T, H·D]
+                        }
+                        withBias(projection, count: H * D) { bias in
+                            // [B, T, H, D] + b[H·D] → [B, H, T, D]
+                            splitHeads(rows, into: out, batch: B, length: T, heads: H, width: D, bias: bias, threads: threads)
+                        }
                     }
                 }
             }
-            initialized = count
         }
         return Tensor(validatedShape: [B, H, T, D], scalars: scalars)        // [B, H, T, D]
     }
@@ -348,7 +353,8 @@ extension MultiHeadAttention {
     func projectOutput(_ attention: Tensor<Float>, batch B: Int, length T: Int, threads: Int, scratch: Scratch) -> Tensor<Float> {
         let width = heads * valueHeadDim
         let count = B * T * outputDim
-        let scalars = [Float](unsafeUninitializedCapacity: count) { out, initialized in
+        var scalars = ArrayPool.take(count: count)
+        scalars.withUnsafeMutableBufferPointer { out in
             attention.withUnsafeBufferPointer { a in
                 let a = nonNull(a.baseAddress)                     // [B, Hq, T, Dv]
                 let out = nonNull(out.baseAddress)                 // [B·T, E_out]
@@ -359,41 +365,50 @@ extension MultiHeadAttention {
                                                output: out, outputStride: outputDim)
                     }
                 } else {
-                    let rows = scratch.pointer(B * T * width)               // [B, T, Hq, Dv]
-                    // [B, Hq, T, Dv] → [B, T, Hq, Dv]
-                    mergeHeads(a, into: rows, batch: B, length: T, heads: heads, width: valueHeadDim, threads: threads)
-                    BLAS.withThreads(threads) {
-                        // out[B·T, E_out] = rows[B·T, Hq·Dv] · W_o[E_out, Hq·Dv]ᵀ + b_o
-                        outputProjection.apply(rows: B * T, input: rows, inputStride: width,
-                                               output: out, outputStride: outputDim)
+                    scratch.withPointer(B * T * width) { rows in            // [B, T, Hq, Dv]
+                        // [B, Hq, T, Dv] → [B, T, Hq, Dv]
+                        mergeHeads(a, into: rows, batch: B, length: T, heads: heads, width: valueHeadDim, threads: threads)
+                        BLAS.withThreads(threads) {
+                            // out[B·T, E_out] = rows[B·T, Hq·Dv] · W_o[E_out, Hq·Dv]ᵀ + b_o
+                            outputProjection.apply(rows: B * T, input: rows, inputStride: width,
+                                                   output: out, outputStride: outputDim)
+                        }
                     }
                 }
             }
-            initialized = count
         }
         return Tensor(validatedShape: [B, T, outputDim], scalars: scalars)   // [B, T, E_out]
     }
 }
 
-/// A scratch buffer shared by the steps of one call, allocated on first use (calls with
-/// L = 1 or one head never need it). Not thread-safe; it never leaves the call.
+/// A scratch buffer shared by the steps of one call, taken from ``ArrayPool`` on first use
+/// (calls with L = 1 or one head never need it) and grown when a step needs more. Not
+/// thread-safe; it never leaves the call.
 final class Scratch {
-    private var storage: UnsafeMutablePointer<Float>?
-    private let capacity: Int
+    private var array: [Float] = []
 
-    init(count: Int) { capacity = max(1, count) }
-
-    /// The buffer, for at most `count` ≤ capacity floats; valid until ``free()``.
-    func pointer(_ count: Int) -> UnsafeMutablePointer<Float> {
-        precondition(count <= capacity, "scratch of \(capacity) floats asked for \(count)")
-        if storage == nil { storage = .allocate(capacity: capacity) }
-        return storage!
+    /// Calls `body` with room for `count` floats (old contents unspecified).
+    func withPointer<R>(_ count: Int, _ body: (UnsafeMutablePointer<Float>) -> R) -> R {
+        if array.count < count {
+            ArrayPool.recycle(array)
+            array = ArrayPool.take(count: count)
+        }
+        return array.withUnsafeMutableBufferPointer { body(nonNull($0.baseAddress)) }
     }
 
+    /// Gives the buffer back to the pool.
     func free() {
-        storage?.deallocate()
-        storage = nil
+        ArrayPool.recycle(array)
+        array = []
     }
+}
+
+/// Ends `tensor`'s life and gives its storage to ``ArrayPool`` (nothing else holds it: the
+/// core does not keep its arguments or results).
+func recycle(_ tensor: inout Tensor<Float>?) {
+    guard let scalars = tensor?.scalars else { return }
+    tensor = nil
+    ArrayPool.recycle(scalars)
 }
 
 /// Calls `body` with the projection's bias, or `nil` without one.

@@ -59,6 +59,14 @@ struct LayerBench: ParsableCommand {
     @Flag(help: "Skip the correctness checks (one untimed warm-up rep runs instead).")
     var noCheck = false
 
+    @Flag(help: """
+        forward: also time its parts, interleaved rep by rep with the layer: the four \
+        projections alone (Linear on [8, 128, 768]) and the core attention alone \
+        (scaledDotProductAttention on [8, 12, 128, 64]); the rest is the layer's median \
+        minus both (head split/merge copies, allocation, thread hand-offs).
+        """)
+    var breakdown = false
+
     @Option(help: "Output format: table, csv or json.")
     var format: OutputFormat = .table
 
@@ -144,13 +152,29 @@ struct LayerBench: ParsableCommand {
         }
         let reps = repetitions ?? 11
         var times: [Double] = []
+        var projectionTimes: [Double] = [], attentionTimes: [Double] = []
+        let heads = try (0..<3).map { i in
+            try Tensor(shape: [B, H, L, E / H], scalars: generator.normals(count: B * L * E))   // [B, H, L, Dk]
+        }
+        let projections = [layerWithBias.queryProjection, layerWithBias.keyProjection,
+                           layerWithBias.valueProjection, layerWithBias.outputProjection]
         for rep in 0..<reps {
             progress.update("forward: rep \(rep + 1)/\(reps)…")
             times.append(try time { _ = try layerWithBias(query: x, key: x, value: x) })
+            if breakdown {
+                projectionTimes.append(try time { for p in projections { _ = try p(x) } })   // 4 × [1024, 768]·[768, 768]ᵀ
+                attentionTimes.append(try time {
+                    _ = try scaledDotProductAttention(query: heads[0], key: heads[1], value: heads[2], kernel: .automatic)
+                })
+            }
         }
         let flops = Double(8 * B * L * E * E) + Double(4 * B * H * L * L * (E / H))
-        return LayerResult(name: "forward", description: "BERT-base B8 L128 E768 H12", times: times,
-                           flops: flops, maxError: error)
+        var result = LayerResult(name: "forward", description: "BERT-base B8 L128 E768 H12", times: times,
+                                 flops: flops, maxError: error)
+        if breakdown, let p = median(projectionTimes), let a = median(attentionTimes) {
+            result.parts = [("projections", p), ("attention", a), ("rest", result.median - p - a)]
+        }
+        return result
     }
 
     // MARK: generate
@@ -231,6 +255,8 @@ struct LayerResult {
     var tokens: Int? = nil
     var bytes: Double? = nil
     var maxError: CheckedError?
+    /// Medians of the parts (`--breakdown`), in seconds.
+    var parts: [(String, Double)] = []
 
     var median: Double { medianOrNaN(times) }
     var minimum: Double { times.min() ?? .nan }
@@ -247,6 +273,9 @@ struct LayerResult {
             if let readBandwidth { line += String(format: ", %.0f%% of read)", 100 * rate / readBandwidth) }
         }
         if let maxError { line += String(format: "  max err %.1e", maxError.value) }
+        if !parts.isEmpty {
+            line += "\n          parts (medians): " + parts.map { String(format: "%@ %.2f ms", $0.0, $0.1 * 1e3) }.joined(separator: ", ")
+        }
         return line
     }
 }
@@ -266,6 +295,7 @@ func layerJSON(_ results: [LayerResult], bandwidth: Bandwidth?, threads: Int) th
         if let tokens = r.tokens { entry["tokens"] = tokens; entry["tokens_per_s"] = Double(tokens) / r.median }
         if let bytes = r.bytes { entry["bytes"] = bytes; entry["gb_per_s"] = bytes / r.median / 1e9 }
         if let e = r.maxError { entry["max_error"] = e.value }
+        for (name, seconds) in r.parts { entry["\(name)_ms"] = seconds * 1e3 }
         object[r.name] = entry
     }
     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
