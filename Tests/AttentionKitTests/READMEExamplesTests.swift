@@ -1,4 +1,5 @@
 import AttentionKit
+import Foundation
 import Testing
 
 // The code of README.md's "Multi-head attention" section, compiled and run here. Each test
@@ -96,5 +97,38 @@ struct READMEExamplesTests {
         #expect(out.shape == [2, 10, 512] && worst <= 1e-6 * scale, "max difference \(worst), max |output| \(scale)")
         let unmasked = try mha(query: x, key: x, value: x)
         #expect(zip(out.scalars, unmasked.scalars).map { Swift.abs($0 - $1) }.max()! > 1e-2 * scale, "the masks changed nothing")
+    }
+
+    @Test("README.md's multi-head attention snippets are exactly the code of these tests")
+    func readmeMatches() throws {
+        let testFile = URL(fileURLWithPath: #filePath)
+        let readme = testFile.deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("README.md")
+        let readmeText = try String(contentsOf: readme, encoding: .utf8)
+        let testText = try String(contentsOf: testFile, encoding: .utf8)
+
+        // The ```swift blocks of the "## Multi-head attention" section.
+        let section = try #require(readmeText.components(separatedBy: "\n## Multi-head attention\n").dropFirst().first)
+            .components(separatedBy: "\n## ").first!
+        let blocks = section.components(separatedBy: "```swift\n").dropFirst()
+            .map { $0.components(separatedBy: "\n```").first! }
+        // The regions between "// README: <name>" and "// README end" here, de-indented.
+        var snippets: [String] = []
+        var current: [Substring]?
+        for line in testText.split(separator: "\n", omittingEmptySubsequences: false) {
+            let trimmed = line.drop { $0 == " " }
+            if trimmed.hasPrefix("// README end") {
+                snippets.append(current!.map { String($0.dropFirst(8)) }.joined(separator: "\n"))
+                current = nil
+            } else if current != nil {
+                current!.append(line)
+            } else if trimmed.hasPrefix("// README: ") {
+                current = []
+            }
+        }
+        #expect(blocks.count == 5 && snippets.count == 5, "\(blocks.count) README blocks, \(snippets.count) test snippets")
+        for (block, snippet) in zip(blocks, snippets) {
+            #expect(block == snippet, "README block differs from its test:\n\(block)\n---\n\(snippet)")
+        }
     }
 }
