@@ -45,6 +45,9 @@ enum ArrayPool {
         return [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
     }
 
+    /// The floats currently kept (tests check the budget).
+    static var pooledFloats: Int { arrays.withLock { $0.reduce(0) { $0 + $1.capacity } } }
+
     /// Gives `array` back for reuse (if it is large enough and the pool has room). Pass an
     /// array nothing else references, or the next user will copy it on write.
     static func recycle(_ array: consuming [Float]) {

@@ -1,4 +1,6 @@
 @testable import AttentionKit
+import Dispatch
+import Synchronization
 import Testing
 
 /// The layer against the float64 reference (MultiHeadAttentionReference.swift). Outputs
@@ -263,5 +265,50 @@ struct MultiHeadAttentionTests {
             assertClose(got, want.output, shape: [4, 33, 32], absolute: layerTolerance(layer, value: x), relative: 0,
                         "\(threads) threads")
         }
+    }
+
+    @Test("concurrent calls on one layer give the serial results (shared array pool, BLAS thread setting)")
+    func concurrentCalls() throws {
+        let layer = try gridLayer(modelDim: 64, heads: 4, kvHeads: 2, seed: 130)
+        let inputs = (0..<6).map { gridTensor([2, 40, 64], seed: 131 + UInt64($0)) }
+        let serial = try inputs.map { try layer(query: $0, key: $0, value: $0, mask: .causal(.upperLeft)) }
+        let results = Mutex<[Int: Tensor<Float>]>([:])
+        let box = UncheckedSendable((layer, inputs))
+        DispatchQueue.concurrentPerform(iterations: 12) { i in
+            let (layer, inputs) = box.value
+            let x = inputs[i % 6]
+            if let y = try? layer(query: x, key: x, value: x, mask: .causal(.upperLeft)) {
+                results.withLock { $0[i] = y }
+            }
+        }
+        let got = results.withLock { $0 }
+        #expect(got.count == 12)
+        // Equal up to rounding: under concurrency OpenBLAS's pool and the kernels' blocks may
+        // run at other thread counts (and other tests change AttentionThreads meanwhile),
+        // which changes summation order, not results.
+        let tolerance = layerTolerance(layer, value: inputs[0])
+        for (i, y) in got {
+            assertClose(y, serial[i % 6].scalars.map(Double.init), shape: [2, 40, 64], absolute: tolerance, relative: 0,
+                        "concurrent call \(i) against the serial result")
+        }
+    }
+
+    @Test("ArrayPool reuses large arrays, resizes them and stays within its budget")
+    func arrayPool() {
+        let big = ArrayPool.minimumCount * 2
+        var a = ArrayPool.take(count: big)
+        a[0] = 42
+        let address = a.withUnsafeBufferPointer { $0.baseAddress }
+        ArrayPool.recycle(a)
+        // Another test may take it first (the pool is shared): accept either outcome, but a
+        // reused array must have the asked count and keep its storage.
+        let b = ArrayPool.take(count: big - 10)
+        #expect(b.count == big - 10)
+        if b.withUnsafeBufferPointer({ $0.baseAddress }) == address { #expect(b.capacity >= big) }
+        let small = ArrayPool.take(count: 10)
+        #expect(small.count == 10)
+        // Over budget, the pool drops arrays rather than growing past it.
+        for _ in 0..<6 { ArrayPool.recycle([Float](repeating: 0, count: ArrayPool.maximumFloats / 4)) }
+        #expect(ArrayPool.pooledFloats <= ArrayPool.maximumFloats)
     }
 }
