@@ -42,6 +42,21 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         case invalidScale
         /// A thread count is not a positive integer.
         case threadCount
+        /// Bytes that should be a NumPy `.npy` file are malformed: a wrong magic string or
+        /// version, a header that is not a valid dictionary, a negative dimension, a payload
+        /// shorter or longer than the shape needs, or a bool byte other than 0 and 1.
+        case npyFormat
+        /// A well-formed `.npy` file holds something AttentionKit does not read: a data type
+        /// other than `<f4`, `<f8` and `|b1` (or the wrong one for the tensor's element type),
+        /// big-endian data, a structured data type, or Fortran (column-major) order.
+        case npyUnsupported
+        /// A float64 value in a `.npy` file is finite but too large in magnitude for `Float`.
+        case npyValueOutOfRange
+        /// A file could not be read or written; the message gives the path and the system's reason.
+        case fileAccess
+        /// A heatmap's batch or head index is out of range, its labels do not match the
+        /// weights, the weights are empty, or a size option is invalid.
+        case heatmapArgument
         /// A layer's width is not divisible by its head count, or a head count or width is
         /// not positive.
         case headWidth
@@ -59,6 +74,10 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
     public let message: String
 
     /// Creates an error of the given kind with an explanation.
+    ///
+    /// - Parameters:
+    ///   - code: The kind of problem.
+    ///   - message: A one-line explanation naming the shapes or values involved.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message

@@ -32,6 +32,25 @@ enum BLAS {
                     beta, c, blasint(ldc))
     }
 
+    /// Row-major `y[m] = alpha · A[m, n] · x[n] + beta · y` (`transposeA: false`) or
+    /// `y[n] = alpha · A[m, n]ᵀ · x[m] + beta · y` (`transposeA: true`), unit strides.
+    @inline(__always)
+    static func sgemv(
+        transposeA: Bool, m: Int, n: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, x: UnsafePointer<Float>,
+        beta: Float, y: UnsafeMutablePointer<Float>
+    ) {
+        let outputs = transposeA ? n : m
+        let inputs = transposeA ? m : n
+        guard outputs > 0 else { return }
+        guard inputs > 0 else {
+            if beta == 0 { y.update(repeating: 0, count: outputs) } else { for j in 0..<outputs { y[j] *= beta } }
+            return
+        }
+        cblas_sgemv(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans,
+                    blasint(m), blasint(n), alpha, a, blasint(lda), x, 1, beta, y, 1)
+    }
+
     /// The largest size a BLAS dimension or leading dimension may have.
     static let maximumDimension = Int(Int32.max)
 

@@ -36,15 +36,16 @@ public struct Dropout: Sendable, Equatable {
         self.seed = seed
     }
 
-    /// Drops in place the weights `row[0..<count]` of flat query row `rowIndex`.
-    func apply(_ row: UnsafeMutablePointer<Float>, count: Int, rowIndex: Int) {
+    /// Drops in place the weights `row[0..<count]` of flat query row `rowIndex`, which are
+    /// those of keys `keyOffset ..< keyOffset + count`.
+    func apply(_ row: UnsafeMutablePointer<Float>, count: Int, rowIndex: Int, keyOffset: Int = 0) {
         guard probability > 0 else { return }
         // Drop iff the top 32 bits of the hash are below p·2³², so P(drop) = p to within 2⁻³².
         let threshold = UInt64((Double(probability) * 4294967296).rounded())
         let keep = 1 / (1 - probability)
         let rowKey = seed &+ UInt64(truncatingIfNeeded: rowIndex) &* 0x9E37_79B9_7F4A_7C15
         for j in 0..<count {
-            let h = mix(rowKey ^ (UInt64(truncatingIfNeeded: j) &* 0xD1B5_4A32_D192_ED03))
+            let h = mix(rowKey ^ (UInt64(truncatingIfNeeded: keyOffset + j) &* 0xD1B5_4A32_D192_ED03))
             row[j] = (h >> 32) < threshold ? 0 : row[j] * keep
         }
     }

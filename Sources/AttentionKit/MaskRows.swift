@@ -14,14 +14,18 @@ struct MaskRows: @unchecked Sendable {
     }
 
     /// Adds the biases and applies the boolean masks to `row[0..<count]`, the scores of
-    /// query `i` of head `h` in batch entry `b` (vectorised).
+    /// query `i` of head `h` in batch entry `b` for keys `keyOffset ..< keyOffset + count`
+    /// (vectorised).
     @inline(__always)
-    func apply(_ row: UnsafeMutablePointer<Float>, count: Int, batch b: Int, head h: Int, query i: Int) {
+    func apply(_ row: UnsafeMutablePointer<Float>, count: Int, batch b: Int, head h: Int, query i: Int,
+               keyOffset: Int = 0) {
         for (bias, strides) in additives {
-            addBias(row, count: count, bias: bias + strides.rowOffset(batch: b, head: h, query: i), stride: strides.key)
+            let start = bias + strides.rowOffset(batch: b, head: h, query: i) + keyOffset * strides.key
+            addBias(row, count: count, bias: start, stride: strides.key)
         }
         for (allowed, strides) in booleans {
-            applyBooleanMask(row, count: count, allowed: allowed + strides.rowOffset(batch: b, head: h, query: i), stride: strides.key)
+            let start = allowed + strides.rowOffset(batch: b, head: h, query: i) + keyOffset * strides.key
+            applyBooleanMask(row, count: count, allowed: start, stride: strides.key)
         }
     }
 

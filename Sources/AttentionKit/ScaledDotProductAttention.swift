@@ -5,6 +5,10 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     /// Two `cblas_sgemm` calls per block of query rows around a vectorised Swift
     /// mask + softmax layer, parallel over blocks. Materialises one block of scores per thread.
     case blas
+    /// Streams key tiles through an online softmax (flash-attention style) on sgemm, in
+    /// memory proportional to L·D rather than L·S, splitting long key ranges across threads
+    /// when there are few queries (decoding).
+    case tiled
     /// Picks the fastest kernel for the shape (currently always ``blas``).
     case automatic
 }
@@ -85,23 +89,40 @@ public func scaledDotProductAttentionWithWeights(
     return (result.output, result.weights!)
 }
 
-/// Runs only the two sgemm calls of the ``AttentionKernel/blas`` kernel, on the same work
-/// items and threads, skipping the mask + softmax layer. The result is not attention; its
-/// time, divided by the full kernel's, is the "GEMM share" that attention-bench reports.
+/// Runs only the BLAS calls of `kernel` (``AttentionKernel/blas`` or
+/// ``AttentionKernel/tiled``; ``AttentionKernel/automatic`` resolves first), on the same
+/// work items, tiles and threads, skipping the mask + softmax layer. The result is not
+/// attention; its time, divided by the full kernel's, is the "GEMM share" that
+/// attention-bench reports.
 @_spi(Benchmarking)
-public func blasAttentionGEMMOnly(
+public func attentionGEMMOnly(
     query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
-    mask: AttentionMask = .none, scale: Float? = nil
+    mask: AttentionMask = .none, scale: Float? = nil, kernel: AttentionKernel = .blas
 ) throws -> Tensor<Float> {
     try runAttention(query: query, key: key, value: value, mask: mask, scale: scale,
-                     dropout: nil, kernel: .blas, wantWeights: false, gemmOnly: true).output
+                     dropout: nil, kernel: kernel, wantWeights: false, gemmOnly: true).output
+}
+
+/// The kernel that ``AttentionKernel/automatic`` runs for these shapes (without weights,
+/// with the current thread count).
+@_spi(Benchmarking)
+public func automaticKernel(query: [Int], key: [Int], value: [Int]) throws -> AttentionKernel {
+    let problem = try AttentionProblem(query: query, key: key, value: value)
+    return chooseKernel(problem, wantWeights: false, threads: try AttentionThreads.count())
+}
+
+/// What ``AttentionKernel/automatic`` picks. The tiled kernel does the same work as the BLAS
+/// kernel on short keys (one tile per row) and less memory traffic on long ones; when the
+/// weights are wanted, both materialise them the same way.
+func chooseKernel(_ problem: AttentionProblem, wantWeights: Bool, threads: Int) -> AttentionKernel {
+    wantWeights ? .blas : .tiled
 }
 
 /// Validates the arguments, allocates the results and hands raw pointers to a kernel.
 func runAttention(
     query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
     mask: AttentionMask, scale: Float?, dropout: Dropout?,
-    kernel: AttentionKernel, wantWeights: Bool, gemmOnly: Bool = false
+    kernel: AttentionKernel, wantWeights: Bool, gemmOnly: Bool = false, tiles: TileSizes? = nil
 ) throws -> (output: Tensor<Float>, weights: Tensor<Float>?) {
     let problem = try AttentionProblem(query: query.shape, key: key.shape, value: value.shape)
     if let scale, !scale.isFinite {
@@ -132,10 +153,13 @@ func runAttention(
                                 query: nonNull(q.baseAddress), key: nonNull(k.baseAddress),
                                 value: nonNull(v.baseAddress), output: nonNull(out.baseAddress),
                                 weights: w, mask: maskRows, scale: resolvedScale,
-                                dropout: dropout, threads: threads)
-                            switch kernel {
+                                dropout: dropout, threads: threads, tiles: tiles)
+                            let resolved = kernel == .automatic
+                                ? chooseKernel(problem, wantWeights: wantWeights, threads: threads) : kernel
+                            switch resolved {
                             case .naive: naiveAttention(arguments)
                             case .blas, .automatic: blasAttention(arguments, gemmOnly: gemmOnly)
+                            case .tiled: tiledAttention(arguments, gemmOnly: gemmOnly)
                             }
                         }
                     }

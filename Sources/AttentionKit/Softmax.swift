@@ -61,6 +61,47 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
     }
 }
 
+/// The maximum of `row[0..<count]`, or −∞ when `count == 0` or every entry is −∞.
+@inline(__always)
+func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
+    var vmax = SIMD8<Float>(repeating: -.infinity)
+    var j = 0
+    while j + lanes <= count {
+        // A compare and select: `pointwiseMax` follows IEEE maxNum per lane and does not
+        // vectorise.
+        let x = load(row + j)
+        vmax.replace(with: x, where: x .> vmax)
+        j += lanes
+    }
+    var m = -Float.infinity
+    for lane in 0..<lanes where vmax[lane] > m { m = vmax[lane] }
+    while j < count { if row[j] > m { m = row[j] }; j += 1 }
+    return m
+}
+
+/// `row[j] = exp(row[j] − m)` for `j < count`, in place; returns the sum of the results.
+/// Needs `row[j] ≤ m` (so every argument is in the polynomial's domain).
+@inline(__always)
+func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float) -> Float {
+    let vm = SIMD8<Float>(repeating: m)
+    var vsum = SIMD8<Float>()
+    var j = 0
+    while j + lanes <= count {
+        let e = exponential(load(row + j) - vm)
+        store(e, row + j)
+        vsum += e
+        j += lanes
+    }
+    var sum = vsum.sum()
+    while j < count {
+        let e = exponential(row[j] - m)
+        row[j] = e
+        sum += e
+        j += 1
+    }
+    return sum
+}
+
 /// Numerically stable softmax of `row[0..<end]` in place, and `row[end..<count] = 0`.
 ///
 ///     m = max_j s_j,   p_j = exp(s_j − m) / Σ_k exp(s_k − m)
@@ -72,59 +113,48 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
 @discardableResult
 @inline(__always)
 func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normalize: Bool = true) -> Float {
-    var sum: Float = 0
-    if end > 0 {
-        // Pass 1: row maximum.
-        var vmax = SIMD8<Float>(repeating: -.infinity)
-        var j = 0
-        while j + lanes <= end {
-            // A compare and select: `pointwiseMax` follows IEEE maxNum per lane and does
-            // not vectorise.
-            let x = load(row + j)
-            vmax.replace(with: x, where: x .> vmax)
-            j += lanes
-        }
-        var m = -Float.infinity
-        for lane in 0..<lanes where vmax[lane] > m { m = vmax[lane] }
-        while j < end { if row[j] > m { m = row[j] }; j += 1 }
-
-        if m == -.infinity {
-            // Every key excluded: a zero row, as PyTorch ≥ 2.5 does.
-            (row).update(repeating: 0, count: count)
-            return 0
-        }
-        // Pass 2: exponentials and their sum.
-        let vm = SIMD8<Float>(repeating: m)
-        var vsum = SIMD8<Float>()
-        j = 0
-        while j + lanes <= end {
-            let e = exponential(load(row + j) - vm)
-            store(e, row + j)
-            vsum += e
-            j += lanes
-        }
-        sum = vsum.sum()
-        while j < end {
-            let e = exponential(row[j] - m)
-            row[j] = e
-            sum += e
-            j += 1
-        }
-        // Pass 3: normalise.
-        guard normalize else {
-            if end < count { (row + end).update(repeating: 0, count: count - end) }
-            return sum
-        }
-        let inverse = 1 / sum
-        let vinv = SIMD8<Float>(repeating: inverse)
-        j = 0
-        while j + lanes <= end { store(load(row + j) * vinv, row + j); j += lanes }
-        while j < end { row[j] *= inverse; j += 1 }
+    let m = rowMaximum(row, count: end)
+    guard m > -.infinity else {
+        // Every key excluded: a zero row, as PyTorch ≥ 2.5 does.
+        row.update(repeating: 0, count: count)
+        return 0
     }
-    if end < count {
-        (row + end).update(repeating: 0, count: count - end)
-    }
+    let sum = exponentiateAndSum(row, count: end, subtracting: m)
+    if normalize { scaleRow(row, count: end, by: 1 / sum) }
+    if end < count { (row + end).update(repeating: 0, count: count - end) }
     return sum
+}
+
+/// One step of the online (streaming) softmax over a tile of one row's scores.
+///
+/// The row's running maximum `m` and running sum `l = Σ exp(s_j − m)` over the earlier
+/// tiles are updated with the tile's scores `row[0..<allowed]`, which are replaced by
+/// `exp(s_j − m′)` (`row[allowed..<count] = 0`). When the maximum grows from `m` to `m′`,
+/// everything accumulated so far was scaled by `exp(−m)` and must be rescaled by
+/// `α = exp(m − m′)`; the return value is that `α` (1 when nothing needs rescaling):
+///
+///     m′ = max(m, max_j s_j),   α = exp(m − m′),   l′ = α·l + Σ_j exp(s_j − m′)
+///
+/// A tile whose entries are all −∞ contributes nothing (zeros, α = 1).
+@inline(__always)
+func onlineSoftmaxStep(
+    _ row: UnsafeMutablePointer<Float>, allowed: Int, count: Int,
+    runningMax m: inout Float, runningSum l: inout Float
+) -> Float {
+    let tileMax = rowMaximum(row, count: allowed)
+    guard tileMax > -.infinity else {
+        row.update(repeating: 0, count: count)
+        return 1
+    }
+    var alpha: Float = 1
+    if tileMax > m {
+        if m > -.infinity { alpha = exponential(m - tileMax) }
+        m = tileMax
+    }
+    let sum = exponentiateAndSum(row, count: allowed, subtracting: m)
+    if allowed < count { (row + allowed).update(repeating: 0, count: count - allowed) }
+    l = l * alpha + sum
+    return alpha
 }
 
 /// `row[0..<count] *= factor`.

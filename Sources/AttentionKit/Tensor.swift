@@ -36,6 +36,9 @@ public struct Tensor<Element> {
 
     /// Creates a tensor of the given shape with every element equal to `value`.
     ///
+    /// - Parameters:
+    ///   - shape: The size of each dimension. Every size must be ≥ 0.
+    ///   - value: The value of every element.
     /// - Throws: ``AttentionError`` with code `.negativeDimension` or `.sizeOverflow`.
     public init(shape: [Int], repeating value: Element) throws {
         let count = try elementCount(of: shape)
@@ -57,6 +60,8 @@ public struct Tensor<Element> {
 
     /// Returns the same elements viewed with another shape of equal element count.
     ///
+    /// - Parameter newShape: The new size of each dimension; its product must equal ``count``.
+    /// - Returns: A tensor with the same row-major elements and shape `newShape`.
     /// - Throws: ``AttentionError`` when `newShape` is invalid or has a different count.
     public func reshaped(_ newShape: [Int]) throws -> Tensor {
         try Tensor(shape: newShape, scalars: scalars)
@@ -65,6 +70,9 @@ public struct Tensor<Element> {
     /// Calls `body` with a pointer to the contiguous row-major elements.
     ///
     /// The pointer is valid only inside `body`; do not let it escape.
+    ///
+    /// - Parameter body: A closure that reads the ``count`` elements through the pointer.
+    /// - Returns: What `body` returns.
     public func withUnsafeBufferPointer<R>(
         _ body: (UnsafeBufferPointer<Element>) throws -> R
     ) rethrows -> R {
@@ -75,6 +83,10 @@ public struct Tensor<Element> {
     /// it is shared with another tensor (copy-on-write).
     ///
     /// The pointer is valid only inside `body`; the shape cannot change.
+    ///
+    /// - Parameter body: A closure that reads and writes the ``count`` elements through the
+    ///   pointer; it must not replace the buffer.
+    /// - Returns: What `body` returns.
     public mutating func withUnsafeMutableBufferPointer<R>(
         _ body: (inout UnsafeMutableBufferPointer<Element>) throws -> R
     ) rethrows -> R {
@@ -89,6 +101,7 @@ public struct Tensor<Element> {
 extension Tensor where Element: Numeric {
     /// Creates a tensor of the given shape filled with zeros.
     ///
+    /// - Parameter shape: The size of each dimension. Every size must be ≥ 0.
     /// - Throws: ``AttentionError`` with code `.negativeDimension` or `.sizeOverflow`.
     public init(shape: [Int]) throws {
         try self.init(shape: shape, repeating: 0)

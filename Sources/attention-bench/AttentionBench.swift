@@ -16,19 +16,10 @@ func libraryCall<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-/// The command-line root: the kernel suite (the default subcommand, so that
-/// `attention-bench [options]` runs it as before) and the layer benchmark.
-struct AttentionBenchRoot: ParsableCommand {
+/// The default subcommand: `attention-bench` with no subcommand runs this.
+struct Suite: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "attention-bench",
-        abstract: "Times AttentionKit on the CPU: its attention kernels (default) and the multi-head attention layer.",
-        subcommands: [AttentionBench.self, LayerBench.self],
-        defaultSubcommand: AttentionBench.self)
-}
-
-struct AttentionBench: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "kernels",
+        commandName: "suite",
         abstract: "Times AttentionKit's attention kernels on the CPU and checks them against the naive kernel.",
         discussion: """
             With no shape option, runs the default suite (about a minute on 2 cores):
@@ -107,14 +98,31 @@ struct AttentionBench: ParsableCommand {
     // MARK: What to run
 
     @Option(help: ArgumentHelp("""
+        Shapes to run when no shape option is given: core (encoder, batched short, ViT, \
+        decode GQA) or compare (the eight shapes of Benchmarks/compare-pytorch.py, with \
+        their own masks).
+        """, valueName: "name"))
+    var suite: SuiteName = .core
+
+    @Option(help: ArgumentHelp("""
+        Sweep the sequence length (L = S) over these values with the other shape options \
+        (default B1 H8 D64), and write <sweep-output>.csv and <sweep-output>.svg: GFLOP/s \
+        against sequence length for each kernel. Naive is only the reference here, not timed.
+        """, valueName: "lengths"))
+    var sweep: LengthList?
+
+    @Option(help: ArgumentHelp("Path prefix of the sweep's CSV and SVG files.", valueName: "prefix"))
+    var sweepOutput: String = "attention-sweep"
+
+    @Option(help: ArgumentHelp("""
         Mask for every shape: none; causal (upper-left, PyTorch is_causal); causal-lower-right \
         (KV-cache decoding); key-lengths (per batch entry S, S-S/4, S/2, S/4, cycling).
         """, valueName: "mask"))
     var mask: MaskKind = .none
 
     @Option(help: ArgumentHelp("""
-        Comma-separated kernels to run, always in the order naive, blas, automatic \
-        (automatic currently dispatches to blas).
+        Comma-separated kernels to run, always in the order naive, blas, tiled, automatic \
+        (automatic picks tiled, or blas when weights are wanted).
         """, valueName: "list"))
     var kernels: KernelList = .all
 
@@ -178,7 +186,20 @@ struct AttentionBench: ParsableCommand {
                           keyDim: dim, valueDim: valueDim ?? dim)
     }
 
-    private var shapes: [BenchShape] { isCustomShape ? [customShape] : BenchShape.suite }
+    private var shapes: [BenchShape] {
+        if let sweep {
+            let base = isCustomShape ? customShape : BenchShape.encoder
+            return sweep.lengths.map { n in
+                var shape = base
+                shape.name = "L=S=\(n)"
+                shape.queryLength = n
+                shape.keyLength = n
+                return shape
+            }
+        }
+        if isCustomShape { return [customShape] }
+        return suite == .core ? BenchShape.suite : BenchShape.compare
+    }
 
     func validate() throws {
         let sizes: [(String, Int?)] = [("--batch", batch), ("--heads", heads), ("--kv-heads", kvHeads),
@@ -238,11 +259,15 @@ struct AttentionBench: ParsableCommand {
         if let threads { try libraryCall { try AttentionThreads.setCount(threads) } }
         let threadCount = try libraryCall { try AttentionThreads.count() }
         let machine = MachineInfo.current(cores: AttentionThreads.coreCount)
-        let settings = BenchSettings(
-            kernels: kernels.kernels, timeNaive: !noNaive, mask: mask, threads: threadCount,
+        var settings = BenchSettings(
+            kernels: kernels.kernels, timeNaive: !noNaive && sweep == nil, mask: mask, threads: threadCount,
             repetitions: repetitions ?? 11,
             timeBudget: timeBudget ?? (repetitions == nil ? 3 : nil),
             naiveBudget: naiveBudget, tolerance: tolerance, seed: seed)
+        if sweep != nil {
+            settings.gemmShare = false
+            if kernels.kernels == KernelList.all.kernels { settings.kernels = [.naive, .blas, .tiled] }
+        }
 
         // Header: on stdout for the table, on stderr for csv/json so stdout stays parseable.
         let header = headerLines(machine: machine, threads: threadCount, settings: settings)
@@ -274,6 +299,18 @@ struct AttentionBench: ParsableCommand {
         case .json:
             print(try renderJSON(results, cores: machine.cores))
             if !quiet { progress.note(String(format: "total wall time: %.1f s", wall)) }
+        }
+
+        if sweep != nil {
+            let plot = SweepPlot(
+                title: "AttentionKit: GFLOP/s against sequence length",
+                subtitle: "\(shapes.first.map { "B\($0.batch) H\($0.heads)/\($0.kvHeads) D\($0.keyDim)" } ?? ""), "
+                    + "mask \(mask.rawValue), \(threadCount) thread\(threadCount == 1 ? "" : "s"), "
+                    + "\(machine.cpuModel ?? "CPU"), median of reps",
+                results: results.filter { $0.kernel != .naive })
+            try plot.csv().write(toFile: sweepOutput + ".csv", atomically: true, encoding: .utf8)
+            try plot.svg().write(toFile: sweepOutput + ".svg", atomically: true, encoding: .utf8)
+            progress.note("wrote \(sweepOutput).csv and \(sweepOutput).svg")
         }
 
         let failures = results.filter(\.failed)

@@ -16,6 +16,8 @@ struct BenchSettings {
     var naiveBudget: Double
     var tolerance: Float
     var seed: UInt64
+    /// Time the GEMM-only calls too (the GEMM share column); off for sweeps.
+    var gemmShare = true
 
     static let minimumRepetitions = 3
 }
@@ -136,14 +138,14 @@ struct ShapeBench {
         } else if needReference {
             // Query rows of the slice that fit the budget (at least one).
             let affordable = Int(min(Double(shape.queryLength), settings.naiveBudget / (perRow * Double(shape.group))))
-            let cut = ReferenceSlice(shape: shape, rows: max(1, affordable), mask: settings.mask)
+            let cut = ReferenceSlice(shape: shape, rows: max(1, affordable), mask: shape.mask(default: settings.mask))
             let estimate = perRow * Double(shape.group * cut.rows.count)
             progress.update("\(label): naive reference run on the slice (est. \(formatEstimate(estimate)))…")
             reference = try run(.naive, cut.inputs(inputs)).scalars
             slice = cut
         }
         if wantNaive {
-            var result = KernelResult(shape: shape, mask: settings.mask, kernel: .naive, threads: 1)
+            var result = KernelResult(shape: shape, mask: shape.mask(default: settings.mask), kernel: .naive, threads: 1)
             result.check = .reference
             if timeNaive {
                 let times = try timeReps(.naive, inputs, gemmOnly: false)
@@ -163,7 +165,7 @@ struct ShapeBench {
         // 3. Check, then time, each fast kernel.
         var results = naiveResult.map { [$0] } ?? []
         for kernel in settings.kernels where kernel != .naive {
-            var result = KernelResult(shape: shape, mask: settings.mask, kernel: kernel, threads: settings.threads)
+            var result = KernelResult(shape: shape, mask: shape.mask(default: settings.mask), kernel: kernel, threads: settings.threads)
             progress.update("\(label): checking \(kernel.rawValue)…")
             let output = try run(kernel, inputs).scalars        // also the warm-up
             if let reference {
@@ -177,7 +179,7 @@ struct ShapeBench {
                 }
                 result.failed = !(result.maxError! <= settings.tolerance)
             }
-            let times = try timeReps(kernel, inputs, gemmOnly: kernel.hasGEMMShare)
+            let times = try timeReps(kernel, inputs, gemmOnly: settings.gemmShare && kernel.hasGEMMShare)
             result.repetitions = times.kernel.count
             result.median = median(times.kernel)
             result.minimum = times.kernel.min()
@@ -197,8 +199,14 @@ struct ShapeBench {
                                       mask: inputs.mask, kernel: kernel.library)
     }
 
-    private func runGEMMOnly(_ inputs: Inputs) throws -> Tensor<Float> {
-        try blasAttentionGEMMOnly(query: inputs.query, key: inputs.key, value: inputs.value, mask: inputs.mask)
+    /// The kernel's BLAS calls alone (``automatic`` resolved to the kernel it runs).
+    private func runGEMMOnly(_ kernel: BenchKernel, _ inputs: Inputs) throws -> Tensor<Float> {
+        var library = kernel.library
+        if library == .automatic {
+            library = try automaticKernel(query: inputs.query.shape, key: inputs.key.shape, value: inputs.value.shape)
+        }
+        return try attentionGEMMOnly(query: inputs.query, key: inputs.key, value: inputs.value,
+                                     mask: inputs.mask, kernel: library)
     }
 
     /// Timed repetitions after a warm-up the caller has already done. With `gemmOnly`, the
@@ -209,7 +217,7 @@ struct ShapeBench {
     {
         if gemmOnly {
             progress.update("\(label): warming up \(kernel.rawValue) GEMM-only…")
-            _ = try runGEMMOnly(inputs)
+            _ = try runGEMMOnly(kernel, inputs)
         }
         var kernelTimes: [Double] = [], gemmTimes: [Double] = []
         var total = 0.0
@@ -221,7 +229,7 @@ struct ShapeBench {
             kernelTimes.append(t)
             total += t
             if gemmOnly {
-                let (gemm, g) = try timed { try runGEMMOnly(inputs) }
+                let (gemm, g) = try timed { try runGEMMOnly(kernel, inputs) }
                 withExtendedLifetime(gemm) {}
                 gemmTimes.append(g)
             }
@@ -239,7 +247,7 @@ struct ShapeBench {
     private func naiveSecondsPerRow(_ inputs: Inputs) throws -> Double {
         let flopsPerRow = 2 * Double(shape.keyLength) * Double(shape.keyDim + shape.valueDim)
         let rows = max(1, min(shape.queryLength, Int(4e6 / max(1, flopsPerRow))))
-        let small = ReferenceSlice(shape: shape, rows: rows, mask: settings.mask, heads: 1).inputs(inputs)
+        let small = ReferenceSlice(shape: shape, rows: rows, mask: shape.mask(default: settings.mask), heads: 1).inputs(inputs)
         var best = Double.infinity
         for _ in 0..<2 {
             let (output, t) = try timed { try run(.naive, small) }
@@ -260,7 +268,7 @@ struct ShapeBench {
         return Inputs(query: try! Tensor(shape: shape.queryShape, scalars: q),
                       key: try! Tensor(shape: shape.keyShape, scalars: k),
                       value: try! Tensor(shape: shape.valueShape, scalars: v),
-                      mask: settings.mask.mask(batch: shape.batch, keyLength: shape.keyLength))
+                      mask: shape.mask(default: settings.mask).mask(batch: shape.batch, keyLength: shape.keyLength))
     }
 }
 

@@ -4,12 +4,13 @@ import AttentionKit
 /// The kernels the bench can time; mirrors ``AttentionKernel`` so that the command line
 /// does not depend on the library's enum conforming to `ExpressibleByArgument`.
 enum BenchKernel: String, CaseIterable, ExpressibleByArgument, Comparable {
-    case naive, blas, automatic
+    case naive, blas, tiled, automatic
 
     var library: AttentionKernel {
         switch self {
         case .naive: .naive
         case .blas: .blas
+        case .tiled: .tiled
         case .automatic: .automatic
         }
     }
@@ -23,7 +24,7 @@ enum BenchKernel: String, CaseIterable, ExpressibleByArgument, Comparable {
 }
 
 /// A comma-separated list of kernels (`--kernels naive,blas`), deduplicated and put in the
-/// canonical order naive, blas, automatic: naive runs first because it is the reference.
+/// canonical order naive, blas, tiled, automatic: naive runs first because it is the reference.
 struct KernelList: ExpressibleByArgument {
     var kernels: [BenchKernel]
 
@@ -85,6 +86,11 @@ struct BenchShape: Sendable {
     var keyLength: Int
     var keyDim: Int
     var valueDim: Int
+    /// A mask fixed by the shape (the comparison suite's causal shapes), overriding --mask.
+    var fixedMask: MaskKind? = nil
+
+    /// The mask this shape runs with.
+    func mask(default kind: MaskKind) -> MaskKind { fixedMask ?? kind }
 
     /// Query heads per key/value head.
     var group: Int { heads / kvHeads }
@@ -106,7 +112,8 @@ struct BenchShape: Sendable {
     /// entry 0 and key/value head 0 with its group of query heads.
     var slice: BenchShape {
         BenchShape(name: name + " (slice)", batch: 1, heads: group, kvHeads: 1,
-                   queryLength: queryLength, keyLength: keyLength, keyDim: keyDim, valueDim: valueDim)
+                   queryLength: queryLength, keyLength: keyLength, keyDim: keyDim, valueDim: valueDim,
+                   fixedMask: fixedMask)
     }
 
     /// `B1 H8 L512 S512 D64`, with `/Hkv` for grouped heads and `Dk/Dv` when they differ.
@@ -119,6 +126,19 @@ struct BenchShape: Sendable {
     static let encoder = BenchShape(name: "encoder", batch: 1, heads: 8, kvHeads: 8,
                                     queryLength: 512, keyLength: 512, keyDim: 64, valueDim: 64)
 
+    /// The comparison suite: the shapes `Benchmarks/compare-pytorch.py` runs through
+    /// PyTorch's `scaled_dot_product_attention` (B, Hq, Hkv, L, S, D, causal).
+    static let compare: [BenchShape] = [
+        BenchShape(name: "encoder 512", batch: 1, heads: 8, kvHeads: 8, queryLength: 512, keyLength: 512, keyDim: 64, valueDim: 64, fixedMask: MaskKind.none),
+        BenchShape(name: "prefill 2048", batch: 1, heads: 8, kvHeads: 8, queryLength: 2048, keyLength: 2048, keyDim: 64, valueDim: 64, fixedMask: MaskKind.none),
+        BenchShape(name: "causal 2048", batch: 1, heads: 8, kvHeads: 8, queryLength: 2048, keyLength: 2048, keyDim: 64, valueDim: 64, fixedMask: .causal),
+        BenchShape(name: "long 8192", batch: 1, heads: 1, kvHeads: 1, queryLength: 8192, keyLength: 8192, keyDim: 64, valueDim: 64, fixedMask: MaskKind.none),
+        BenchShape(name: "batched short", batch: 32, heads: 8, kvHeads: 8, queryLength: 128, keyLength: 128, keyDim: 64, valueDim: 64, fixedMask: MaskKind.none),
+        BenchShape(name: "ViT", batch: 4, heads: 12, kvHeads: 12, queryLength: 197, keyLength: 197, keyDim: 64, valueDim: 64, fixedMask: MaskKind.none),
+        BenchShape(name: "decode MHA", batch: 1, heads: 32, kvHeads: 32, queryLength: 1, keyLength: 4096, keyDim: 128, valueDim: 128, fixedMask: MaskKind.none),
+        BenchShape(name: "decode GQA", batch: 1, heads: 32, kvHeads: 8, queryLength: 1, keyLength: 4096, keyDim: 128, valueDim: 128, fixedMask: MaskKind.none),
+    ]
+
     /// The default suite.
     static let suite: [BenchShape] = [
         encoder,
@@ -129,4 +149,9 @@ struct BenchShape: Sendable {
         BenchShape(name: "decode GQA", batch: 1, heads: 32, kvHeads: 8,
                    queryLength: 1, keyLength: 4096, keyDim: 128, valueDim: 128),
     ]
+}
+
+/// The built-in shape lists.
+enum SuiteName: String, CaseIterable, ExpressibleByArgument {
+    case core, compare
 }

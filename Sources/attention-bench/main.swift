@@ -7,7 +7,9 @@ checks each one against the naive kernel.
     swift run -c release attention-bench --batch 1 --heads 8 --query-length 512 --dim 64 \
         --threads 1 --repetitions 9                          # one custom shape
     swift run -c release attention-bench --format json > results.json
-    swift run -c release attention-bench --help              # every option and column
+    swift run -c release attention-bench suite --help        # every option and column
+    swift run attention-bench run --query q.npy --key k.npy --value v.npy --output out.npy
+                                                             # attention on .npy files (RunCommand.swift)
 
 What it does, per shape (default suite: encoder B1 H8 L512 S512 D64, batched short B32 H8
 L128 D64, ViT B4 H12 L197 D64, decode GQA B1 Hq32 Hkv8 L1 S4096 D128):
@@ -113,4 +115,17 @@ sgemm compute kernel, so its GEMM share ≈ 1 means "all GEMM", not "near optima
 sgemv or streaming path for very few rows would read K and V (33.5 MB) once instead.
 */
 
-AttentionBenchRoot.main()
+import ArgumentParser
+
+/// The root command. With no subcommand it runs `suite`, so `attention-bench` and all of its
+/// options work as before; `run` computes attention on .npy files (RunCommand.swift); `layer`
+/// times the multi-head attention layer (LayerBench.swift).
+struct AttentionBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attention-bench",
+        abstract: "Times AttentionKit's attention kernels and layer, or runs them on tensors from .npy files.",
+        subcommands: [Suite.self, Run.self, LayerBench.self],
+        defaultSubcommand: Suite.self)
+}
+
+AttentionBenchCommand.main()

@@ -251,11 +251,34 @@ struct ThreadTests {
                         mask: [.causal(.upperLeft), .keyLengths([170, 90])])
         let (q, k, v) = c.inputs()
         let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
+        for kernel in [AttentionKernel.blas, .tiled] {
+            var results: [Tensor<Float>] = []
+            for threads in [1, 2, max(3, AttentionThreads.coreCount)] {
+                try AttentionThreads.setCount(threads)
+                defer { try? AttentionThreads.setCount(nil) }
+                let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: kernel)
+                assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(kernel), \(threads) threads")
+                results.append(out)
+            }
+            for other in results.dropFirst() {
+                let worst = zip(results[0].scalars, other.scalars).map { Swift.abs($0 - $1) }.max() ?? 0
+                #expect(worst <= 1e-6, "\(kernel): thread counts differ by \(worst)")
+            }
+        }
+    }
+
+    /// A decode step with one key/value head: with more than one thread the tiled kernel
+    /// splits the keys (split-KV), so thread counts change only the rounding of the merge.
+    @Test func decodeSplitAcrossThreads() throws {
+        let c = Cases.c("decode threads", [2, 4, 1, 32], [2, 1, 2500, 32], [2, 1, 2500, 16],
+                        mask: [.causal(.lowerRight), .keyLengths([2500, 1700])])
+        let (q, k, v) = c.inputs()
+        let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
         var results: [Tensor<Float>] = []
-        for threads in [1, 2, max(3, AttentionThreads.coreCount)] {
+        for threads in [1, 2, 4] {
             try AttentionThreads.setCount(threads)
             defer { try? AttentionThreads.setCount(nil) }
-            let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: .blas)
+            let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: .tiled)
             assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(threads) threads")
             results.append(out)
         }

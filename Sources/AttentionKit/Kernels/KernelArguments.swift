@@ -18,4 +18,6 @@ struct KernelArguments: @unchecked Sendable {
     let scale: Float
     let dropout: Dropout?
     let threads: Int
+    /// Forced tile sizes for the tiled kernel, or nil for its defaults.
+    var tiles: TileSizes? = nil
 }

@@ -1,0 +1,219 @@
+/// The tiled kernel: flash-attention-style streaming over key tiles with an online softmax,
+/// on OpenBLAS, in O(L·D) memory.
+///
+/// Work items are blocks of up to `queryBlock` query rows of one (batch, key/value head),
+/// where, as in the BLAS kernel, the `g = Hq/Hkv` query heads sharing a key/value head form
+/// one `[g·L, Dk]` matrix. Each item walks the keys in tiles of `keyBlock`:
+///
+///     s[R, n]   = scale · Q[R, Dk] · K[n, Dk]ᵀ           sgemm (sgemv per row for R ≤ 4)
+///     s[r, :]   = mask(s[r, :])                           Swift, only rows the mask touches
+///     m′, α, l′ = online softmax step                     s ← exp(s − m′), l′ = α·l + Σ exp
+///     O[r, :]  *= α  (only when a row's maximum grew)
+///     O[R, Dv] += s[R, n] · V[n, Dv]                      sgemm with beta = 1 (sgemv per row)
+///
+/// and finally divides each output row by its `l`. Nothing of size L×S is allocated: the
+/// score tile (`queryBlock × keyBlock` floats) lives in a per-thread scratch buffer that
+/// stays in L2. Key tiles that a causal mask or key lengths exclude for the whole block are
+/// never multiplied; tiles inside the allowed region pay for no mask work except the
+/// boolean/additive tensors, which apply everywhere.
+///
+/// Split-KV: when (batch × key/value heads × query blocks) gives fewer items than the
+/// threads can use — decoding, a few queries against a long cache — the keys are also split
+/// into ranges, each item keeps its partial `(m, l, O)`, and the partials are merged:
+///
+///     M = max_s m_s,   O = Σ_s exp(m_s − M)·O_s / Σ_s exp(m_s − M)·l_s
+///
+/// Dropout is applied to the tile after its sum enters `l` (the denominator is that of the
+/// undropped softmax, as in the other kernels), with the same per-(row, key) decisions.
+/// When the caller asks for the weights, an L×S tensor is needed anyway and the kernel
+/// computes them as the BLAS kernel does.
+///
+/// With `gemmOnly`, only the products run (same tiles, no softmax): attention-bench's
+/// roofline reference.
+func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
+    if a.weights != nil {
+        blasAttention(a, gemmOnly: gemmOnly)
+        return
+    }
+    let p = a.problem
+    let (L, S, Dk, Dv, g) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim, p.group)
+    let unitRows = g * L
+    let units = p.batch * p.kvHeads
+    let plan = TilePlan(unitRows: unitRows, units: units, keyLength: S, threads: a.threads, override: a.tiles)
+    let (Rq, Sk, splits) = (plan.queryBlock, plan.keyBlock, plan.splits)
+    let blocksPerUnit = (unitRows + Rq - 1) / Rq
+    let tilesPerSplit = ((S + Sk - 1) / Sk + splits - 1) / splits
+    let keysPerSplit = tilesPerSplit * Sk
+    let items = units * blocksPerUnit * splits
+
+    // Split-KV partials: per item, O [Rq, Dv] then m [Rq] and l [Rq].
+    let partialStride = Rq * (Dv + 2)
+    let partials: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: items * partialStride) : nil
+    defer { partials?.deallocate() }
+
+    BLAS.singleThreaded {
+        parallelWork(threads: a.threads, items: items) { claim in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: Rq * Sk)       // [Rq, Sk]
+            let rowEnds = UnsafeMutablePointer<Int>.allocate(capacity: Rq)
+            let maxima = UnsafeMutablePointer<Float>.allocate(capacity: Rq)
+            let sums = UnsafeMutablePointer<Float>.allocate(capacity: Rq)
+            defer { scores.deallocate(); rowEnds.deallocate(); maxima.deallocate(); sums.deallocate() }
+
+            while let item = claim() {
+                let split = item % splits
+                let block = item / splits
+                let unit = block / blocksPerUnit                       // b · Hkv + kvHead
+                let r0 = (block % blocksPerUnit) * Rq
+                let rows = min(Rq, unitRows - r0)
+                let b = unit / p.kvHeads
+                let kvHead = unit % p.kvHeads
+                let firstRow = (b * p.queryHeads + kvHead * g) * L + r0  // flat row in [B, Hq, L]
+
+                var blockEnd = 0
+                for r in 0..<rows {
+                    rowEnds[r] = a.mask.rowEnd(batch: b, query: (r0 + r) % L, keyLength: S)
+                    blockEnd = max(blockEnd, rowEnds[r])
+                    maxima[r] = -.infinity
+                    sums[r] = 0
+                }
+                let keyStart = split * keysPerSplit
+                let keyStop = min(blockEnd, keyStart + keysPerSplit)
+
+                let q = a.query + firstRow * Dk                         // [R, Dk]
+                let k = a.key + unit * S * Dk                           // [S, Dk]
+                let v = a.value + unit * S * Dv                         // [S, Dv]
+                let out: UnsafeMutablePointer<Float>                    // [R, Dv]
+                if let partials {
+                    out = partials + item * partialStride
+                    out.update(repeating: 0, count: rows * Dv)
+                } else {
+                    out = a.output + firstRow * Dv                      // zero-initialised
+                }
+                let perRow = rows <= plan.rowwiseLimit
+
+                var kt = keyStart
+                while kt < keyStop {
+                    let n = min(Sk, keyStop - kt)
+                    let kTile = k + kt * Dk                             // [n, Dk]
+                    let vTile = v + kt * Dv                             // [n, Dv]
+
+                    // s[R, n] = scale · Q[R, Dk] · K[n, Dk]ᵀ
+                    if perRow {
+                        for r in 0..<rows {
+                            BLAS.sgemv(transposeA: false, m: n, n: Dk, alpha: a.scale,
+                                       a: kTile, lda: Dk, x: q + r * Dk, beta: 0, y: scores + r * Sk)
+                        }
+                    } else {
+                        BLAS.sgemm(m: rows, n: n, k: Dk, alpha: a.scale,
+                                   a: q, lda: Dk, b: kTile, ldb: Dk, transposeB: true,
+                                   beta: 0, c: scores, ldc: Sk)
+                    }
+
+                    if !gemmOnly {
+                        for r in 0..<rows {
+                            let row = scores + r * Sk
+                            let allowed = max(0, min(n, rowEnds[r] - kt))
+                            if allowed > 0 {
+                                let h = kvHead * g + (r0 + r) / L
+                                a.mask.apply(row, count: allowed, batch: b, head: h, query: (r0 + r) % L, keyOffset: kt)
+                            }
+                            let alpha = onlineSoftmaxStep(row, allowed: allowed, count: n,
+                                                          runningMax: &maxima[r], runningSum: &sums[r])
+                            if alpha != 1 { scaleRow(out + r * Dv, count: Dv, by: alpha) }
+                            if allowed > 0 {
+                                a.dropout?.apply(row, count: allowed, rowIndex: firstRow + r, keyOffset: kt)
+                            }
+                        }
+                    }
+
+                    // O[R, Dv] += P[R, n] · V[n, Dv]
+                    if perRow {
+                        for r in 0..<rows {
+                            BLAS.sgemv(transposeA: true, m: n, n: Dv, alpha: 1,
+                                       a: vTile, lda: Dv, x: scores + r * Sk, beta: 1, y: out + r * Dv)
+                        }
+                    } else {
+                        BLAS.sgemm(m: rows, n: Dv, k: n, alpha: 1,
+                                   a: scores, lda: Sk, b: vTile, ldb: Dv, transposeB: false,
+                                   beta: 1, c: out, ldc: Dv)
+                    }
+                    kt += n
+                }
+
+                if partials != nil {
+                    let stats = out + Rq * Dv
+                    for r in 0..<rows { stats[r] = maxima[r]; stats[Rq + r] = sums[r] }
+                } else if !gemmOnly {
+                    for r in 0..<rows { scaleRow(out + r * Dv, count: Dv, by: sums[r] > 0 ? 1 / sums[r] : 0) }
+                }
+            }
+        }
+    }
+
+    // Merge the split-KV partials of each query block.
+    guard let partials, !gemmOnly else { return }
+    for block in 0..<(units * blocksPerUnit) {
+        let unit = block / blocksPerUnit
+        let r0 = (block % blocksPerUnit) * Rq
+        let rows = min(Rq, unitRows - r0)
+        let b = unit / p.kvHeads, kvHead = unit % p.kvHeads
+        let out = a.output + ((b * p.queryHeads + kvHead * g) * L + r0) * Dv    // [R, Dv]
+        for r in 0..<rows {
+            var M = -Float.infinity
+            for s in 0..<splits { M = max(M, partials[(block * splits + s) * partialStride + Rq * Dv + r]) }
+            guard M > -.infinity else { continue }                              // no allowed key: zeros
+            var total: Float = 0
+            for s in 0..<splits {
+                let base = partials + (block * splits + s) * partialStride
+                let m = base[Rq * Dv + r]
+                guard m > -.infinity else { continue }
+                let w = exponential(m - M)
+                total += w * base[Rq * Dv + Rq + r]
+                let partial = base + r * Dv
+                for d in 0..<Dv { out[r * Dv + d] += w * partial[d] }
+            }
+            scaleRow(out + r * Dv, count: Dv, by: 1 / total)
+        }
+    }
+}
+
+/// Tile sizes to force instead of the measured defaults (tests use this to put tile
+/// boundaries at awkward places).
+struct TileSizes: Sendable {
+    var queryBlock: Int? = nil
+    var keyBlock: Int? = nil
+    var splits: Int? = nil
+    var rowwiseLimit: Int? = nil
+}
+
+/// Block sizes and key splitting for the tiled kernel.
+struct TilePlan {
+    /// Query rows per work item.
+    var queryBlock: Int
+    /// Keys per tile.
+    var keyBlock: Int
+    /// Key ranges per query block (split-KV); 1 for prefill.
+    var splits: Int
+    /// Blocks of at most this many rows use one sgemv per row instead of sgemm: for a handful
+    /// of rows, sgemm's packing of the key and value tiles costs more than streaming them.
+    var rowwiseLimit = 4
+
+    init(unitRows: Int, units: Int, keyLength S: Int, threads: Int, override: TileSizes? = nil) {
+        queryBlock = max(1, min(unitRows, override?.queryBlock ?? 256))
+        keyBlock = max(1, min(S, override?.keyBlock ?? 512))
+        rowwiseLimit = override?.rowwiseLimit ?? rowwiseLimit
+        let tiles = (S + keyBlock - 1) / keyBlock
+        if let forced = override?.splits {
+            splits = max(1, min(tiles, forced))
+            return
+        }
+        splits = 1
+        let blocks = units * ((unitRows + queryBlock - 1) / queryBlock)
+        // Too few items for the threads (e.g. decoding with few heads): split the keys,
+        // keeping at least one key tile per split.
+        let wanted = 2 * threads
+        if blocks < wanted && threads > 1 {
+            splits = max(1, min(tiles, (wanted + blocks - 1) / blocks))
+        }
+    }
+}

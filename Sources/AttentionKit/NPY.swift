@@ -1,0 +1,625 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+// NumPy's .npy format (versions 1.0, 2.0 and 3.0), as NumPy's `numpy.lib.format` documents it:
+//
+//     magic "\x93NUMPY" | major, minor version bytes | header length (UInt16 LE for 1.0,
+//     UInt32 LE for 2.0 and 3.0) | header: a Python dict literal, Latin-1 (UTF-8 for 3.0),
+//     padded with spaces and ended by "\n" | the array's bytes
+//
+// with the header holding exactly the keys 'descr' (the data type), 'fortran_order' and
+// 'shape', for example `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
+
+extension Tensor where Element == Float {
+    /// Reads a tensor from a NumPy `.npy` file.
+    ///
+    /// Reads files of format version 1.0, 2.0 and 3.0 in C (row-major) order, with data type:
+    /// - `<f4` (little-endian float32): the values exactly, bit for bit, including NaN,
+    ///   infinities, −0 and subnormals.
+    /// - `<f8` (little-endian float64), converted to `Float` by this policy: each value is
+    ///   rounded to the nearest `Float` (ties to even), as `numpy.ndarray.astype(np.float32)`
+    ///   does, so the result equals what NumPy would convert; NaN stays NaN and ±infinity stays
+    ///   ±infinity; a *finite* value that would round to infinity (magnitude above about
+    ///   3.4028235e38) is refused with an error instead of silently becoming infinite.
+    ///   Values too small for `Float` become subnormals or ±0, as in NumPy.
+    ///
+    /// Arrays written by `numpy.save(path, a)` for a `float32` or `float64` array `a` read back
+    /// as `Tensor<Float>` with `shape == list(a.shape)`; a 0-d array gives a rank-0 tensor.
+    /// `numpy.save` stores a transposed (Fortran-contiguous) array in Fortran order, which is
+    /// refused: save `numpy.ascontiguousarray(a)` instead.
+    ///
+    /// ```swift
+    /// let q = try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: "q.npy"))   // [B, H, L, D]
+    /// ```
+    ///
+    /// - Parameter url: A file URL.
+    /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be read,
+    ///   `.npyFormat` when it is not a well-formed `.npy` file (magic, version, header, a
+    ///   payload shorter or longer than the shape needs), `.npyUnsupported` for any other
+    ///   data type (including `|b1`: read it as `Tensor<Bool>`), big-endian data or Fortran
+    ///   order, `.sizeOverflow` when the shape's element count overflows, and
+    ///   `.npyValueOutOfRange` for a float64 value beyond `Float`'s range. The message names
+    ///   the file and what was found. No tensor is made unless the whole file is valid.
+    public init(contentsOfNPY url: URL) throws {
+        let bytes = try readWholeFile(url)
+        self = try bytes.withUnsafeBytes { try decodeNPY($0, as: Float.self, source: filePath(url)) }
+    }
+
+    /// Reads a tensor from the bytes of a NumPy `.npy` file, as `init(contentsOfNPY:)` does.
+    ///
+    /// - Parameter npyData: The complete contents of a `.npy` file.
+    /// - Throws: ``AttentionError``, as `init(contentsOfNPY:)` does (never `.fileAccess`).
+    public init(npyData: Data) throws {
+        self = try npyData.withUnsafeBytes { try decodeNPY($0, as: Float.self, source: "npy data") }
+    }
+
+    /// The tensor as the bytes of a `.npy` file: format version 1.0 (2.0 if the header needs
+    /// more than 65535 bytes), data type `<f4`, C order.
+    ///
+    /// The bytes are identical to what `numpy.save` writes for a float32 array of the same
+    /// shape and values, so `numpy.load` reads them back exactly.
+    public func npyData() -> Data {
+        encodeNPY(self)
+    }
+
+    /// Writes the tensor to a NumPy `.npy` file (`<f4`, C order; see `npyData()`).
+    ///
+    /// The file is written completely or not at all: the bytes go to a temporary file in the
+    /// same directory, which is renamed over `url` once it is complete.
+    ///
+    /// ```swift
+    /// try output.write(toNPY: URL(fileURLWithPath: "out.npy"))   // numpy.load("out.npy")
+    /// ```
+    ///
+    /// - Parameter url: A file URL; an existing file there is replaced.
+    /// - Throws: ``AttentionError`` with code `.fileAccess`, naming the path and the system's
+    ///   reason, when the file cannot be written. `url` is then unchanged.
+    public func write(toNPY url: URL) throws {
+        let data = encodeNPY(self)
+        try data.withUnsafeBytes { try writeWholeFile($0, to: url) }
+    }
+}
+
+extension Tensor where Element == Bool {
+    /// Reads a boolean tensor (a mask) from a NumPy `.npy` file of data type `|b1`.
+    ///
+    /// Reads format versions 1.0, 2.0 and 3.0 in C order. Every byte of the payload must be
+    /// 0 (`false`) or 1 (`true`), as NumPy writes them.
+    ///
+    /// ```swift
+    /// let allowed = try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: "mask.npy"))
+    /// let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: .boolean(allowed))
+    /// ```
+    ///
+    /// - Parameter url: A file URL.
+    /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be read,
+    ///   `.npyFormat` when it is malformed (including a byte other than 0 or 1),
+    ///   `.npyUnsupported` for any data type other than `|b1` or Fortran order, and
+    ///   `.sizeOverflow` when the shape's element count overflows.
+    public init(contentsOfNPY url: URL) throws {
+        let bytes = try readWholeFile(url)
+        self = try bytes.withUnsafeBytes { try decodeNPY($0, as: Bool.self, source: filePath(url)) }
+    }
+
+    /// Reads a boolean tensor from the bytes of a `.npy` file, as `init(contentsOfNPY:)` does.
+    ///
+    /// - Parameter npyData: The complete contents of a `.npy` file.
+    /// - Throws: ``AttentionError``, as `init(contentsOfNPY:)` does (never `.fileAccess`).
+    public init(npyData: Data) throws {
+        self = try npyData.withUnsafeBytes { try decodeNPY($0, as: Bool.self, source: "npy data") }
+    }
+
+    /// The tensor as the bytes of a `.npy` file: version 1.0 (2.0 for very long headers),
+    /// data type `|b1` (one byte, 0 or 1, per element), C order; identical to `numpy.save`'s.
+    public func npyData() -> Data {
+        encodeNPY(self)
+    }
+
+    /// Writes the tensor to a NumPy `.npy` file (`|b1`, C order), completely or not at all.
+    ///
+    /// - Parameter url: A file URL; an existing file there is replaced.
+    /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be written;
+    ///   `url` is then unchanged.
+    public func write(toNPY url: URL) throws {
+        let data = encodeNPY(self)
+        try data.withUnsafeBytes { try writeWholeFile($0, to: url) }
+    }
+}
+
+// MARK: - Element types
+
+/// The data types AttentionKit reads and writes.
+enum NPYDataType: String {
+    case float32 = "<f4"
+    case float64 = "<f8"
+    case bool = "|b1"
+
+    var itemSize: Int {
+        switch self {
+        case .float32: 4
+        case .float64: 8
+        case .bool: 1
+        }
+    }
+}
+
+/// An element type that can be stored in a `.npy` file.
+protocol NPYElement {
+    /// The data type written, and the types that can be read into this element type.
+    static var writtenType: NPYDataType { get }
+    static var readableTypes: [NPYDataType] { get }
+    /// Decodes `count` elements of type `type` from `payload` (exactly `count · itemSize` bytes).
+    static func decode(_ payload: UnsafeRawBufferPointer, type: NPYDataType, count: Int,
+                       shape: [Int], source: String) throws -> [Self]
+    /// Appends the little-endian bytes of `elements`.
+    static func encode(_ elements: [Self], into data: inout Data)
+}
+
+extension Float: NPYElement {
+    static var writtenType: NPYDataType { .float32 }
+    static var readableTypes: [NPYDataType] { [.float32, .float64] }
+
+    static func decode(_ payload: UnsafeRawBufferPointer, type: NPYDataType, count: Int,
+                       shape: [Int], source: String) throws -> [Float] {
+        var result = [Float](repeating: 0, count: count)
+        switch type {
+        case .float32:
+            result.withUnsafeMutableBufferPointer { out in
+                for n in 0..<count {
+                    let bits = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 4 * n, as: UInt32.self))
+                    out[n] = Float(bitPattern: bits)
+                }
+            }
+        case .float64:
+            var bad: (index: Int, value: Double)?
+            result.withUnsafeMutableBufferPointer { out in
+                for n in 0..<count {
+                    let bits = UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 8 * n, as: UInt64.self))
+                    let value = Double(bitPattern: bits)
+                    let converted = Float(value)      // round to nearest, ties to even
+                    if converted.isInfinite && value.isFinite && bad == nil { bad = (n, value) }
+                    out[n] = converted
+                }
+            }
+            if let bad {
+                throw AttentionError(.npyValueOutOfRange,
+                    "\(source): float64 value \(bad.value) at index \(describe(flatToIndex(bad.index, shape))) "
+                    + "is too large for Float (largest \(Float.greatestFiniteMagnitude)); "
+                    + "AttentionKit rounds float64 to the nearest float32 and refuses finite values that would become infinite")
+            }
+        case .bool:
+            preconditionFailure("bool data is never decoded as Float")
+        }
+        return result
+    }
+
+    static func encode(_ elements: [Float], into data: inout Data) {
+        #if _endian(little)
+        elements.withUnsafeBytes { data.append(contentsOf: $0) }
+        #else
+        for value in elements { withUnsafeBytes(of: value.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+        #endif
+    }
+}
+
+extension Bool: NPYElement {
+    static var writtenType: NPYDataType { .bool }
+    static var readableTypes: [NPYDataType] { [.bool] }
+
+    static func decode(_ payload: UnsafeRawBufferPointer, type: NPYDataType, count: Int,
+                       shape: [Int], source: String) throws -> [Bool] {
+        // Check every byte first: a Bool must hold exactly 0 or 1.
+        if let bad = (0..<count).first(where: { payload[$0] > 1 }) {
+            throw AttentionError(.npyFormat,
+                "\(source): bool byte \(payload[bad]) at index \(describe(flatToIndex(bad, shape))) "
+                + "is neither 0 (false) nor 1 (true)")
+        }
+        return (0..<count).map { payload[$0] != 0 }
+    }
+
+    static func encode(_ elements: [Bool], into data: inout Data) {
+        data.append(contentsOf: elements.lazy.map { $0 ? 1 as UInt8 : 0 })
+    }
+}
+
+/// The multi-index of a flat row-major offset, for messages.
+private func flatToIndex(_ flat: Int, _ shape: [Int]) -> [Int] {
+    var rest = flat
+    var index = [Int](repeating: 0, count: shape.count)
+    for axis in stride(from: shape.count - 1, through: 0, by: -1) where shape[axis] > 0 {
+        index[axis] = rest % shape[axis]
+        rest /= shape[axis]
+    }
+    return index
+}
+
+// MARK: - Writing
+
+private let magic: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]   // "\x93NUMPY"
+
+/// Encodes a tensor exactly as `numpy.save` does: sorted keys, the shape as a Python tuple,
+/// spare spaces for the first dimension to grow to 21 digits, padding so that the data starts
+/// at a multiple of 64 bytes, a final newline.
+func encodeNPY<Element: NPYElement>(_ tensor: Tensor<Element>) -> Data {
+    let shape = tensor.shape
+    let tuple = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
+    var header = "{'descr': '\(Element.writtenType.rawValue)', 'fortran_order': False, 'shape': \(tuple), }"
+    if let first = shape.first {
+        header += String(repeating: " ", count: max(0, 21 - String(first).count))
+    }
+    var headerBytes = Array(header.utf8)                 // ASCII only
+    var version: UInt8 = 1
+    var prefixLength = magic.count + 2 + 2
+    var padding = 64 - (prefixLength + headerBytes.count + 1) % 64
+    if headerBytes.count + 1 + padding > Int(UInt16.max) {
+        version = 2
+        prefixLength = magic.count + 2 + 4
+        padding = 64 - (prefixLength + headerBytes.count + 1) % 64
+    }
+    headerBytes += [UInt8](repeating: 0x20, count: padding) + [0x0A]
+
+    var data = Data(capacity: prefixLength + headerBytes.count + tensor.count * Element.writtenType.itemSize)
+    data.append(contentsOf: magic)
+    data.append(contentsOf: [version, 0])
+    if version == 1 {
+        withUnsafeBytes(of: UInt16(headerBytes.count).littleEndian) { data.append(contentsOf: $0) }
+    } else {
+        withUnsafeBytes(of: UInt32(headerBytes.count).littleEndian) { data.append(contentsOf: $0) }
+    }
+    data.append(contentsOf: headerBytes)
+    Element.encode(tensor.scalars, into: &data)
+    return data
+}
+
+// MARK: - Reading
+
+/// Decodes the bytes of a `.npy` file into a tensor, validating everything before the
+/// tensor is made.
+func decodeNPY<Element: NPYElement>(
+    _ bytes: UnsafeRawBufferPointer, as: Element.Type, source: String
+) throws -> Tensor<Element> {
+    func malformed(_ reason: String) -> AttentionError {
+        AttentionError(.npyFormat, "\(source): not a valid .npy file: \(reason)")
+    }
+
+    // Magic string and version.
+    guard bytes.count >= magic.count, bytes.prefix(magic.count).elementsEqual(magic) else {
+        let start = bytes.prefix(8).map { hexByte($0) }.joined(separator: " ")
+        let zip = bytes.starts(with: [0x50, 0x4B, 0x03, 0x04]) ? " (this looks like a zip archive such as .npz: extract its arrays first)" : ""
+        throw malformed(bytes.isEmpty ? "the file is empty"
+            : "it starts with bytes \(start), not the magic string \\x93NUMPY\(zip)")
+    }
+    guard bytes.count >= magic.count + 2 else { throw malformed("it ends inside the version bytes") }
+    let major = bytes[6], minor = bytes[7]
+    guard minor == 0, (1...3).contains(major) else {
+        throw AttentionError(.npyFormat,
+            "\(source): unsupported .npy format version \(major).\(minor) (AttentionKit reads 1.0, 2.0 and 3.0)")
+    }
+
+    // Header length and header.
+    let lengthSize = major == 1 ? 2 : 4
+    let headerStart = 8 + lengthSize
+    guard bytes.count >= headerStart else { throw malformed("it ends inside the header length") }
+    var headerLength = 0
+    for n in 0..<lengthSize { headerLength |= Int(bytes[8 + n]) << (8 * n) }
+    guard bytes.count - headerStart >= headerLength else {
+        throw malformed("the header length field says \(headerLength) bytes but only \(bytes.count - headerStart) follow")
+    }
+    let headerBytes = UnsafeRawBufferPointer(rebasing: bytes[headerStart..<(headerStart + headerLength)])
+    let header = try parseHeader(headerBytes, utf8: major == 3, source: source)
+
+    // Data type, order and shape.
+    let type: NPYDataType
+    switch NPYDataType(rawValue: header.descr) {
+    case let known? where Element.readableTypes.contains(known):
+        type = known
+    case let known?:
+        let hint = known == .bool ? "read it as Tensor<Bool>" : "read it as Tensor<Float>"
+        throw AttentionError(.npyUnsupported,
+            "\(source): data type '\(header.descr)' cannot be read as Tensor<\(Element.self)>; \(hint)")
+    case nil:
+        throw AttentionError(.npyUnsupported,
+            "\(source): data type \(describeDescr(header.descr)) is not supported; AttentionKit reads "
+            + "'<f4' (float32), '<f8' (float64, converted to float32) and '|b1' (bool)")
+    }
+    guard !header.fortranOrder else {
+        throw AttentionError(.npyUnsupported,
+            "\(source): the array is in Fortran (column-major) order; save numpy.ascontiguousarray(a) instead")
+    }
+    let shape = header.shape
+    let count: Int
+    do {
+        count = try elementCount(of: shape)
+    } catch let error as AttentionError {
+        throw AttentionError(error.code, "\(source): \(error.message)")
+    }
+    let (byteCount, overflow) = count.multipliedReportingOverflow(by: type.itemSize)
+    guard !overflow else {
+        throw AttentionError(.sizeOverflow, "\(source): shape \(describe(shape)) of '\(type.rawValue)' has too many bytes")
+    }
+
+    // Payload: exactly as long as the shape needs.
+    let payloadStart = headerStart + headerLength
+    let available = bytes.count - payloadStart
+    guard available == byteCount else {
+        let needs = "shape \(describe(shape)) of '\(type.rawValue)' needs \(byteCount) bytes of data"
+        throw malformed(available < byteCount
+            ? "truncated: \(needs), the file has \(available)"
+            : "\(available - byteCount) bytes of unexpected data after the array (\(needs), the file has \(available))")
+    }
+    let payload = UnsafeRawBufferPointer(rebasing: bytes[payloadStart...])
+    let scalars = try Element.decode(payload, type: type, count: count, shape: shape, source: source)
+    return Tensor(validatedShape: shape, scalars: scalars)
+}
+
+private func hexByte(_ byte: UInt8) -> String {
+    let digits = Array("0123456789ABCDEF")
+    return String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
+}
+
+private func describeDescr(_ descr: String) -> String {
+    let known: [String: String] = [
+        ">f4": "big-endian float32; convert with a.astype('<f4')",
+        ">f8": "big-endian float64; convert with a.astype('<f8')",
+        "<f2": "float16; convert with a.astype('<f4')",
+        "|b1": "bool", "|u1": "uint8", "|i1": "int8",
+        "<i2": "int16", "<i4": "int32", "<i8": "int64",
+        "<u2": "uint16", "<u4": "uint32", "<u8": "uint64",
+        "<c8": "complex64", "<c16": "complex128", "|O": "Python objects",
+    ]
+    return "'\(descr)'" + (known[descr].map { " (\($0))" } ?? "")
+}
+
+// MARK: - Header dictionary
+
+/// The three entries of a `.npy` header.
+struct NPYHeader {
+    var descr: String
+    var fortranOrder: Bool
+    var shape: [Int]
+}
+
+/// A Python literal, as far as `.npy` headers use them.
+private indirect enum PyValue {
+    case string(String)
+    case bool(Bool)
+    case integer(Int?)            // nil: too large for Int
+    case none
+    case sequence([PyValue], tuple: Bool)
+
+    var text: String {
+        switch self {
+        case .string(let s): return "'\(s)'"
+        case .bool(let b): return b ? "True" : "False"
+        case .integer(let n): return n.map(String.init) ?? "(a very large integer)"
+        case .none: return "None"
+        case .sequence(let items, let tuple):
+            let inner = items.map(\.text).joined(separator: ", ")
+            return tuple ? "(\(inner)\(items.count == 1 ? "," : ""))" : "[\(inner)]"
+        }
+    }
+}
+
+/// Parses the header dictionary; every failure names the header text that was found.
+func parseHeader(_ bytes: UnsafeRawBufferPointer, utf8: Bool, source: String) throws -> NPYHeader {
+    let text = headerExcerpt(bytes, utf8: utf8)
+    func failure(_ reason: String) -> AttentionError {
+        AttentionError(.npyFormat, "\(source): not a valid .npy header (\(reason)): \(text)")
+    }
+    if utf8, String(validating: bytes, as: UTF8.self) == nil {
+        throw failure("version 3.0 headers must be UTF-8")
+    }
+    var parser = HeaderParser(bytes: bytes)
+    let entries: [(String, PyValue)]
+    do {
+        entries = try parser.parseDictionary()
+    } catch let error as HeaderParser.Failure {
+        throw failure(error.reason)
+    }
+
+    var dictionary: [String: PyValue] = [:]
+    for (key, value) in entries {
+        guard dictionary[key] == nil else { throw failure("the key '\(key)' appears twice") }
+        dictionary[key] = value
+    }
+    let expected: Set<String> = ["descr", "fortran_order", "shape"]
+    guard Set(dictionary.keys) == expected else {
+        let missing = expected.subtracting(dictionary.keys).sorted()
+        let extra = Set(dictionary.keys).subtracting(expected).sorted()
+        var parts: [String] = []
+        if !missing.isEmpty { parts.append("missing " + missing.map { "'\($0)'" }.joined(separator: ", ")) }
+        if !extra.isEmpty { parts.append("unexpected " + extra.map { "'\($0)'" }.joined(separator: ", ")) }
+        throw failure("keys must be 'descr', 'fortran_order' and 'shape'; " + parts.joined(separator: "; "))
+    }
+
+    let descr: String
+    switch dictionary["descr"]! {
+    case .string(let s): descr = s
+    case let other:
+        throw AttentionError(.npyUnsupported,
+            "\(source): structured or non-string data type \(other.text) is not supported; "
+            + "AttentionKit reads '<f4', '<f8' and '|b1'")
+    }
+    guard case .bool(let fortranOrder) = dictionary["fortran_order"]! else {
+        throw failure("'fortran_order' must be True or False, found \(dictionary["fortran_order"]!.text)")
+    }
+    guard case .sequence(let items, tuple: true) = dictionary["shape"]! else {
+        throw failure("'shape' must be a tuple of integers, found \(dictionary["shape"]!.text)")
+    }
+    var shape: [Int] = []
+    for item in items {
+        guard case .integer(let size) = item else {
+            throw failure("'shape' must be a tuple of integers, found \(dictionary["shape"]!.text)")
+        }
+        guard let size else {
+            throw AttentionError(.sizeOverflow, "\(source): a dimension in the header's shape is too large: \(text)")
+        }
+        guard size >= 0 else { throw failure("'shape' has the negative dimension \(size)") }
+        shape.append(size)
+    }
+    return NPYHeader(descr: descr, fortranOrder: fortranOrder, shape: shape)
+}
+
+/// The header for messages: printable ASCII as is, other bytes as `\xNN`, cut at 160 characters.
+private func headerExcerpt(_ bytes: UnsafeRawBufferPointer, utf8: Bool) -> String {
+    var out = ""
+    for byte in bytes {
+        if out.count >= 160 { out += "…"; break }
+        switch byte {
+        case 0x20..<0x7F: out.unicodeScalars.append(Unicode.Scalar(byte))
+        case 0x0A: out += "\\n"
+        default: out += "\\x" + hexByte(byte)
+        }
+    }
+    // Trailing padding carries no information.
+    while out.hasSuffix(" ") { out.removeLast() }
+    return out.isEmpty ? "(empty header)" : out
+}
+
+/// A recursive-descent parser for the Python literals of `.npy` headers: a dict of string
+/// keys whose values are strings, True/False, None, integers, tuples and lists.
+private struct HeaderParser {
+    struct Failure: Error { var reason: String }
+
+    let bytes: UnsafeRawBufferPointer
+    var position = 0
+    /// Deep nesting is never valid in a header; the limit keeps recursion bounded.
+    let maximumDepth = 16
+
+    init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    private var current: UInt8? { position < bytes.count ? bytes[position] : nil }
+
+    private mutating func skipSpace() {
+        while let c = current, c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D { position += 1 }
+    }
+
+    private func found() -> String {
+        guard let c = current else { return "the end of the header" }
+        return (0x20..<0x7F).contains(c) ? "'\(Character(Unicode.Scalar(c)))'" : "byte \\x\(hexByte(c))"
+    }
+
+    private mutating func expect(_ byte: UInt8, _ what: String) throws {
+        skipSpace()
+        guard current == byte else { throw Failure(reason: "expected \(what) at byte \(position), found \(found())") }
+        position += 1
+    }
+
+    mutating func parseDictionary() throws -> [(String, PyValue)] {
+        try expect(UInt8(ascii: "{"), "'{'")
+        var entries: [(String, PyValue)] = []
+        while true {
+            skipSpace()
+            if current == UInt8(ascii: "}") { position += 1; break }
+            guard case .string(let key) = try parseValue(depth: 1) else {
+                throw Failure(reason: "dictionary keys must be strings")
+            }
+            try expect(UInt8(ascii: ":"), "':'")
+            entries.append((key, try parseValue(depth: 1)))
+            skipSpace()
+            if current == UInt8(ascii: ",") { position += 1; continue }
+            try expect(UInt8(ascii: "}"), "',' or '}'")
+            break
+        }
+        skipSpace()
+        guard position == bytes.count else {
+            throw Failure(reason: "unexpected \(found()) after the dictionary at byte \(position)")
+        }
+        return entries
+    }
+
+    private mutating func parseValue(depth: Int) throws -> PyValue {
+        guard depth <= maximumDepth else { throw Failure(reason: "values nested too deeply") }
+        skipSpace()
+        guard let c = current else { throw Failure(reason: "the header ends where a value should be") }
+        switch c {
+        case UInt8(ascii: "'"), UInt8(ascii: "\""):
+            return .string(try parseString(quote: c))
+        case UInt8(ascii: "("), UInt8(ascii: "["):
+            let tuple = c == UInt8(ascii: "(")
+            let close = tuple ? UInt8(ascii: ")") : UInt8(ascii: "]")
+            position += 1
+            var items: [PyValue] = []
+            var sawComma = false
+            while true {
+                skipSpace()
+                if current == close { position += 1; break }
+                items.append(try parseValue(depth: depth + 1))
+                skipSpace()
+                if current == UInt8(ascii: ",") { position += 1; sawComma = true; continue }
+                try expect(close, tuple ? "',' or ')'" : "',' or ']'")
+                sawComma = false
+                break
+            }
+            // `(5)` is the integer 5 in Python, not a tuple.
+            if tuple && items.count == 1 && !sawComma { return items[0] }
+            return .sequence(items, tuple: tuple)
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return .integer(try parseInteger())
+        default:
+            var end = position
+            while end < bytes.count, isIdentifierByte(bytes[end]) { end += 1 }
+            let word = String(decoding: bytes[position..<end], as: UTF8.self)
+            switch word {
+            case "True": position = end; return .bool(true)
+            case "False": position = end; return .bool(false)
+            case "None": position = end; return .none
+            case "": throw Failure(reason: "unexpected \(found()) at byte \(position)")
+            default: throw Failure(reason: "unexpected name '\(word.prefix(40))' at byte \(position)")
+            }
+        }
+    }
+
+    private func isIdentifierByte(_ c: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(c) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(c)
+            || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c) || c == UInt8(ascii: "_")
+    }
+
+    /// A decimal integer with an optional minus sign and Python 2's optional `L` suffix;
+    /// nil when it does not fit in `Int`.
+    private mutating func parseInteger() throws -> Int? {
+        var negative = false
+        if current == UInt8(ascii: "-") { negative = true; position += 1; skipSpace() }
+        var value: Int? = 0
+        var digits = 0
+        while let c = current, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c) {
+            let digit = Int(c - UInt8(ascii: "0"))
+            if let v = value {
+                let (times10, o1) = v.multipliedReportingOverflow(by: 10)
+                let (sum, o2) = times10.addingReportingOverflow(negative ? -digit : digit)
+                value = (o1 || o2) ? nil : sum
+            }
+            digits += 1
+            position += 1
+        }
+        guard digits > 0 else { throw Failure(reason: "expected digits at byte \(position), found \(found())") }
+        if current == UInt8(ascii: "L") || current == UInt8(ascii: "l") { position += 1 }
+        if let next = current, isIdentifierByte(next) {
+            throw Failure(reason: "unexpected \(found()) in a number at byte \(position)")
+        }
+        return value
+    }
+
+    private mutating func parseString(quote: UInt8) throws -> String {
+        position += 1
+        var scalars: [UInt8] = []
+        while true {
+            guard let c = current else { throw Failure(reason: "a string is not closed") }
+            position += 1
+            if c == quote { break }
+            if c == UInt8(ascii: "\\") {
+                guard let escaped = current else { throw Failure(reason: "a string is not closed") }
+                scalars.append(escaped)
+                position += 1
+                continue
+            }
+            if c == 0x0A { throw Failure(reason: "a string runs past the end of the line") }
+            scalars.append(c)
+        }
+        // Keys and data types are ASCII; anything else only ever appears in messages.
+        return String(decoding: scalars, as: UTF8.self)
+    }
+}

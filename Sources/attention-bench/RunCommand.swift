@@ -1,0 +1,281 @@
+import ArgumentParser
+import AttentionKit
+import Foundation
+
+/// `attention-bench run`: scaled dot-product attention on tensors read from NumPy `.npy`
+/// files, writing the output (and optionally the weights and an SVG heatmap of them).
+///
+/// Everything is read, validated and computed before anything is written; the files are then
+/// written to temporary files next to their destinations and renamed into place, so an error
+/// leaves no file half-written.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Computes attention on tensors from .npy files and writes the output as .npy.",
+        discussion: """
+            Reads query [B,Hq,L,Dk], key [B,Hkv,S,Dk] and value [B,Hkv,S,Dv] (or the
+            rank-3 [B,L,D] and rank-2 [L,D] forms) from .npy files of float32 ('<f4')
+            or float64 ('<f8', rounded to the nearest float32) in C order, as
+            numpy.save writes them. Computes
+              output = softmax(query · keyᵀ · scale + mask) · value
+            with AttentionKit, prints the shapes and the time of the call, and
+            writes the output [B,Hq,L,Dv] as float32 .npy; with --weights also the
+            attention weights [B,Hq,L,S], and with --heatmap an SVG picture of them.
+
+            Masks: --mask (a bool .npy, true = may attend), --bias (a float .npy
+            added to the scaled scores), --causal and --key-lengths. Tensors
+            broadcast NumPy-style to the scores [B,Hq,L,S]. They can be combined:
+            every exclusion applies and biases add.
+
+            Errors in the inputs (a file that is missing or not a supported .npy,
+            shapes that do not fit together, a mask that does not broadcast) print
+            one line and exit with status 1. Nothing is written unless every input
+            is valid and every output can be written.
+
+            Example, after numpy.save("q.npy", q) and the same for k and v:
+              attention-bench run --query q.npy --key k.npy --value v.npy \\
+                --causal upper-left --output out.npy --heatmap weights.svg
+              python3 -c "import numpy; print(numpy.load('out.npy').shape)"
+            """)
+
+    // MARK: Inputs
+
+    @Option(help: ArgumentHelp("Queries [B,Hq,L,Dk]: a .npy file of float32 or float64.", valueName: "q.npy"))
+    var query: String
+
+    @Option(help: ArgumentHelp("Keys [B,Hkv,S,Dk]; Hq must be a multiple of Hkv (grouped-query attention).", valueName: "k.npy"))
+    var key: String
+
+    @Option(help: ArgumentHelp("Values [B,Hkv,S,Dv].", valueName: "v.npy"))
+    var value: String
+
+    @Option(help: ArgumentHelp("Boolean mask (dtype bool), true = may attend; broadcasts to [B,Hq,L,S].", valueName: "m.npy"))
+    var mask: String?
+
+    @Option(help: ArgumentHelp("Additive bias (float32/float64) added to the scaled scores; broadcasts to [B,Hq,L,S]; -inf excludes.",
+                               valueName: "b.npy"))
+    var bias: String?
+
+    @Option(help: ArgumentHelp("Causal mask: upper-left (key j ≤ i, PyTorch's is_causal) or lower-right (j ≤ i + S − L, for a KV cache).",
+                               valueName: "alignment"))
+    var causal: CausalOption?
+
+    @Option(help: ArgumentHelp("Comma-separated key lengths, one per batch entry: keys at or beyond the length are excluded.",
+                               valueName: "5,7"))
+    var keyLengths: String?
+
+    @Option(help: ArgumentHelp("Multiplies query · keyᵀ (default 1/√Dk).", valueName: "x"))
+    var scale: Float?
+
+    @Option(help: ArgumentHelp("Kernel: naive, blas or automatic.", valueName: "kernel"))
+    var kernel: BenchKernel = .automatic
+
+    @Option(help: ArgumentHelp("Threads for the kernel (default: ATTENTIONKIT_NUM_THREADS or all cores).", valueName: "N"))
+    var threads: Int?
+
+    @Option(help: ArgumentHelp("Calls to time; the median is reported and the last call's results are written.", valueName: "N"))
+    var repetitions: Int = 1
+
+    // MARK: Outputs
+
+    @Option(help: ArgumentHelp("Where to write the output [B,Hq,L,Dv] (float32 .npy).", valueName: "out.npy"))
+    var output: String
+
+    @Option(help: ArgumentHelp("Also write the attention weights [B,Hq,L,S] (float32 .npy).", valueName: "w.npy"))
+    var weights: String?
+
+    @Option(help: ArgumentHelp("Also draw the weights of one batch entry as an SVG heatmap.", valueName: "w.svg"))
+    var heatmap: String?
+
+    @Option(help: ArgumentHelp("The batch entry the heatmap shows.", valueName: "b"))
+    var heatmapBatch: Int = 0
+
+    @Option(help: ArgumentHelp("The head the heatmap shows (default: a grid of every head).", valueName: "h"))
+    var heatmapHead: Int?
+
+    @Option(help: ArgumentHelp("The most heatmap cells along each axis; larger weights are downsampled by block mean.",
+                               valueName: "N"))
+    var heatmapCells: Int = 64
+
+    @Option(help: ArgumentHelp("The heatmap's title (default: \"Attention weights\" and the query file's name).", valueName: "text"))
+    var heatmapTitle: String?
+
+    mutating func run() throws {
+        // Options that ArgumentParser cannot check, reported as one line each.
+        guard repetitions >= 1 else { throw BenchFailure(description: "--repetitions must be at least 1, got \(repetitions)") }
+        if let threads, threads < 1 { throw BenchFailure(description: "--threads must be at least 1, got \(threads)") }
+        let destinations = [("--output", output), ("--weights", weights), ("--heatmap", heatmap)]
+            .compactMap { name, path in path.map { (name, URL(fileURLWithPath: $0).standardizedFileURL.path) } }
+        for (n, (name, path)) in destinations.enumerated() {
+            if let other = destinations[..<n].first(where: { $0.1 == path }) {
+                throw BenchFailure(description: "\(other.0) and \(name) name the same file \(path)")
+            }
+        }
+        let lengths = try keyLengths.map(parseKeyLengths)
+
+        // Inputs.
+        let q = try read("--query") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: query)) }
+        let k = try read("--key") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: key)) }
+        let v = try read("--value") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: value)) }
+        var parts: [AttentionMask] = []
+        var maskDescription: [String] = []
+        if let mask {
+            let m = try read("--mask") { try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: mask)) }
+            parts.append(.boolean(m))
+            maskDescription.append("boolean \(describe(m.shape)) from \(mask)")
+        }
+        if let bias {
+            let b = try read("--bias") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: bias)) }
+            parts.append(.additive(b))
+            maskDescription.append("bias \(describe(b.shape)) from \(bias)")
+        }
+        if let causal {
+            parts.append(.causal(causal.alignment))
+            maskDescription.append("causal \(causal.rawValue)")
+        }
+        if let lengths {
+            parts.append(.keyLengths(lengths))
+            maskDescription.append("key lengths \(lengths.map(String.init).joined(separator: ","))")
+        }
+
+        // Compute.
+        if let threads { try libraryCall { try AttentionThreads.setCount(threads) } }
+        let threadCount = try libraryCall { try AttentionThreads.count() }
+        let wantWeights = weights != nil || heatmap != nil
+        let clock = ContinuousClock()
+        var times: [Double] = []
+        var result: (output: Tensor<Float>, weights: Tensor<Float>?) = (try Tensor<Float>(shape: [0]), nil)
+        for _ in 0..<repetitions {
+            let start = clock.now
+            result = try libraryCall {
+                if wantWeights {
+                    let r = try scaledDotProductAttentionWithWeights(
+                        query: q, key: k, value: v, mask: AttentionMask(parts), scale: scale, kernel: kernel.library)
+                    return (r.output, r.weights)
+                }
+                return (try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(parts),
+                                                      scale: scale, kernel: kernel.library), nil)
+            }
+            times.append(seconds(clock.now - start))
+        }
+
+        // Everything to write, prepared before anything is written.
+        var files: [(path: String, data: Data)] = [(output, result.output.npyData())]
+        var heatmapDescription = ""
+        if let weightsPath = weights, let w = result.weights {
+            files.append((weightsPath, w.npyData()))
+        }
+        if let heatmapPath = heatmap, let w = result.weights {
+            let title = heatmapTitle ?? "Attention weights (\(URL(fileURLWithPath: query).lastPathComponent))"
+            let picture = try libraryCall {
+                try AttentionHeatmap(weights: w, batch: heatmapBatch, head: heatmapHead, title: title,
+                                     maximumCells: heatmapCells)
+            }
+            files.append((heatmapPath, Data(picture.svg().utf8)))
+            let (rows, columns) = picture.cellCounts
+            let heads = w.rank < 4 ? "" : heatmapHead.map { ", head \($0)" } ?? (w.shape[1] == 1 ? ", head 0" : ", heads 0–\(w.shape[1] - 1)")
+            let downsampled = (rows, columns) == (w.shape[w.rank - 2], w.shape[w.rank - 1]) ? "" : " (downsampled by block mean)"
+            heatmapDescription = "\(w.rank == 2 ? "" : "batch \(heatmapBatch)")\(heads), \(rows)×\(columns) cells\(downsampled)"
+        }
+        try writeAllOrNothing(files)
+
+        // Report.
+        let sorted = times.sorted()
+        let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        let timing = repetitions == 1 ? "one call" : "median of \(repetitions) calls"
+        var lines: [(String, String, String)] = [
+            ("query", query, describe(q.shape)),
+            ("key", key, describe(k.shape)),
+            ("value", value, describe(v.shape)),
+            ("mask", maskDescription.isEmpty ? "none" : maskDescription.joined(separator: " + "), ""),
+            ("scale", scale.map { "\($0)" } ?? "1/√Dk (default)", ""),
+            ("kernel", "\(kernel.rawValue), \(threadCount) thread\(threadCount == 1 ? "" : "s")", ""),
+            ("time", String(format: "%.3f ms", median * 1000)
+                + " (\(timing)\(wantWeights ? ", with weights" : ""), including validation and allocation)", ""),
+            ("output", output, describe(result.output.shape)),
+        ]
+        if let weights, let w = result.weights { lines.append(("weights", weights, describe(w.shape))) }
+        if let heatmap { lines.append(("heatmap", heatmap, heatmapDescription)) }
+        let width = lines.filter { !$0.2.isEmpty }.map(\.1.count).max() ?? 0
+        for (name, text, shape) in lines {
+            let padded = shape.isEmpty ? text : text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0)
+            print("\(name.padding(toLength: 8, withPad: " ", startingAt: 0))\(padded)\(shape.isEmpty ? "" : "  " + shape)")
+        }
+    }
+
+    /// Reads a tensor, turning a library error into one line that names the option.
+    private func read<T>(_ option: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as AttentionError {
+            throw BenchFailure(description: "\(option): \(error.message)")
+        }
+    }
+}
+
+/// `--causal upper-left|lower-right`.
+enum CausalOption: String, CaseIterable, ExpressibleByArgument {
+    case upperLeft = "upper-left"
+    case lowerRight = "lower-right"
+
+    var alignment: CausalAlignment { self == .upperLeft ? .upperLeft : .lowerRight }
+}
+
+/// `"5,7"` → `[5, 7]`.
+private func parseKeyLengths(_ text: String) throws -> [Int] {
+    let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+    let lengths = parts.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+    guard !parts.isEmpty, lengths.count == parts.count, lengths.allSatisfy({ $0 >= 0 }) else {
+        throw BenchFailure(description: "--key-lengths must be comma-separated non-negative integers such as 5,7; got '\(text)'")
+    }
+    return lengths
+}
+
+private func describe(_ shape: [Int]) -> String {
+    "[" + shape.map(String.init).joined(separator: ", ") + "]"
+}
+
+/// Writes every file or none: each goes to a temporary file in its destination's directory
+/// first, and only when all of them are complete are they renamed into place. A failure
+/// removes the temporary files and leaves the destinations as they were. (Should a rename
+/// itself fail after others succeeded, those files are complete, never partial.)
+func writeAllOrNothing(_ files: [(path: String, data: Data)]) throws {
+    var temporaries: [String] = []
+    func removeTemporaries() { for path in temporaries { unlink(path) } }
+    for file in files {
+        let destination = URL(fileURLWithPath: file.path)
+        let temporary = destination.deletingLastPathComponent()
+            .appendingPathComponent(".\(destination.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp").path
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
+        guard fd >= 0 else {
+            let reason = String(cString: strerror(errno))
+            removeTemporaries()
+            throw BenchFailure(description: "cannot write \(file.path): \(reason)")
+        }
+        temporaries.append(temporary)
+        let failure: String? = file.data.withUnsafeBytes { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if wrote < 0 {
+                    if errno == EINTR { continue }
+                    return String(cString: strerror(errno))
+                }
+                offset += wrote
+            }
+            return fsync(fd) == 0 ? nil : String(cString: strerror(errno))
+        }
+        let closed = close(fd) == 0
+        if let reason = failure ?? (closed ? nil : String(cString: strerror(errno))) {
+            removeTemporaries()
+            throw BenchFailure(description: "cannot write \(file.path): \(reason)")
+        }
+    }
+    for (file, temporary) in zip(files, temporaries) {
+        guard rename(temporary, file.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            removeTemporaries()
+            throw BenchFailure(description: "cannot write \(file.path): \(reason)")
+        }
+    }
+}

@@ -1,0 +1,255 @@
+// AttentionHeatmap: the SVG is well-formed XML (checked with Foundation's XMLParser), every
+// cell carries the weight it stands for (exactly, or the block mean/maximum computed here in
+// float64 when downsampled), colours follow the viridis scale, and bad arguments throw.
+
+import AttentionKit
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import Testing
+
+// MARK: - Reading SVG back
+
+struct SVGCell: CustomStringConvertible {
+    var query: String, key: String
+    var weight: Float
+    var fill: String
+    var x: Int, y: Int, size: Int
+    var panel: Int
+
+    var description: String { "cell(q \(query), k \(key), w \(weight), \(fill))" }
+
+    /// The first and last position of a `data-query`/`data-key` value ("5" or "4-7").
+    static func bounds(_ text: String) -> (Int, Int) {
+        let parts = text.split(separator: "-").map { Int($0)! }
+        return (parts[0], parts.last!)
+    }
+}
+
+struct ParsedSVG {
+    var rootName = ""
+    var rootAttributes: [String: String] = [:]
+    var cells: [SVGCell] = []
+    var texts: [String] = []
+    var panelHeads: [Int?] = []
+    var elementCount = 0
+}
+
+struct SVGParseError: Error, CustomStringConvertible { let description: String }
+
+private final class SVGCollector: NSObject, XMLParserDelegate {
+    var parsed = ParsedSVG()
+    var text = ""
+    var inText = false
+    var panel = -1
+    var problems: [String] = []
+
+    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?,
+                qualifiedName: String?, attributes: [String: String] = [:]) {
+        parsed.elementCount += 1
+        if parsed.elementCount == 1 {
+            parsed.rootName = name
+            parsed.rootAttributes = attributes
+        }
+        switch name {
+        case "g" where attributes["data-panel"] != nil:
+            panel = Int(attributes["data-panel"]!)!
+            parsed.panelHeads.append(attributes["data-head"].map { Int($0)! })
+        case "rect" where attributes["data-weight"] != nil:
+            guard let weight = Float(attributes["data-weight"]!), let x = Int(attributes["x"] ?? ""),
+                  let y = Int(attributes["y"] ?? ""), let size = Int(attributes["width"] ?? ""),
+                  attributes["height"] == attributes["width"],
+                  let query = attributes["data-query"], let key = attributes["data-key"], let fill = attributes["fill"]
+            else {
+                problems.append("malformed cell \(attributes)")
+                return
+            }
+            parsed.cells.append(SVGCell(query: query, key: key, weight: weight, fill: fill, x: x, y: y, size: size, panel: panel))
+        case "text":
+            inText = true
+            text = ""
+        default:
+            break
+        }
+    }
+
+    func parser(_ parser: XMLParser, foundCharacters string: String) {
+        if inText { text += string }
+    }
+
+    func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
+        if name == "text" {
+            parsed.texts.append(text)
+            inText = false
+        }
+    }
+}
+
+/// Parses an SVG document with XMLParser; throws if it is not well-formed XML.
+func parseSVG(_ data: Data) throws -> ParsedSVG {
+    let parser = XMLParser(data: data)
+    let collector = SVGCollector()
+    parser.delegate = collector
+    parser.shouldProcessNamespaces = true
+    guard parser.parse() else {
+        throw SVGParseError(description: "not well-formed XML: \(parser.parserError.map { "\($0)" } ?? "unknown error") "
+                            + "at line \(parser.lineNumber), column \(parser.columnNumber)")
+    }
+    guard collector.problems.isEmpty else { throw SVGParseError(description: collector.problems.joined(separator: "; ")) }
+    return collector.parsed
+}
+
+/// Relative luminance of "#rrggbb" (sRGB, linearised).
+private func luminance(_ hex: String) -> Double {
+    let v = Int(hex.dropFirst(), radix: 16)!
+    func channel(_ shift: Int) -> Double {
+        let c = Double((v >> shift) & 255) / 255
+        return c <= 0.04045 ? c / 12.92 : Foundation.pow((c + 0.055) / 1.055, 2.4)
+    }
+    return 0.2126 * channel(16) + 0.7152 * channel(8) + 0.0722 * channel(0)
+}
+
+// MARK: - Tests
+
+@Suite("Attention heatmaps")
+struct HeatmapTests {
+    @Test("one head: well-formed SVG whose cells carry exactly the weights, in grid order")
+    func cellsMatchWeights() throws {
+        let (B, H, L, S) = (2, 3, 5, 7)
+        let q = normalTensor([B, H, L, 4], seed: 1), k = normalTensor([B, H, S, 4], seed: 2)
+        let (_, weights) = try scaledDotProductAttentionWithWeights(query: q, key: k, value: k, mask: .causal(.lowerRight))
+        let heatmap = try AttentionHeatmap(weights: weights, batch: 1, head: 2)
+        let svg = try parseSVG(Data(heatmap.svg().utf8))
+        #expect(svg.rootName == "svg")
+        #expect(svg.cells.count == L * S)
+        #expect(heatmap.cellCounts == (L, S))
+        for cell in svg.cells {
+            let i = Int(cell.query)!, j = Int(cell.key)!
+            let want = weights.scalars[((1 * H + 2) * L + i) * S + j]
+            #expect(cell.weight.bitPattern == want.bitPattern, "cell (\(i), \(j)): \(cell.weight) vs \(want)")
+        }
+        // Every (i, j) once; x grows with j and y with i, one cell size apart.
+        #expect(Set(svg.cells.map { "\($0.query),\($0.key)" }).count == L * S)
+        let origin = svg.cells.first { $0.query == "0" && $0.key == "0" }!
+        for cell in svg.cells {
+            #expect(cell.x == origin.x + Int(cell.key)! * origin.size && cell.y == origin.y + Int(cell.query)! * origin.size)
+        }
+        #expect(svg.texts.contains("Attention weights"))
+        #expect(svg.texts.contains { $0.contains("weights [2, 3, 5, 7] · batch 1, head 2") })
+    }
+
+    @Test("colours: viridis from the smallest to the largest value, brighter for larger weights")
+    func colours() throws {
+        let weights = try Tensor<Float>(shape: [4, 4], scalars: (0..<16).map { Float($0) / 30 })
+        let svg = try parseSVG(Data(try AttentionHeatmap(weights: weights).svg().utf8))
+        let byWeight = svg.cells.sorted { $0.weight < $1.weight }
+        #expect(byWeight.first!.fill == "#440154")          // viridis(0), matplotlib's table
+        #expect(byWeight.last!.fill == "#fde725")           // viridis(1)
+        for (a, b) in zip(byWeight, byWeight.dropFirst()) {
+            #expect(luminance(a.fill) < luminance(b.fill), "\(a) is not darker than \(b)")
+        }
+        // A fixed range 0...1 puts 0.5 in the middle of the scale.
+        let half = try Tensor<Float>(shape: [1, 3], scalars: [0.5, 2, -1])
+        let fixed = try parseSVG(Data(try AttentionHeatmap(weights: half, colorRange: .fixed(lower: 0, upper: 1)).svg().utf8))
+        #expect(fixed.cells.map(\.fill) == ["#21918c", "#fde725", "#440154"])   // viridis(0.5); clamped
+        #expect(fixed.texts.contains { $0.contains("linear from 0 to 1 (fixed range") })
+    }
+
+    @Test("a grid of every head shares one scale and labels each panel")
+    func grid() throws {
+        let (H, L, S) = (8, 6, 6)
+        let q = normalTensor([1, H, L, 8], seed: 3), k = normalTensor([1, 2, S, 8], seed: 4)
+        let (_, weights) = try scaledDotProductAttentionWithWeights(query: q, key: k, value: k)
+        let labels = (0..<H).map { "head \($0) · kv \($0 / 4)" }
+        let heatmap = try AttentionHeatmap(weights: weights, headLabels: labels)
+        let svg = try parseSVG(Data(heatmap.svg().utf8))
+        #expect(svg.panelHeads == (0..<H).map { $0 })
+        #expect(svg.cells.count == H * L * S)
+        for label in labels { #expect(svg.texts.contains(label)) }
+        for cell in svg.cells {
+            let want = weights.scalars[(svg.panelHeads[cell.panel]! * L + Int(cell.query)!) * S + Int(cell.key)!]
+            #expect(cell.weight == want)
+        }
+        #expect(heatmap.colorBounds.upper == weights.scalars.max()!)
+        #expect(svg.texts.filter { $0 == "weight" }.count == 1)     // one legend
+    }
+
+    @Test("large matrices are downsampled by block mean or maximum, and the figure says so",
+          arguments: [AttentionHeatmap.Downsampling.mean, .maximum])
+    func downsampling(method: AttentionHeatmap.Downsampling) throws {
+        let (L, S) = (100, 70)
+        let weights = normalTensor([L, S], seed: 5)
+        let heatmap = try AttentionHeatmap(weights: weights, queryLabels: (0..<L).map { "t\($0)" },
+                                           maximumCells: 30, downsampling: method)
+        #expect(heatmap.cellCounts == (30, 30))
+        let svg = try parseSVG(Data(heatmap.svg().utf8))
+        #expect(svg.cells.count == 900)
+        var covered = [Int](repeating: 0, count: L * S)
+        for cell in svg.cells {
+            let (i0, i1) = SVGCell.bounds(cell.query), (j0, j1) = SVGCell.bounds(cell.key)
+            #expect((3...4).contains(i1 - i0 + 1) && (2...3).contains(j1 - j0 + 1), "block \(cell)")
+            var sum = 0.0, largest = -Double.infinity
+            for i in i0...i1 {
+                for j in j0...j1 {
+                    covered[i * S + j] += 1
+                    sum += Double(weights.scalars[i * S + j])
+                    largest = max(largest, Double(weights.scalars[i * S + j]))
+                }
+            }
+            let want = method == .mean ? sum / Double((i1 - i0 + 1) * (j1 - j0 + 1)) : largest
+            #expect(abs(Double(cell.weight) - want) <= 1e-6 * max(1, abs(want)), "\(cell) vs \(want)")
+        }
+        #expect(covered.allSatisfy { $0 == 1 }, "blocks must cover each weight once")
+        let name = method == .mean ? "block mean" : "block maximum"
+        #expect(svg.texts.contains("Downsampled for display: 100×70 drawn as 30×30 cells, each the \(name) of 3–4 queries × 2–3 keys."))
+        // Token labels are not drawn for downsampled rows; positions are.
+        #expect(!svg.texts.contains("t5") && svg.texts.contains("0"))
+    }
+
+    @Test("labels are escaped, odd values are drawn, the file write matches svg()")
+    func labelsAndValues() throws {
+        let weights = try Tensor<Float>(shape: [1, 3, 4], scalars: [0, .nan, 1, -0.5, .infinity, 2, 3, 4, 5, 6, 7, 8])
+        let heatmap = try AttentionHeatmap(weights: weights, title: "<script> & \"quotes\" 'x'\u{1}",
+                                           queryLabels: ["a<b", "c&d", "e>f"],
+                                           keyLabels: ["k\"0", "k'1", "a very long token label indeed", "\u{7}"])
+        let text = heatmap.svg()
+        let svg = try parseSVG(Data(text.utf8))
+        #expect(svg.texts.contains("<script> & \"quotes\" 'x'\u{FFFD}"))
+        #expect(svg.texts.contains("a<b") && svg.texts.contains("k\"0") && svg.texts.contains("a very long t…"))
+        #expect(svg.texts.contains("Grey cells are NaN."))
+        #expect(svg.cells.first { $0.query == "0" && $0.key == "1" }!.fill == "#bbbbbb")
+        #expect(heatmap.colorBounds == (-0.5, 8))            // finite values only
+        #expect(svg.cells.first { $0.query == "1" && $0.key == "0" }!.fill == "#fde725")   // +inf clamps to the top
+
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let url = directory.appendingPathComponent("w.svg")
+        try heatmap.write(to: url)
+        #expect(try String(contentsOf: url, encoding: .utf8) == text)
+    }
+
+    @Test("bad arguments throw named errors")
+    func errors() throws {
+        let w4 = try Tensor<Float>(shape: [2, 3, 4, 5])
+        let cases: [(String, () throws -> AttentionHeatmap, AttentionError.Code, String)] = [
+            ("rank 1", { try AttentionHeatmap(weights: Tensor<Float>(shape: [5])) }, .invalidRank, "[5]"),
+            ("rank 5", { try AttentionHeatmap(weights: Tensor<Float>(shape: [1, 1, 1, 1, 1])) }, .invalidRank, "rank"),
+            ("batch", { try AttentionHeatmap(weights: w4, batch: 2) }, .heatmapArgument, "batch 2 is outside 0..<2"),
+            ("head", { try AttentionHeatmap(weights: w4, head: -1) }, .heatmapArgument, "head -1 is outside 0..<3"),
+            ("rank-3 head", { try AttentionHeatmap(weights: Tensor<Float>(shape: [1, 4, 5]), head: 1) }, .heatmapArgument, "head 1"),
+            ("empty", { try AttentionHeatmap(weights: Tensor<Float>(shape: [0, 5])) }, .heatmapArgument, "nothing to draw"),
+            ("query labels", { try AttentionHeatmap(weights: w4, queryLabels: ["a"]) }, .heatmapArgument, "1 query labels for L = 4"),
+            ("key labels", { try AttentionHeatmap(weights: w4, keyLabels: ["a"]) }, .heatmapArgument, "1 key labels for S = 5"),
+            ("head labels", { try AttentionHeatmap(weights: w4, headLabels: []) }, .heatmapArgument, "0 head labels for H = 3"),
+            ("cells", { try AttentionHeatmap(weights: w4, maximumCells: 0) }, .heatmapArgument, "maximumCells"),
+            ("range", { try AttentionHeatmap(weights: w4, colorRange: .fixed(lower: 1, upper: 1)) }, .heatmapArgument, "lower < upper"),
+            ("NaN range", { try AttentionHeatmap(weights: w4, colorRange: .fixed(lower: .nan, upper: 1)) }, .heatmapArgument, "finite"),
+        ]
+        for (name, make, code, phrase) in cases {
+            guard let error = attentionError(name, make) else { continue }
+            #expect(error.code == code, "\(name): \(error.code)")
+            #expect(error.message.contains(phrase), "\(name): '\(error.message)' lacks '\(phrase)'")
+        }
+    }
+}

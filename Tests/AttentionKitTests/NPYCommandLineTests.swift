@@ -1,0 +1,176 @@
+// `attention-bench run`, end to end: the built executable is run on the .npy fixtures that
+// make_npy_fixtures.py wrote, and its output and weights are compared with what NumPy
+// computed in float64 (cli_expected_*.npy). Bad inputs must end with one line on stderr, a
+// non-zero status and no file written.
+
+import AttentionKit
+import Foundation
+import Testing
+
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// The attention-bench executable that `swift test` built next to the test bundle.
+private func benchExecutable() throws -> URL {
+    let products = Bundle.module.bundleURL.deletingLastPathComponent()
+    let url = products.appendingPathComponent("attention-bench")
+    guard FileManager.default.isExecutableFile(atPath: url.path) else {
+        throw FixtureMissing(description: "attention-bench is not built at \(url.path); run `swift build` first")
+    }
+    return url
+}
+
+private func runBench(_ arguments: [String], in directory: URL) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = try benchExecutable()
+    process.arguments = arguments
+    process.currentDirectoryURL = directory
+    var environment = ProcessInfo.processInfo.environment
+    environment["ATTENTIONKIT_NUM_THREADS"] = "2"
+    process.environment = environment
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return CommandResult(status: process.terminationStatus,
+                         stdout: String(decoding: stdout, as: UTF8.self),
+                         stderr: String(decoding: stderr, as: UTF8.self))
+}
+
+private func fixture(_ name: String) throws -> String { try npyFixtureURL(name).path }
+
+/// Inputs for the five NumPy cases, and the options that select each one.
+private let commandCases: [(name: String, options: [String])] = [
+    ("plain", []),
+    ("causal_lower_right", ["--causal", "lower-right"]),
+    ("mask", ["--mask", "cli_mask.npy"]),
+    ("bias_scale", ["--bias", "cli_bias.npy", "--scale", "0.25"]),
+    ("key_lengths", ["--key-lengths", "5,7"]),
+]
+
+@Suite("attention-bench run")
+struct NPYCommandLineTests {
+    @Test("output and weights match NumPy's float64 attention", arguments: commandCases.map(\.name))
+    func matchesNumPy(caseName: String) throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let options = try commandCases.first { $0.name == caseName }!.options.map {
+            $0.hasSuffix(".npy") ? try fixture($0) : $0
+        }
+        for kernel in ["naive", "blas"] {
+            let result = try runBench(["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                                       "--value", try fixture("cli_v.npy")] + options
+                                      + ["--kernel", kernel, "--output", "out.npy", "--weights", "w.npy"], in: directory)
+            #expect(result.status == 0, "\(caseName) \(kernel): status \(result.status), stderr \(result.stderr)")
+            #expect(result.stdout.contains("[2, 4, 5, 6]") && result.stdout.contains("[2, 4, 5, 7]")
+                    && result.stdout.contains(" ms"), "\(result.stdout)")
+            let output = try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("out.npy"))
+            let weights = try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("w.npy"))
+            let wantOutput = try Tensor<Float>(contentsOfNPY: try npyFixtureURL("cli_expected_\(caseName).npy"))
+            let wantWeights = try Tensor<Float>(contentsOfNPY: try npyFixtureURL("cli_expected_\(caseName)_weights.npy"))
+            // The expected files hold float64 results rounded to float32 on reading (≤ 6e-8 relative).
+            let value = try Tensor<Float>(contentsOfNPY: try npyFixtureURL("cli_v.npy"))
+            assertClose(output, wantOutput.scalars.map(Double.init), shape: [2, 4, 5, 6],
+                        absolute: outputTolerance(value), "\(caseName) \(kernel) output")
+            assertClose(weights, wantWeights.scalars.map(Double.init), shape: [2, 4, 5, 7],
+                        absolute: 2e-5, "\(caseName) \(kernel) weights")
+        }
+    }
+
+    @Test("--heatmap draws one head's weights as SVG cells")
+    func heatmap() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try runBench(["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                                   "--value", try fixture("cli_v.npy"), "--causal", "upper-left", "--output", "out.npy",
+                                   "--weights", "w.npy", "--heatmap", "w.svg", "--heatmap-batch", "1",
+                                   "--heatmap-head", "3"], in: directory)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("batch 1, head 3, 5×7 cells"), "\(result.stdout)")
+        let weights = try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("w.npy"))
+        let svg = try parseSVG(Data(contentsOf: directory.appendingPathComponent("w.svg")))
+        #expect(svg.cells.count == 35)
+        for cell in svg.cells {
+            let want = weights.scalars[((1 * 4 + 3) * 5 + Int(cell.query)!) * 7 + Int(cell.key)!]
+            #expect(cell.weight == want, "\(cell)")
+            if Int(cell.key)! > Int(cell.query)! { #expect(cell.weight == 0) }
+        }
+    }
+
+    @Test("the guide's attention-bench heatmap is what the documented command draws")
+    func guideImage() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try runBench(["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                                   "--value", try fixture("cli_v.npy"), "--mask", try fixture("cli_mask.npy"),
+                                   "--output", "out.npy", "--heatmap", "bench-run-mask.svg",
+                                   "--heatmap-title", "attention-bench run with a boolean mask"], in: directory)
+        #expect(result.status == 0, "\(result.stderr)")
+        let fresh = try parseSVG(Data(contentsOf: directory.appendingPathComponent("bench-run-mask.svg")))
+        let committed = try parseSVG(Data(contentsOf: URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources/AttentionKit/AttentionKit.docc/Resources/bench-run-mask.svg")))
+        #expect(fresh.cells.count == 4 * 35 && committed.cells.count == fresh.cells.count)
+        for (a, b) in zip(committed.cells, fresh.cells) {
+            #expect(a.query == b.query && a.key == b.key && abs(a.weight - b.weight) <= 1e-5, "\(a) vs \(b)")
+        }
+        #expect(committed.texts == fresh.texts)
+    }
+
+    @Test("bad inputs: one line on stderr, non-zero status, nothing written")
+    func badInputs() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // An output from an earlier run must survive a failed one untouched.
+        try Data("earlier".utf8).write(to: directory.appendingPathComponent("out.npy"))
+        let q = try fixture("cli_q.npy"), k = try fixture("cli_k.npy"), v = try fixture("cli_v.npy")
+        let outputs = ["--output", "out.npy", "--weights", "w.npy", "--heatmap", "w.svg"]
+        let cases: [(String, [String], String)] = [
+            ("missing file", ["--query", "missing.npy", "--key", k, "--value", v] + outputs, "No such file"),
+            ("unsupported dtype", ["--query", try fixture("i4.npy"), "--key", k, "--value", v] + outputs, "'<i4' (int32)"),
+            ("Fortran order", ["--query", try fixture("f4_fortran.npy"), "--key", k, "--value", v] + outputs, "Fortran"),
+            ("zip archive as mask", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("archive.npz")] + outputs, "--mask: "),
+            ("Dk mismatch", ["--query", q, "--key", v, "--value", v] + outputs, "query Dk 8 does not match key Dk 6"),
+            ("mask shape", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("b1_rank2.npy")] + outputs,
+             "does not broadcast"),
+            ("float mask", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("cli_bias.npy")] + outputs,
+             "read it as Tensor<Float>"),
+            ("key lengths text", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5,x"] + outputs, "'5,x'"),
+            ("key lengths count", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5"] + outputs, "batch size is 2"),
+            ("scale", ["--query", q, "--key", k, "--value", v, "--scale", "nan"] + outputs, "scale must be finite"),
+            ("heatmap head", ["--query", q, "--key", k, "--value", v, "--heatmap-head", "4"] + outputs, "head 4 is outside 0..<4"),
+            ("same file twice", ["--query", q, "--key", k, "--value", v, "--output", "x.npy", "--weights", "./x.npy"],
+             "name the same file"),
+            ("missing directory", ["--query", q, "--key", k, "--value", v, "--weights", "w.npy", "--output",
+                                   directory.appendingPathComponent("none/out.npy").path], "cannot write"),
+        ]
+        for (name, arguments, phrase) in cases {
+            let result = try runBench(["run"] + arguments, in: directory)
+            let lines = result.stderr.split(separator: "\n")
+            #expect(result.status != 0, "\(name): status 0")
+            #expect(lines.count == 1, "\(name): stderr has \(lines.count) lines: \(result.stderr)")
+            #expect(result.stderr.contains(phrase), "\(name): '\(result.stderr)' lacks '\(phrase)'")
+            let names = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            #expect(names == ["out.npy"], "\(name): left \(names)")
+            #expect(try Data(contentsOf: directory.appendingPathComponent("out.npy")) == Data("earlier".utf8))
+        }
+    }
+
+    @Test("attention-bench with no subcommand still runs the suite with its options")
+    func defaultSubcommand() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try runBench(["--batch", "1", "--heads", "2", "--query-length", "9", "--dim", "4",
+                                   "--kernels", "naive,blas", "--repetitions", "1", "--format", "csv", "--quiet"],
+                                  in: directory)
+        #expect(result.status == 0, "\(result.stderr)")
+        let rows = result.stdout.split(separator: "\n")
+        #expect(rows.first?.hasPrefix("shape,dims,batch") == true && rows.count == 3, "\(result.stdout)")
+    }
+}

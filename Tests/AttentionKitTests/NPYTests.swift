@@ -1,0 +1,365 @@
+// The .npy reader and writer: files NumPy wrote (Fixtures/npy, made by make_npy_fixtures.py)
+// read back bit for bit, the writer reproduces numpy.save's bytes, round trips, every refusal
+// throws a named error, and a fuzz test over thousands of corrupted files sees only tensors
+// that match their bytes or thrown AttentionErrors.
+
+import AttentionKit
+import Foundation
+import Testing
+
+// MARK: - Fixtures
+
+struct NPYManifestEntry: Decodable {
+    let file: String
+    let kind: String                 // "float" or "bool": the tensor type to read it as
+    let shape: [Int]?
+    let numpySave: Bool?
+    let bits: [String]?              // float32 bit patterns, hex
+    let bools: [Bool]?
+    let error: String?               // AttentionError.Code raw value
+    let contains: String?
+}
+
+struct NPYManifest: Decodable {
+    let generator: String
+    let files: [NPYManifestEntry]
+}
+
+struct FixtureMissing: Error, CustomStringConvertible { let description: String }
+
+func npyFixtureURL(_ name: String) throws -> URL {
+    guard let url = Bundle.module.url(forResource: name, withExtension: nil, subdirectory: "Fixtures/npy") else {
+        throw FixtureMissing(description: "Fixtures/npy/\(name) is missing from the test bundle")
+    }
+    return url
+}
+
+func loadNPYManifest() throws -> NPYManifest {
+    try JSONDecoder().decode(NPYManifest.self, from: Data(contentsOf: try npyFixtureURL("manifest.json")))
+}
+
+/// A fresh empty directory, removed by the caller.
+func makeTemporaryDirectory() throws -> URL {
+    let url = FileManager.default.temporaryDirectory
+        .appendingPathComponent("attentionkit-tests-\(UUID().uuidString)", isDirectory: true)
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+/// Runs `body` and returns the AttentionError it throws; records an issue if it returns or
+/// throws anything else.
+func attentionError<T>(_ what: String, sourceLocation: SourceLocation = #_sourceLocation,
+                       _ body: () throws -> T) -> AttentionError? {
+    do {
+        let value = try body()
+        Issue.record("\(what): expected an AttentionError, got \(value)", sourceLocation: sourceLocation)
+    } catch let error as AttentionError {
+        return error
+    } catch {
+        Issue.record("\(what): expected an AttentionError, got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
+    }
+    return nil
+}
+
+/// The .npy bytes for a hand-written header and payload (version 1.0 unless given).
+func npyBytes(header: String, payload: [UInt8] = [], version: UInt8 = 1) -> Data {
+    var data = Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, version, 0])
+    let text = Array(header.utf8)
+    if version == 1 {
+        data.append(contentsOf: [UInt8(text.count & 0xFF), UInt8(text.count >> 8)])
+    } else {
+        data.append(contentsOf: (0..<4).map { UInt8((text.count >> (8 * $0)) & 0xFF) })
+    }
+    data.append(contentsOf: text)
+    data.append(contentsOf: payload)
+    return data
+}
+
+private func floatBits(_ tensor: Tensor<Float>) -> [String] {
+    tensor.scalars.map { String(format: "%08x", $0.bitPattern) }
+}
+
+// MARK: - Tests
+
+@Suite("NumPy .npy files")
+struct NPYTests {
+    @Test("files written by NumPy read back exactly (float32 bits, float64 as NumPy's astype, bools)")
+    func numpyFixturesReadBack() throws {
+        let manifest = try loadNPYManifest()
+        #expect(manifest.generator.hasPrefix("numpy"))
+        let readable = manifest.files.filter { $0.error == nil }
+        #expect(readable.count >= 12, "manifest lists \(readable.count) readable files")
+        for entry in readable {
+            let url = try npyFixtureURL(entry.file)
+            let shape = try #require(entry.shape)
+            if entry.kind == "float" {
+                let tensor = try Tensor<Float>(contentsOfNPY: url)
+                #expect(tensor.shape == shape, "\(entry.file): shape \(tensor.shape), want \(shape)")
+                #expect(floatBits(tensor) == entry.bits, "\(entry.file): bits differ")
+            } else {
+                let tensor = try Tensor<Bool>(contentsOfNPY: url)
+                #expect(tensor.shape == shape, "\(entry.file): shape \(tensor.shape), want \(shape)")
+                #expect(tensor.scalars == entry.bools, "\(entry.file): values differ")
+            }
+        }
+    }
+
+    @Test("writing reproduces numpy.save's bytes exactly")
+    func writerMatchesNumPy() throws {
+        let manifest = try loadNPYManifest()
+        let saved = manifest.files.filter {
+            $0.error == nil && $0.numpySave == true && ($0.file.hasPrefix("f4_") || $0.file.hasPrefix("b1_"))
+        }
+        #expect(saved.count >= 7)
+        for entry in saved {
+            let bytes = try Data(contentsOf: try npyFixtureURL(entry.file))
+            let rewritten = entry.kind == "float"
+                ? try Tensor<Float>(npyData: bytes).npyData()
+                : try Tensor<Bool>(npyData: bytes).npyData()
+            #expect(rewritten == bytes, "\(entry.file): \(rewritten.count) bytes written, NumPy wrote \(bytes.count)")
+        }
+    }
+
+    @Test("files AttentionKit refuses throw an error naming the file and what was found")
+    func refusedFixtures() throws {
+        let manifest = try loadNPYManifest()
+        let refused = manifest.files.filter { $0.error != nil }
+        #expect(refused.count >= 10)
+        for entry in refused {
+            let url = try npyFixtureURL(entry.file)
+            let error = entry.kind == "float"
+                ? attentionError(entry.file) { try Tensor<Float>(contentsOfNPY: url) }
+                : attentionError(entry.file) { try Tensor<Bool>(contentsOfNPY: url) }
+            guard let error else { continue }
+            #expect(error.code.rawValue == entry.error, "\(entry.file): code \(error.code), want \(entry.error!): \(error)")
+            #expect(error.message.contains(entry.contains!), "\(entry.file): '\(error.message)' lacks '\(entry.contains!)'")
+            #expect(error.message.contains(entry.file), "\(entry.file): message does not name the file: \(error)")
+        }
+    }
+
+    @Test("round trips through files keep every bit pattern and shape", arguments: [
+        [], [0], [1], [7], [3, 0, 2], [2, 3], [1, 1, 1, 1, 1], [4, 3, 2, 5], [2, 2, 3, 4, 2],
+    ] as [[Int]])
+    func roundTrip(shape: [Int]) throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var rng = SplitMix64(seed: UInt64(shape.reduce(17) { $0 &* 31 &+ $1 }))
+        let count = shape.reduce(1, *)
+        // Any 32-bit pattern, NaN payloads included.
+        let floats = (0..<count).map { _ in Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())) }
+        let bools = (0..<count).map { _ in rng.next() & 1 == 1 }
+        let f = try Tensor(shape: shape, scalars: floats)
+        let b = try Tensor(shape: shape, scalars: bools)
+
+        let fURL = directory.appendingPathComponent("f.npy")
+        let bURL = directory.appendingPathComponent("b.npy")
+        try f.write(toNPY: fURL)
+        try b.write(toNPY: bURL)
+        let f2 = try Tensor<Float>(contentsOfNPY: fURL)
+        let b2 = try Tensor<Bool>(contentsOfNPY: bURL)
+        #expect(f2.shape == shape && floatBits(f2) == floatBits(f))
+        #expect(b2 == b)
+        #expect(try Tensor<Float>(npyData: f.npyData()).scalars.map(\.bitPattern) == floats.map(\.bitPattern))
+        #expect(try Tensor<Bool>(npyData: b.npyData()) == b)
+        // Nothing but the two files is left in the directory (no temporary files).
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+        #expect(names == ["b.npy", "f.npy"])
+    }
+
+    @Test("a header too long for version 1.0 is written as version 2.0 and reads back")
+    func longHeaderUsesVersion2() throws {
+        let shape = [Int](repeating: 1, count: 30_000)           // "1, " × 30000 > 65535 bytes
+        let tensor = try Tensor<Float>(shape: shape, scalars: [3.25])
+        let data = tensor.npyData()
+        #expect(data[6] == 2 && data[7] == 0, "version \(data[6]).\(data[7])")
+        let headerLength = Int(data[8]) | Int(data[9]) << 8 | Int(data[10]) << 16 | Int(data[11]) << 24
+        #expect((12 + headerLength) % 64 == 0, "data does not start on a 64-byte boundary")
+        #expect(try Tensor<Float>(npyData: data) == tensor)
+    }
+
+    @Test("hand-made malformed files throw errors that say what was found")
+    func malformedFiles() throws {
+        let good = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n"
+        let payload: [UInt8] = [0, 0, 128, 63, 0, 0, 0, 64]      // 1.0, 2.0
+        #expect(try Tensor<Float>(npyData: npyBytes(header: good, payload: payload)).scalars == [1, 2])
+        #expect(try Tensor<Float>(npyData: npyBytes(header: good, payload: payload, version: 2)).scalars == [1, 2])
+        // Python-2-era headers (long integers) and double quotes are still Python literals.
+        #expect(try Tensor<Float>(npyData: npyBytes(header: "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (2L,)}",
+                                                      payload: payload)).shape == [2])
+
+        func header(_ text: String, payload: [UInt8] = payload, version: UInt8 = 1) -> Data {
+            npyBytes(header: text, payload: payload, version: version)
+        }
+        // Version 3.0 headers are UTF-8: a lone 0xFF byte in a string is not.
+        var notUTF8 = header("{'descr': '<f4~', 'fortran_order': False, 'shape': (2,)}", version: 3)
+        notUTF8[notUTF8.firstIndex(of: UInt8(ascii: "~"))!] = 0xFF
+        let cases: [(String, Data, AttentionError.Code, String)] = [
+            ("empty", Data(), .npyFormat, "empty"),
+            ("bad magic", Data("PK\u{3}\u{4}hello".utf8), .npyFormat, "50 4B 03 04"),
+            ("version 4.0", header(good, version: 4), .npyFormat, "version 4.0"),
+            ("cut in the length", Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, 0x76]), .npyFormat, "header length"),
+            ("length past the end", Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, 0xFF, 0xFF, 0x7B]), .npyFormat, "65535 bytes but only 1"),
+            ("missing key", header("{'descr': '<f4', 'shape': (2,), }"), .npyFormat, "missing 'fortran_order'"),
+            ("extra key", header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}"), .npyFormat, "unexpected 'x'"),
+            ("duplicate key", header("{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (2,)}"), .npyFormat, "twice"),
+            ("fortran_order 0", header("{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}"), .npyFormat, "found 0"),
+            ("shape as list", header("{'descr': '<f4', 'fortran_order': False, 'shape': [2]}"), .npyFormat, "found [2]"),
+            ("shape as int", header("{'descr': '<f4', 'fortran_order': False, 'shape': (2)}"), .npyFormat, "found 2"),
+            ("shape with string", header("{'descr': '<f4', 'fortran_order': False, 'shape': ('2',)}"), .npyFormat, "tuple of integers"),
+            ("negative size", header("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,)}"), .npyFormat, "negative dimension -2"),
+            ("element count overflows", header("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296)}"), .sizeOverflow, "too many elements"),
+            ("byte count overflows", header("{'descr': '<f4', 'fortran_order': False, 'shape': (3037000499, 3037000499)}"), .sizeOverflow, "too many bytes"),
+            ("size beyond Int", header("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,)}"), .sizeOverflow, "too large"),
+            ("truncated payload", header(good, payload: [0, 0, 128]), .npyFormat, "truncated: shape [2] of '<f4' needs 8 bytes of data, the file has 3"),
+            ("extra payload", header(good, payload: payload + [1, 2]), .npyFormat, "2 bytes of unexpected data"),
+            ("not closed", header("{'descr': '<f4, 'fortran_order': False, 'shape': (2,)}"), .npyFormat, "expected ',' or '}' at byte"),
+            ("unknown name", header("{'descr': '<f4', 'fortran_order': false, 'shape': (2,)}"), .npyFormat, "'false'"),
+            ("trailing text", header(good + "x"), .npyFormat, "after the dictionary"),
+            ("deep nesting", header("{'descr': " + String(repeating: "(", count: 10_000) + "}"), .npyFormat, "nested too deeply"),
+            ("not a dict", header("['descr', '<f4']"), .npyFormat, "expected '{'"),
+            ("version 3 not UTF-8", notUTF8, .npyFormat, "UTF-8"),
+            ("little-endian int", header("{'descr': '<i4', 'fortran_order': False, 'shape': (2,)}"), .npyUnsupported, "'<i4' (int32)"),
+            ("native-order float", header("{'descr': '=f4', 'fortran_order': False, 'shape': (2,)}"), .npyUnsupported, "'=f4'"),
+            ("Fortran order", header("{'descr': '<f4', 'fortran_order': True, 'shape': (2,)}"), .npyUnsupported, "Fortran"),
+        ]
+        for (name, data, code, phrase) in cases {
+            guard let error = attentionError(name, { try Tensor<Float>(npyData: data) }) else { continue }
+            #expect(error.code == code, "\(name): code \(error.code), want \(code): \(error)")
+            #expect(error.message.contains(phrase), "\(name): '\(error.message)' lacks '\(phrase)'")
+            #expect(!error.message.contains("\n"), "\(name): message spans lines")
+        }
+
+        let boolHeader = "{'descr': '|b1', 'fortran_order': False, 'shape': (2, 2), }"
+        #expect(try Tensor<Bool>(npyData: npyBytes(header: boolHeader, payload: [1, 0, 0, 1])).scalars == [true, false, false, true])
+        let badBool = attentionError("bool byte 2") { try Tensor<Bool>(npyData: npyBytes(header: boolHeader, payload: [1, 0, 2, 1])) }
+        #expect(badBool?.code == .npyFormat)
+        #expect(badBool?.message.contains("bool byte 2 at index [1, 0]") == true, "\(String(describing: badBool))")
+    }
+
+    @Test("files that cannot be read or written throw fileAccess and leave the target as it was")
+    func fileAccess() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let missing = directory.appendingPathComponent("missing.npy")
+        let readError = attentionError("missing file") { try Tensor<Float>(contentsOfNPY: missing) }
+        #expect(readError?.code == .fileAccess)
+        #expect(readError?.message.contains(missing.path) == true)
+        #expect(readError?.message.contains("No such file") == true, "\(String(describing: readError))")
+        #expect(attentionError("directory") { try Tensor<Float>(contentsOfNPY: directory) }?.code == .fileAccess)
+
+        let tensor = try Tensor<Float>(shape: [2], scalars: [1, 2])
+        let nowhere = directory.appendingPathComponent("no-such-dir/out.npy")
+        #expect(attentionError("missing directory") { try tensor.write(toNPY: nowhere) }?.code == .fileAccess)
+        #expect(!FileManager.default.fileExists(atPath: nowhere.path))
+
+        // Replacing an existing file; writing onto a directory fails and leaves it alone.
+        let target = directory.appendingPathComponent("out.npy")
+        try Data("old".utf8).write(to: target)
+        try tensor.write(toNPY: target)
+        #expect(try Tensor<Float>(contentsOfNPY: target) == tensor)
+        let sub = directory.appendingPathComponent("sub.npy", isDirectory: true)
+        try FileManager.default.createDirectory(at: sub, withIntermediateDirectories: false)
+        #expect(attentionError("onto a directory") { try tensor.write(toNPY: sub) }?.code == .fileAccess)
+        var isDirectory: ObjCBool = false
+        #expect(FileManager.default.fileExists(atPath: sub.path, isDirectory: &isDirectory) && isDirectory.boolValue)
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+        #expect(names == ["out.npy", "sub.npy"], "left behind: \(names)")
+        #expect(attentionError("web URL") { try Tensor<Float>(contentsOfNPY: URL(string: "https://example.com/a.npy")!) }?.code == .fileAccess)
+    }
+
+    @Test("fuzz: thousands of corrupted files give tensors that match their bytes, or AttentionErrors")
+    func fuzz() throws {
+        var rng = SplitMix64(seed: 0x5EED_0005)
+        // Seeds: our own files of several shapes and NumPy's fixtures (versions 1.0-3.0),
+        // with their data types.
+        var seeds: [(bytes: Data, type: String)] = []
+        for shape in [[3], [2, 3], [1, 2, 2, 2], [0, 4], []] as [[Int]] {
+            let count = shape.reduce(1, *)
+            seeds.append((try Tensor(shape: shape, scalars: (0..<count).map { Float($0) * 0.5 - 1 }).npyData(), "<f4"))
+            seeds.append((try Tensor(shape: shape, scalars: (0..<count).map { $0 % 3 == 0 }).npyData(), "|b1"))
+        }
+        for (name, type) in [("f4_v2.npy", "<f4"), ("f4_v3.npy", "<f4"), ("f8_values.npy", "<f8"),
+                             ("b1_rank4.npy", "|b1"), ("f4_rank0.npy", "<f4"), ("f8_v2.npy", "<f8")] {
+            seeds.append((try Data(contentsOf: try npyFixtureURL(name)), type))
+        }
+        let alphabet = Array("{}()[]'\",:-0123456789 TrueFalsNn<>|fb148\n\\L".utf8)
+
+        var values = 0, errors = 0
+        let variants = 6000
+        for variant in 0..<variants {
+            let seed = seeds[Int(rng.next() % UInt64(seeds.count))]
+            var bytes = [UInt8](seed.bytes)
+            // Where the payload starts: after the 2-byte (version 1) or 4-byte length and the header.
+            let lengthSize = bytes[6] == 1 ? 2 : 4
+            let headerEnd = 8 + lengthSize + (0..<lengthSize).reduce(0) { $0 | Int(bytes[8 + $1]) << (8 * $1) }
+            let payloadOnly = variant % 3 == 0
+            let edits = 1 + Int(rng.next() % 3)
+            for _ in 0..<edits {
+                let position = Int(rng.next() % UInt64(max(1, bytes.count)))
+                let inHeader = Int(rng.next() % UInt64(max(1, min(headerEnd, bytes.count))))
+                switch payloadOnly ? 8 : rng.next() % 9 {
+                case 0 where !bytes.isEmpty: bytes[position] = UInt8(truncatingIfNeeded: rng.next())
+                case 1 where !bytes.isEmpty: bytes[inHeader] = UInt8(truncatingIfNeeded: rng.next())
+                case 2 where !bytes.isEmpty: bytes[inHeader] = alphabet[Int(rng.next() % UInt64(alphabet.count))]
+                case 3: bytes.removeLast(Int(rng.next() % UInt64(bytes.count + 1)))           // truncate
+                case 4: bytes += (0..<Int(rng.next() % 9)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                case 5 where bytes.count > 9: bytes[8 + Int(rng.next() % 2)] = UInt8(truncatingIfNeeded: rng.next())
+                case 6 where !bytes.isEmpty: bytes.remove(at: inHeader)
+                case 7: bytes.insert(alphabet[Int(rng.next() % UInt64(alphabet.count))], at: min(inHeader, bytes.count))
+                default:                                                                       // payload bytes
+                    if headerEnd < bytes.count {
+                        let p = headerEnd + Int(rng.next() % UInt64(bytes.count - headerEnd))
+                        bytes[p] = UInt8(truncatingIfNeeded: rng.next())
+                    }
+                }
+            }
+            let data = Data(bytes)
+            var decodedAsFloat = false
+            for asBool in [false, true] {
+                do {
+                    if asBool {
+                        let tensor = try Tensor<Bool>(npyData: data)
+                        values += 1
+                        #expect(tensor.count == tensor.shape.reduce(1, *), "variant \(variant)")
+                        let tail = bytes.suffix(tensor.count)
+                        #expect(tensor.count <= bytes.count && tail.map { $0 == 1 } == tensor.scalars,
+                                "variant \(variant): bools do not match the payload bytes")
+                    } else {
+                        let tensor = try Tensor<Float>(npyData: data)
+                        values += 1
+                        decodedAsFloat = true
+                        #expect(tensor.count == tensor.shape.reduce(1, *), "variant \(variant)")
+                        #expect(payloadMatches(tensor, bytes), "variant \(variant): floats do not match the payload bytes")
+                    }
+                } catch is AttentionError {
+                    errors += 1
+                } catch {
+                    Issue.record("variant \(variant): a non-AttentionError was thrown: \(error)")
+                }
+            }
+            // Any payload bytes are valid float32 values.
+            if payloadOnly && seed.type == "<f4" {
+                #expect(decodedAsFloat, "variant \(variant): a float32 file with changed payload bytes was refused")
+            }
+        }
+        // Both paths were exercised in earnest.
+        #expect(values > 1000 && errors > 7000, "values \(values), errors \(errors)")
+    }
+}
+
+/// Whether the tensor's scalars are the last bytes of `bytes` read as little-endian float32,
+/// or as float64 rounded to float32.
+private func payloadMatches(_ tensor: Tensor<Float>, _ bytes: [UInt8]) -> Bool {
+    func word(_ at: Int, _ size: Int) -> UInt64 {
+        (0..<size).reduce(UInt64(0)) { $0 | UInt64(bytes[at + $1]) << (8 * UInt64($1)) }
+    }
+    let n = tensor.count
+    let as32 = n * 4 <= bytes.count && (0..<n).allSatisfy { i in
+        tensor.scalars[i].bitPattern == UInt32(word(bytes.count - n * 4 + 4 * i, 4))
+    }
+    let as64 = n * 8 <= bytes.count && (0..<n).allSatisfy { i in
+        let value = Float(Double(bitPattern: word(bytes.count - n * 8 + 8 * i, 8)))
+        return value.bitPattern == tensor.scalars[i].bitPattern || (value.isNaN && tensor.scalars[i].isNaN)
+    }
+    return as32 || as64
+}
