@@ -57,6 +57,15 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         /// A heatmap's batch or head index is out of range, its labels do not match the
         /// weights, the weights are empty, or a size option is invalid.
         case heatmapArgument
+        /// A layer's width is not divisible by its head count, or a head count or width is
+        /// not positive.
+        case headWidth
+        /// A weight or bias does not have the shape the layer needs.
+        case weightShape
+        /// An input's last dimension does not match the width its projection expects.
+        case inputWidth
+        /// A KV cache was made by another layer or for another batch size.
+        case cacheMismatch
     }
 
     /// The kind of problem.

@@ -75,3 +75,68 @@ enum BLAS {
         return try body()
     }
 }
+
+// MARK: - Used by the layers (Linear, MultiHeadAttention)
+
+extension BLAS {
+    /// Row-major `y[m] = alpha · A[m, n] · x[n] + beta · y`, unit strides.
+    ///
+    /// Named apart from any other gemv wrapper on purpose: it is the one-row case of
+    /// ``Linear``'s projection. Handles the empty cases itself, as ``sgemm`` does.
+    @inline(__always)
+    static func matrixVector(
+        m: Int, n: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int,
+        x: UnsafePointer<Float>,
+        beta: Float, y: UnsafeMutablePointer<Float>
+    ) {
+        guard m > 0 else { return }
+        guard n > 0 else {
+            if beta == 0 { y.update(repeating: 0, count: m) } else { for i in 0..<m { y[i] *= beta } }
+            return
+        }
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(m), blasint(n),
+                    alpha, a, blasint(lda), x, 1, beta, y, 1)
+    }
+
+    private struct LayerHold {
+        var depth = 0
+        var saved: Int32 = 1
+    }
+    private static let layerHold = Mutex(LayerHold())
+
+    /// Runs `body` with OpenBLAS's own thread pool set to `count` threads, for BLAS calls
+    /// that should use AttentionKit's thread count themselves (the layers' projections),
+    /// restoring the previous count when the last concurrent caller leaves.
+    ///
+    /// While a kernel holds OpenBLAS to one thread (``singleThreaded(_:)``, possibly on
+    /// another thread), the count is left alone: a kernel must never run multi-threaded
+    /// sgemm calls inside its own parallel loop. Either way the results are the same; only
+    /// the speed differs. Locks are always taken in the order `hold`, `layerHold`.
+    static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
+        let target = Int32(clamping: max(1, count))
+        let entered = hold.withLock { kernels -> Bool in
+            guard kernels.depth == 0 else { return false }
+            layerHold.withLock { layers in
+                if layers.depth == 0 { layers.saved = openblas_get_num_threads() }
+                layers.depth += 1
+            }
+            if openblas_get_num_threads() != target { openblas_set_num_threads(target) }
+            return true
+        }
+        defer {
+            if entered {
+                hold.withLock { kernels in
+                    layerHold.withLock { layers in
+                        layers.depth -= 1
+                        if layers.depth == 0, kernels.depth == 0,
+                           openblas_get_num_threads() != layers.saved {
+                            openblas_set_num_threads(layers.saved)
+                        }
+                    }
+                }
+            }
+        }
+        return try body()
+    }
+}

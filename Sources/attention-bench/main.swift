@@ -118,12 +118,13 @@ sgemv or streaming path for very few rows would read K and V (33.5 MB) once inst
 import ArgumentParser
 
 /// The root command. With no subcommand it runs `suite`, so `attention-bench` and all of its
-/// options work as before; `run` computes attention on .npy files (RunCommand.swift).
+/// options work as before; `run` computes attention on .npy files (RunCommand.swift); `layer`
+/// times the multi-head attention layer (LayerBench.swift).
 struct AttentionBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attention-bench",
-        abstract: "Times AttentionKit's attention kernels, or runs them on tensors from .npy files.",
-        subcommands: [Suite.self, Run.self],
+        abstract: "Times AttentionKit's attention kernels and layer, or runs them on tensors from .npy files.",
+        subcommands: [Suite.self, Run.self, LayerBench.self],
         defaultSubcommand: Suite.self)
 }
 

@@ -1,0 +1,165 @@
+@testable import AttentionKit
+import Testing
+
+/// Incremental decoding with the KV cache equals full causal self-attention.
+///
+/// Both sides are float32 and sum in different orders, so they agree to rounding, not
+/// bit for bit: the decoded rows are compared with the float64 reference within
+/// `layerTolerance`, and with the library's own full causal pass within the same bound.
+@Suite("KV cache decoding")
+struct MultiHeadAttentionDecodeTests {
+    /// Rows `range` of a `[B, T, E]` tensor, as `[B, range.count, E]`.
+    func slice(_ x: Tensor<Float>, _ range: Range<Int>) -> Tensor<Float> {
+        let (B, T, E) = (x.shape[0], x.shape[1], x.shape[2])
+        var scalars: [Float] = []
+        for b in 0..<B { scalars += x.scalars[((b * T + range.lowerBound) * E)..<((b * T + range.upperBound) * E)] }
+        return try! Tensor(shape: [B, range.count, E], scalars: scalars)
+    }
+
+    /// Concatenates `[B, n_i, E]` pieces along the sequence.
+    func concat(_ parts: [Tensor<Float>], batch B: Int, width E: Int) -> Tensor<Float> {
+        let total = parts.map { $0.shape[1] }.reduce(0, +)
+        var scalars: [Float] = []
+        for b in 0..<B {
+            for p in parts { let n = p.shape[1]; scalars += p.scalars[(b * n * E)..<((b + 1) * n * E)] }
+        }
+        return try! Tensor(shape: [B, total, E], scalars: scalars)
+    }
+
+    /// Decodes `x` `[B, T, E]` in steps of the given sizes and checks the concatenated
+    /// outputs against the float64 reference and the library's full causal pass.
+    func checkDecoding(_ layer: MultiHeadAttention, _ x: Tensor<Float>, steps: [Int], capacity: Int = 0,
+                       _ what: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let (B, T) = (x.shape[0], x.shape[1])
+        #expect(steps.reduce(0, +) == T, sourceLocation: sourceLocation)
+        var cache = layer.makeCache(batch: B, capacity: capacity)
+        var outputs: [Tensor<Float>] = []
+        var position = 0
+        for n in steps {
+            let out = try layer.decode(slice(x, position..<(position + n)), cache: &cache)
+            #expect(out.shape == [B, n, layer.outputDim], sourceLocation: sourceLocation)
+            position += n
+            #expect(cache.count == position, sourceLocation: sourceLocation)
+            #expect(cache.capacity >= position, sourceLocation: sourceLocation)
+            outputs.append(out)
+        }
+        let decoded = concat(outputs, batch: B, width: layer.outputDim)
+        let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: [.causal(.upperLeft)])
+        let tolerance = layerTolerance(layer, value: x)
+        assertClose(decoded, want.output, shape: [B, T, layer.outputDim], absolute: tolerance, relative: 0,
+                    "\(what): decoded vs float64 reference", sourceLocation: sourceLocation)
+        let full = try layer(query: x, key: x, value: x, mask: .causal(.upperLeft))
+        assertClose(decoded, full.scalars.map(Double.init), shape: [B, T, layer.outputDim], absolute: tolerance, relative: 0,
+                    "\(what): decoded vs full causal pass", sourceLocation: sourceLocation)
+    }
+
+    static let layers: [(name: String, heads: Int, kvHeads: Int)] = [("MHA 4/4", 4, 4), ("GQA 8/2", 8, 2), ("MQA 4/1", 4, 1)]
+
+    @Test("one token at a time equals full causal self-attention (batch 3)", arguments: layers.indices)
+    func oneAtATime(_ index: Int) throws {
+        let c = Self.layers[index]
+        let layer = try gridLayer(modelDim: 32, heads: c.heads, kvHeads: c.kvHeads, seed: 200 + UInt64(index))
+        let x = gridTensor([3, 13, 32], seed: 210 + UInt64(index))
+        try checkDecoding(layer, x, steps: Array(repeating: 1, count: 13), "\(c.name) one at a time")
+    }
+
+    @Test("chunks of 3 equal full causal self-attention (batch 2)", arguments: layers.indices)
+    func chunksOfThree(_ index: Int) throws {
+        let c = Self.layers[index]
+        let layer = try gridLayer(modelDim: 32, heads: c.heads, kvHeads: c.kvHeads, seed: 220 + UInt64(index))
+        let x = gridTensor([2, 13, 32], seed: 230 + UInt64(index))
+        try checkDecoding(layer, x, steps: [3, 3, 3, 3, 1], "\(c.name) chunks of 3")
+    }
+
+    @Test("zero, one and many tokens per step, and a prompt that fills the reserved capacity exactly")
+    func mixedSteps() throws {
+        let layer = try gridLayer(modelDim: 24, heads: 6, kvHeads: 3, seed: 240)
+        let x = gridTensor([2, 30, 24], seed: 241)
+        try checkDecoding(layer, x, steps: [0, 7, 0, 1, 1, 0, 12, 1, 2, 6], "mixed")
+        // capacity 10, prompt 10: the storage is exactly full (the `.causal(.lowerRight)` mask),
+        // then growth to 20 on the next token.
+        try checkDecoding(layer, x, steps: [10, 1, 9, 10], capacity: 10, "exact capacity")
+        // A single step holding the whole sequence is the full causal pass.
+        try checkDecoding(layer, x, steps: [30], "one step")
+        // An empty step returns [B, 0, E] and leaves the cache alone.
+        var cache = layer.makeCache(batch: 2)
+        let empty = try layer.decode(Tensor(shape: [2, 0, 24]), cache: &cache)
+        #expect(empty.shape == [2, 0, 24] && cache.count == 0 && cache.capacity == 0)
+    }
+
+    @Test("rank-2 tokens decode a batch of one")
+    func rankTwo() throws {
+        let layer = try gridLayer(modelDim: 16, heads: 4, kvHeads: 2, seed: 250)
+        let x = gridTensor([9, 16], seed: 251)
+        var cache = layer.makeCache(batch: 1)
+        var rows: [Float] = []
+        for t in 0..<9 {
+            let token = try Tensor(shape: [1, 16], scalars: Array(x.scalars[(t * 16)..<((t + 1) * 16)]))
+            let out = try layer.decode(token, cache: &cache)
+            #expect(out.shape == [1, 16])
+            rows += out.scalars
+        }
+        let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: [.causal(.upperLeft)])
+        assertClose(try Tensor(shape: [9, 16], scalars: rows), want.output, shape: [9, 16],
+                    absolute: layerTolerance(layer, value: x), relative: 0, "rank-2 decoding")
+    }
+
+    @Test("capacity grows geometrically past several doublings, keeping every cached row")
+    func capacityGrowth() throws {
+        let layer = try gridLayer(modelDim: 16, heads: 4, kvHeads: 2, seed: 260)
+        let T = 150
+        let x = gridTensor([2, T, 16], seed: 261)
+        var cache = layer.makeCache(batch: 2, capacity: 1)
+        var capacities: [Int] = []
+        var outputs: [Tensor<Float>] = []
+        for t in 0..<T {
+            outputs.append(try layer.decode(slice(x, t..<(t + 1)), cache: &cache))
+            if capacities.last != cache.capacity { capacities.append(cache.capacity) }
+        }
+        // Starts at the minimum of 8, then doubles: 8, 16, 32, 64, 128, 256.
+        #expect(capacities == [8, 16, 32, 64, 128, 256], "capacities \(capacities)")
+        #expect(cache.reallocations == 5)
+        // The keys in the storage are the projections of the inputs, head by head, for every
+        // position (nothing lost or shifted by the five moves).
+        let w = ReferenceWeights(layer)
+        let k = referenceLinear(x.scalars.map(Double.init), rows: 2 * T, w.wk, w.bk)   // [B·T, Hkv·Dk], exact on the grid
+        var wrong = 0
+        for b in 0..<2 { for h in 0..<2 { for t in 0..<T { for d in 0..<4 {
+            let stored = cache.keys.scalars[((b * 2 + h) * cache.capacity + t) * 4 + d]
+            if Double(stored) != k[(b * T + t) * 8 + h * 4 + d] { wrong += 1 }
+        } } } }
+        #expect(wrong == 0, "\(wrong) cached key elements differ from the projections")
+        let decoded = concat(outputs, batch: 2, width: 16)
+        let want = referenceMultiHeadAttention(w, query: x, key: x, value: x, mask: [.causal(.upperLeft)])
+        assertClose(decoded, want.output, shape: [2, T, 16], absolute: layerTolerance(layer, value: x), relative: 0,
+                    "150 tokens with growth")
+    }
+
+    @Test("a reserved capacity is allocated once; removeAll keeps it; copies are independent")
+    func cacheValueSemantics() throws {
+        let layer = try gridLayer(modelDim: 16, heads: 2, seed: 270)
+        let x = gridTensor([1, 20, 16], seed: 271)
+        var cache = layer.makeCache(batch: 1, capacity: 20)
+        for t in 0..<20 { _ = try layer.decode(slice(x, t..<(t + 1)), cache: &cache) }
+        #expect(cache.capacity == 20 && cache.reallocations == 0)
+
+        // Two continuations from the same prefix.
+        var a = layer.makeCache(batch: 1)
+        _ = try layer.decode(slice(x, 0..<10), cache: &a)
+        var b = a
+        let fromA = try layer.decode(slice(x, 10..<11), cache: &a)
+        let fromB = try layer.decode(slice(x, 15..<16), cache: &b)
+        var c = layer.makeCache(batch: 1)
+        _ = try layer.decode(slice(x, 0..<10), cache: &c)
+        #expect(try layer.decode(slice(x, 15..<16), cache: &c) == fromB)
+        #expect(fromA != fromB)
+        #expect(a.count == 11 && b.count == 11)
+
+        // removeAll: the next sequence starts from position 0 in the same storage.
+        let capacity = c.capacity
+        c.removeAll()
+        #expect(c.count == 0 && c.capacity == capacity)
+        var fresh = layer.makeCache(batch: 1)
+        #expect(try layer.decode(slice(x, 3..<7), cache: &c) == layer.decode(slice(x, 3..<7), cache: &fresh))
+    }
+}

@@ -1,0 +1,134 @@
+import AttentionKit
+import Foundation
+import Testing
+
+// The code of README.md's "Multi-head attention" section, compiled and run here. Each test
+// holds one README snippet verbatim between the `README` markers; what comes before the
+// first marker supplies the inputs the README leaves to the reader (xs, ms, prompt, the
+// PyTorch tensors). If you edit a snippet, edit it in both places.
+
+/// Deterministic stand-in data for the README's inputs.
+private func data(_ count: Int, seed: UInt64) -> [Float] { normalTensor([count], seed: seed).scalars }
+
+@Suite("README examples")
+struct READMEExamplesTests {
+    @Test("encoder self-attention")
+    func encoder() throws {
+        let xs = data(2 * 10 * 512, seed: 1)
+        // README: encoder self-attention
+        let mha = try MultiHeadAttention(modelDim: 512, heads: 8, seed: 1)   // Xavier weights, zero biases
+        let x = try Tensor<Float>(shape: [2, 10, 512], scalars: xs)         // [B, L, E]: 2 sequences padded to 10
+        let encoded = try mha(query: x, key: x, value: x, mask: .keyLengths([10, 7]))
+        print(encoded.shape)                                                 // [2, 10, 512]
+        // README end
+        #expect(encoded.shape == [2, 10, 512])
+        #expect(encoded.scalars.allSatisfy { $0.isFinite })
+    }
+
+    @Test("decoder causal self-attention")
+    func decoder() throws {
+        let mha = try MultiHeadAttention(modelDim: 512, heads: 8, seed: 1)
+        let x = try Tensor<Float>(shape: [2, 10, 512], scalars: data(2 * 10 * 512, seed: 2))
+        // README: decoder causal self-attention
+        let (y, weights) = try mha.withWeights(query: x, key: x, value: x, mask: .causal(.upperLeft))
+        print(y.shape, weights.shape)       // [2, 10, 512] [2, 8, 10, 10]; weights[b, h, i, j] = 0 for j > i
+        // README end
+        #expect(y.shape == [2, 10, 512] && weights.shape == [2, 8, 10, 10])
+        #expect((0..<160).allSatisfy { row in ((row % 10 + 1)..<10).allSatisfy { weights.scalars[row * 10 + $0] == 0 } })
+    }
+
+    @Test("encoder-decoder cross-attention")
+    func cross() throws {
+        let x = try Tensor<Float>(shape: [2, 10, 512], scalars: data(2 * 10 * 512, seed: 3))
+        let ms = data(2 * 30 * 768, seed: 4)
+        // README: encoder-decoder cross-attention
+        let cross = try MultiHeadAttention(modelDim: 512, heads: 8, keyDim: 768, valueDim: 768, seed: 2)
+        let memory = try Tensor<Float>(shape: [2, 30, 768], scalars: ms)    // encoder output [B, S, kdim]
+        let attended = try cross(query: x, key: memory, value: memory, mask: .keyLengths([30, 21]))
+        print(attended.shape)                                                // [2, 10, 512]
+        // README end
+        #expect(attended.shape == [2, 10, 512])
+    }
+
+    @Test("incremental decoding with the KV cache")
+    func kvCache() throws {
+        let prompt = try Tensor<Float>(shape: [1, 20, 256], scalars: data(20 * 256, seed: 5))
+        // README: incremental decoding
+        let gqa = try MultiHeadAttention(modelDim: 256, heads: 8, kvHeads: 2, seed: 3)   // grouped-query
+        var cache = gqa.makeCache(batch: 1, capacity: 64)
+        var h = try gqa.decode(prompt, cache: &cache)       // prompt [1, 20, 256]: all 20 positions in one step
+        for _ in 0..<5 {
+            // Your model turns the last output into the next token's input; here, the output itself.
+            let next = try Tensor<Float>(shape: [1, 1, 256], scalars: Array(h.scalars.suffix(256)))
+            h = try gqa.decode(next, cache: &cache)         // [1, 1, 256]: attends to every cached position
+        }
+        print(cache.count)                                  // 25
+        // README end
+        #expect(cache.count == 25 && h.shape == [1, 1, 256] && cache.capacity == 64)
+    }
+
+    @Test("loading PyTorch weights, with PyTorch's inverted masks")
+    func pyTorch() throws {
+        let (E, B, L) = (512, 2, 10)
+        let inProjWeight = try Tensor<Float>(shape: [3 * E, E], scalars: data(3 * E * E, seed: 6).map { $0 * 0.05 })
+        let inProjBias = try Tensor<Float>(shape: [3 * E], scalars: data(3 * E, seed: 7))
+        let outProjWeight = try Tensor<Float>(shape: [E, E], scalars: data(E * E, seed: 8).map { $0 * 0.05 })
+        let outProjBias = try Tensor<Float>(shape: [E], scalars: data(E, seed: 9))
+        let x = try Tensor<Float>(shape: [B, L, E], scalars: data(B * L * E, seed: 10))
+        let pad = try Tensor<Bool>(shape: [B, L], scalars: (0..<(B * L)).map { $0 >= 17 })   // entry 1: last 3 are padding
+        let causal = try Tensor<Bool>(shape: [L, L], scalars: (0..<(L * L)).map { $0 % L > $0 / L })
+        // README: PyTorch weights
+        // From the state_dict of torch.nn.MultiheadAttention(512, 8, batch_first=True):
+        let mha = try MultiHeadAttention(heads: 8,
+                                         inProjWeight: inProjWeight,     // in_proj_weight  [3E, E]
+                                         inProjBias: inProjBias,         // in_proj_bias    [3E]
+                                         outProjWeight: outProjWeight,   // out_proj.weight [E, E]
+                                         outProjBias: outProjBias)       // out_proj.bias   [E]
+        // PyTorch: mha(x, x, x, key_padding_mask=pad, attn_mask=causal, need_weights=False)[0]
+        let out = try mha(query: x, key: x, value: x,
+                          mask: [.keyPadding(pad),        // pad    [B, S] Bool, true = padding
+                                 .excluding(causal)])     // causal [L, S] Bool, true = excluded
+        // README end
+        // The same exclusions in AttentionKit's own terms; equal up to float rounding (the
+        // boolean mask multiplies the excluded keys' zero weights, key lengths skip them).
+        let same = try mha(query: x, key: x, value: x, mask: [.keyLengths([10, 7]), .causal(.upperLeft)])
+        let scale = same.scalars.map { Swift.abs($0) }.max()!
+        let worst = zip(out.scalars, same.scalars).map { Swift.abs($0 - $1) }.max()!
+        #expect(out.shape == [2, 10, 512] && worst <= 1e-6 * scale, "max difference \(worst), max |output| \(scale)")
+        let unmasked = try mha(query: x, key: x, value: x)
+        #expect(zip(out.scalars, unmasked.scalars).map { Swift.abs($0 - $1) }.max()! > 1e-2 * scale, "the masks changed nothing")
+    }
+
+    @Test("README.md's multi-head attention snippets are exactly the code of these tests")
+    func readmeMatches() throws {
+        let testFile = URL(fileURLWithPath: #filePath)
+        let readme = testFile.deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("README.md")
+        let readmeText = try String(contentsOf: readme, encoding: .utf8)
+        let testText = try String(contentsOf: testFile, encoding: .utf8)
+
+        // The ```swift blocks of the "## Multi-head attention" section.
+        let section = try #require(readmeText.components(separatedBy: "\n## Multi-head attention\n").dropFirst().first)
+            .components(separatedBy: "\n## ").first!
+        let blocks = section.components(separatedBy: "```swift\n").dropFirst()
+            .map { $0.components(separatedBy: "\n```").first! }
+        // The regions between "// README: <name>" and "// README end" here, de-indented.
+        var snippets: [String] = []
+        var current: [Substring]?
+        for line in testText.split(separator: "\n", omittingEmptySubsequences: false) {
+            let trimmed = line.drop { $0 == " " }
+            if trimmed.hasPrefix("// README end") {
+                snippets.append(current!.map { String($0.dropFirst(8)) }.joined(separator: "\n"))
+                current = nil
+            } else if current != nil {
+                current!.append(line)
+            } else if trimmed.hasPrefix("// README: ") {
+                current = []
+            }
+        }
+        #expect(blocks.count == 5 && snippets.count == 5, "\(blocks.count) README blocks, \(snippets.count) test snippets")
+        for (block, snippet) in zip(blocks, snippets) {
+            #expect(block == snippet, "README block differs from its test:\n\(block)\n---\n\(snippet)")
+        }
+    }
+}
