@@ -54,7 +54,8 @@ enum BLAS {
     /// The largest size a BLAS dimension or leading dimension may have.
     static let maximumDimension = Int(Int32.max)
 
-    private static let threadSetting = Mutex(())
+    /// How many kernels are inside ``singleThreaded(_:)`` right now.
+    private static let runningKernels = Mutex(0)
 
     /// Runs `body` with OpenBLAS limited to one thread. AttentionKit's kernels parallelise
     /// over their own work items, so a multi-threaded sgemm inside them would oversubscribe
@@ -69,9 +70,11 @@ enum BLAS {
     /// wants multi-threaded OpenBLAS for its own calls sets it with
     /// `openblas_set_num_threads`; AttentionKit sets it back to one at its next call.
     static func singleThreaded<R>(_ body: () throws -> R) rethrows -> R {
-        threadSetting.withLock { _ in
+        runningKernels.withLock { kernels in
+            kernels += 1
             if openblas_get_num_threads() != 1 { openblas_set_num_threads(1) }
         }
+        defer { runningKernels.withLock { $0 -= 1 } }
         return try body()
     }
 }
@@ -99,43 +102,18 @@ extension BLAS {
                     alpha, a, blasint(lda), x, 1, beta, y, 1)
     }
 
-    private struct LayerHold {
-        var depth = 0
-        var saved: Int32 = 1
-    }
-    private static let layerHold = Mutex(LayerHold())
-
     /// Runs `body` with OpenBLAS's own thread pool set to `count` threads, for BLAS calls
-    /// that should use AttentionKit's thread count themselves (the layers' projections),
-    /// restoring the previous count when the last concurrent caller leaves.
+    /// that should use AttentionKit's thread count themselves (the layers' projections).
     ///
     /// While a kernel holds OpenBLAS to one thread (``singleThreaded(_:)``, possibly on
     /// another thread), the count is left alone: a kernel must never run multi-threaded
     /// sgemm calls inside its own parallel loop. Either way the results are the same; only
-    /// the speed differs. Locks are always taken in the order `hold`, `layerHold`.
+    /// the speed differs. As with ``singleThreaded(_:)``, the count is not restored
+    /// afterwards, so that OpenBLAS's idle threads are not woken for nothing.
     static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
         let target = Int32(clamping: max(1, count))
-        let entered = hold.withLock { kernels -> Bool in
-            guard kernels.depth == 0 else { return false }
-            layerHold.withLock { layers in
-                if layers.depth == 0 { layers.saved = openblas_get_num_threads() }
-                layers.depth += 1
-            }
-            if openblas_get_num_threads() != target { openblas_set_num_threads(target) }
-            return true
-        }
-        defer {
-            if entered {
-                hold.withLock { kernels in
-                    layerHold.withLock { layers in
-                        layers.depth -= 1
-                        if layers.depth == 0, kernels.depth == 0,
-                           openblas_get_num_threads() != layers.saved {
-                            openblas_set_num_threads(layers.saved)
-                        }
-                    }
-                }
-            }
+        runningKernels.withLock { kernels in
+            if kernels == 0, openblas_get_num_threads() != target { openblas_set_num_threads(target) }
         }
         return try body()
     }
