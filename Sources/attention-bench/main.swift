@@ -48,15 +48,20 @@ The kernels, and why each exists:
 - blas: per block of query rows of one (batch, kv head), scores = scale·Q·Kᵀ (sgemm), the
   mask + softmax in Swift SIMD, then P·V (sgemm); the Hq/Hkv query heads sharing a K/V
   head form one matrix, keys that a causal/key-length mask hides from the whole block are
-  never multiplied, blocks run on AttentionKit's threads with OpenBLAS held to 1 thread.
-  This is the kernel to use; the 2 sgemm calls are the floor of its time.
-- automatic: what callers get by default. Today it always dispatches to blas; it is timed
-  separately so that a future dispatch rule that picks badly shows up here.
-- GEMM-only (SPI, `@_spi(Benchmarking) blasAttentionGEMMOnly`): only blas's two sgemm
-  calls on the same work split, no mask/softmax. Not attention; its time over blas's time
-  is the GEMM share: near 1 means the softmax layer is nearly free and only a better GEMM
-  (or fusing) can help; well below 1 means the Swift layer between the GEMMs is the target.
-  The automatic row uses the same GEMM-only call (valid while automatic means blas).
+  never multiplied, blocks run on AttentionKit's threads with OpenBLAS set to 1 thread.
+  It materialises a block of whole score rows, and is what returns the weights.
+- tiled: the same blocks, but the keys stream through in tiles with an online softmax
+  (running max and sum, the partial output rescaled when the max grows), so memory is
+  O(L·D); sgemv per row for blocks of ≤ 4 rows (decode), and split-KV across threads when
+  there are too few blocks. Added to beat PyTorch's CPU SDPA on long and decode shapes;
+  measured against it by Benchmarks/compare-pytorch.py (README, "Against PyTorch").
+- automatic: what callers get by default: tiled, or blas when weights are returned. Timed
+  separately so that a dispatch rule that picks badly shows up here.
+- GEMM-only (SPI, `@_spi(Benchmarking) attentionGEMMOnly`): only a kernel's BLAS calls on
+  the same work split and tiles, no mask/softmax. Not attention; its time over the kernel's
+  time is the GEMM share: near 1 means the softmax layer is nearly free and only a better
+  GEMM (or fusing) can help; well below 1 means the Swift layer between the GEMMs is the
+  target. The automatic row resolves to the kernel automatic runs.
 
 History measured in this session (B1 H8 L512 D64, 1 thread). Before the library's
 softmax changes of 2026-11-25 ~16:57 UTC (compare-select row max instead of

@@ -187,6 +187,19 @@ struct TileSizes: Sendable {
 }
 
 /// Block sizes and key splitting for the tiled kernel.
+///
+/// Tried on 2026-11-25 (AMD EPYC Zen 3, 512 KiB L2 per core, OpenBLAS 0.3.21, one thread,
+/// medians of attention-bench runs on a shared machine, ±15 % noise):
+/// - B1 H8 L2048 D64, query rows × keys per tile: 64×256 216 ms, 64×512 229, 64×1024 205,
+///   64×2048 231; 128×256 221, 128×512 232, 128×1024 167, 128×2048 165; 256×256 170,
+///   256×512 170, 256×1024 198, 256×2048 166; 512×256 170, 512×512 163, 512×1024 164,
+///   512×2048 164. Small query blocks lose (K and V are repacked by sgemm once per query
+///   block); beyond 256 rows nothing is consistently better.
+/// - B1 H8 L512 D64: 256×512 14.3 ms, 128×512 13.3, 64×512 15.1, 128×256 14.9, 64×256 15.6,
+///   512×512 15.7, 256×256 13.0: all within noise.
+/// - Decode B1 H32 L1 S4096 D128 (sgemv per row): 128 keys 17.7 ms, 256 15.2, 512 16.3,
+///   1024 14.4, 4096 15.1: within noise; bound by reading K and V (128 MB) from memory.
+/// Chosen: 256 × 512, a 512 KiB score tile (one L2).
 struct TilePlan {
     /// Query rows per work item.
     var queryBlock: Int
