@@ -7,24 +7,6 @@ import Testing
 struct ErrorTests {
     func t(_ shape: [Int]) -> Tensor<Float> { try! Tensor(shape: shape) }
 
-    /// Expects `body` to throw an AttentionError with `code` whose message contains every
-    /// string in `mentions`.
-    func expectError(_ code: AttentionError.Code, mentions: [String],
-                     sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
-        do {
-            try body()
-            Issue.record("expected \(code), nothing was thrown", sourceLocation: sourceLocation)
-        } catch let error as AttentionError {
-            #expect(error.code == code, "got \(error.code): \(error.message)", sourceLocation: sourceLocation)
-            for text in mentions {
-                #expect(error.message.contains(text), "'\(error.message)' should mention \(text)",
-                        sourceLocation: sourceLocation)
-            }
-        } catch {
-            Issue.record("expected AttentionError, got \(error)", sourceLocation: sourceLocation)
-        }
-    }
-
     func attend(_ q: [Int], _ k: [Int], _ v: [Int], mask: AttentionMask = .none, scale: Float? = nil,
                 kernel: AttentionKernel = .blas) throws {
         _ = try scaledDotProductAttention(query: t(q), key: t(k), value: t(v), mask: mask, scale: scale, kernel: kernel)

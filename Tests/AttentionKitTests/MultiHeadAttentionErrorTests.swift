@@ -5,22 +5,6 @@ import Testing
 /// message naming the shapes or values involved; nothing traps.
 @Suite("Multi-head attention: bad input throws")
 struct MultiHeadAttentionErrorTests {
-    func expectError(_ code: AttentionError.Code, mentions: [String],
-                     sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
-        do {
-            try body()
-            Issue.record("expected \(code), nothing was thrown", sourceLocation: sourceLocation)
-        } catch let error as AttentionError {
-            #expect(error.code == code, "got \(error.code): \(error.message)", sourceLocation: sourceLocation)
-            for text in mentions {
-                #expect(error.message.contains(text), "'\(error.message)' should mention \(text)",
-                        sourceLocation: sourceLocation)
-            }
-        } catch {
-            Issue.record("expected AttentionError, got \(error)", sourceLocation: sourceLocation)
-        }
-    }
-
     func t(_ shape: [Int]) -> Tensor<Float> { try! Tensor(shape: shape) }
     func linear(_ out: Int, _ input: Int, bias: Bool = true) -> Linear {
         try! Linear(weight: t([out, input]), bias: bias ? t([out]) : nil)

@@ -89,6 +89,24 @@ func outputTolerance(_ value: Tensor<Float>) -> Double {
     2e-5 * max(1, Double(value.scalars.map { Swift.abs($0) }.max() ?? 0))
 }
 
+/// Expects `body` to throw an AttentionError with `code` whose message contains every
+/// string in `mentions`.
+func expectError(_ code: AttentionError.Code, mentions: [String],
+                 sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("expected \(code), nothing was thrown", sourceLocation: sourceLocation)
+    } catch let error as AttentionError {
+        #expect(error.code == code, "got \(error.code): \(error.message)", sourceLocation: sourceLocation)
+        for text in mentions {
+            #expect(error.message.contains(text), "'\(error.message)' should mention \(text)",
+                    sourceLocation: sourceLocation)
+        }
+    } catch {
+        Issue.record("expected AttentionError, got \(error)", sourceLocation: sourceLocation)
+    }
+}
+
 /// The kernels every semantic test runs.
 let allKernels: [AttentionKernel] = AttentionKernel.allCases
 
