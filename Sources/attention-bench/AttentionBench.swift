@@ -51,8 +51,8 @@ struct Suite: ParsableCommand {
               max err     max |output - naive output|; "ref" on the naive row;
                           † = checked on the slice (below); FAIL = above
                           --tolerance.
-              GEMM share  median time of blasAttentionGEMMOnly (the blas
-                          kernel's two sgemm calls on the same work split, no
+              GEMM share  median time of attentionGEMMOnly (the kernel's
+                          BLAS calls on the same work split and tiles, no
                           mask/softmax), timed interleaved with the kernel rep
                           by rep, / the kernel's median time.
 

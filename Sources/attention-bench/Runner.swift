@@ -47,7 +47,7 @@ struct KernelResult {
     var speedup: Double?         // median naive / median kernel
     var maxError: Float?
     var check: CheckKind = .none
-    var gemmMedian: Double?      // seconds, blasAttentionGEMMOnly
+    var gemmMedian: Double?      // seconds, attentionGEMMOnly
     var note: String?
     var failed = false           // max error above --tolerance
 

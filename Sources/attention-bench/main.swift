@@ -29,8 +29,8 @@ L128 D64, ViT B4 H12 L197 D64, decode GQA B1 Hq32 Hkv8 L1 S4096 D128):
    the warm-up, then timed runs (11, or stop after 3 s once 3 are done; an explicit
    --repetitions N runs exactly N). Reports the median, GFLOP/s from the dense count
    2·B·Hq·L·S·(Dk+Dv) (masked problems are counted dense too; softmax not counted),
-   speed-up = median naive / median kernel, and for blas/automatic the GEMM share =
-   median(blasAttentionGEMMOnly) / median(kernel), the two timed alternately rep by rep
+   speed-up = median naive / median kernel, and for blas/tiled/automatic the GEMM share =
+   median(attentionGEMMOnly) / median(kernel), the two timed alternately rep by rep
    so drift in the machine's speed hits both alike.
    Times are wall time of one library call on ContinuousClock (monotonic), including
    argument validation and allocating the zeroed output.
