@@ -77,6 +77,7 @@ struct AttentionProblem: Sendable {
         }
         let limit = BLAS.maximumDimension
         guard q.l <= limit, k.l <= limit, q.d <= limit, v.d <= limit,
+              !q.l.multipliedReportingOverflow(by: max(1, q.h)).overflow,
               q.l.multipliedReportingOverflow(by: max(1, q.h)).partialValue <= limit else {
             throw AttentionError(.sizeOverflow, "a dimension exceeds BLAS's 32-bit sizes (\(shapes))")
         }

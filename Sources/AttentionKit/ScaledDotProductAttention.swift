@@ -9,7 +9,8 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     /// memory proportional to L·D rather than L·S, splitting long key ranges across threads
     /// when there are few queries (decoding).
     case tiled
-    /// Picks the fastest kernel for the shape (currently always ``blas``).
+    /// Picks the kernel for the call: ``tiled``, or ``blas`` when the weights are returned
+    /// (both then materialise them the same way).
     case automatic
 }
 
@@ -132,15 +133,17 @@ func runAttention(
     let resolvedMask = try ResolvedMask(mask, problem: problem)
     let threads = try AttentionThreads.count()
 
-    // The shapes were validated above, so these counts cannot overflow.
+    // A dimension of size 0 makes any other size valid, so the counts are checked here.
     var output = Tensor<Float>(validatedShape: problem.outputShape,
-                               scalars: [Float](repeating: 0, count: problem.outputShape.reduce(1, *)))
+                               scalars: [Float](repeating: 0, count: try elementCount(of: problem.outputShape)))
     var weights = wantWeights
         ? Tensor<Float>(validatedShape: problem.scoreShape,
-                        scalars: [Float](repeating: 0, count: problem.scoreShape.reduce(1, *)))
+                        scalars: [Float](repeating: 0, count: try elementCount(of: problem.scoreShape)))
         : nil
-    let rows = problem.batch * problem.queryHeads * problem.queryLength
-    guard rows > 0, problem.keyLength > 0 else { return (output, weights) }
+    // Nothing to compute: no query rows, no keys (zeros), or an empty output and no weights.
+    guard output.count > 0 || weights.map({ $0.count > 0 }) == true,
+          try elementCount(of: [problem.batch, problem.queryHeads, problem.queryLength]) > 0,
+          problem.keyLength > 0 else { return (output, weights) }
 
     query.withUnsafeBufferPointer { q in
         key.withUnsafeBufferPointer { k in

@@ -61,21 +61,30 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
     }
 }
 
-/// The maximum of `row[0..<count]`, or −∞ when `count == 0` or every entry is −∞.
+/// The maximum of `row[0..<count]`, −∞ when `count == 0` or every entry is −∞, and NaN
+/// when any entry is NaN (so that NaN scores give NaN outputs, as in the naive kernel and
+/// PyTorch, rather than passing for an all-excluded row).
 @inline(__always)
 func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
     var vmax = SIMD8<Float>(repeating: -.infinity)
+    var nan = SIMDMask<SIMD8<Int32>>()
     var j = 0
     while j + lanes <= count {
         // A compare and select: `pointwiseMax` follows IEEE maxNum per lane and does not
-        // vectorise.
+        // vectorise. NaN never compares greater, so it is tracked on the side.
         let x = load(row + j)
         vmax.replace(with: x, where: x .> vmax)
+        nan = nan .| (x .!= x)
         j += lanes
     }
+    if any(nan) { return .nan }
     var m = -Float.infinity
     for lane in 0..<lanes where vmax[lane] > m { m = vmax[lane] }
-    while j < count { if row[j] > m { m = row[j] }; j += 1 }
+    while j < count {
+        if row[j].isNaN { return .nan }
+        if row[j] > m { m = row[j] }
+        j += 1
+    }
     return m
 }
 
@@ -114,7 +123,7 @@ func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtract
 @inline(__always)
 func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normalize: Bool = true) -> Float {
     let m = rowMaximum(row, count: end)
-    guard m > -.infinity else {
+    guard m != -.infinity else {
         // Every key excluded: a zero row, as PyTorch ≥ 2.5 does.
         row.update(repeating: 0, count: count)
         return 0
@@ -142,12 +151,14 @@ func onlineSoftmaxStep(
     runningMax m: inout Float, runningSum l: inout Float
 ) -> Float {
     let tileMax = rowMaximum(row, count: allowed)
-    guard tileMax > -.infinity else {
+    guard tileMax != -.infinity else {
         row.update(repeating: 0, count: count)
         return 1
     }
     var alpha: Float = 1
-    if tileMax > m {
+    if tileMax.isNaN {
+        m = .nan                                      // NaN from here on, as in the other kernels
+    } else if tileMax > m {
         if m > -.infinity { alpha = exponential(m - tileMax) }
         m = tileMax
     }

@@ -25,6 +25,10 @@ public enum AttentionThreads {
     /// 0 means "not set from Swift".
     private static let override = Atomic<Int>(0)
 
+    /// The largest thread count accepted (far above any core count; it keeps the work
+    /// splitting arithmetic from overflowing).
+    public static let maximum = 4096
+
     /// The number of online cores.
     public static var coreCount: Int {
         max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
@@ -32,10 +36,11 @@ public enum AttentionThreads {
 
     /// Sets the thread count for subsequent calls, or restores the default with `nil`.
     ///
-    /// - Throws: ``AttentionError`` with code `.threadCount` when `count` is less than 1.
+    /// - Throws: ``AttentionError`` with code `.threadCount` when `count` is outside
+    ///   1...``maximum``.
     public static func setCount(_ count: Int?) throws {
-        if let count, count < 1 {
-            throw AttentionError(.threadCount, "thread count must be at least 1, got \(count)")
+        if let count, !(1...maximum).contains(count) {
+            throw AttentionError(.threadCount, "thread count must be in 1...\(maximum), got \(count)")
         }
         override.store(count ?? 0, ordering: .relaxed)
     }
@@ -56,9 +61,9 @@ public enum AttentionThreads {
         if let override { return override }
         if let environment {
             let text = environment.trimmingWhitespace()
-            guard let value = Int(text), value >= 1 else {
+            guard let value = Int(text), (1...maximum).contains(value) else {
                 throw AttentionError(.threadCount,
-                    "ATTENTIONKIT_NUM_THREADS must be a positive integer, got '\(text)'")
+                    "ATTENTIONKIT_NUM_THREADS must be an integer in 1...\(maximum), got '\(text)'")
             }
             return value
         }

@@ -96,3 +96,68 @@ struct ErrorTests {
         #expect(try AttentionThreads.resolve(override: nil, environment: nil, cores: 2) == 2)
     }
 }
+
+/// Inputs found by review that used to trap or to hide NaN.
+@Suite("Edge cases from review")
+struct EdgeCaseTests {
+    /// Empty but enormous shapes: valid tensors (a 0 makes any size valid) whose other
+    /// sizes overflow when multiplied. They give an empty result or a thrown error, never a trap.
+    @Test func hugeEmptyShapes() throws {
+        for kernel in AttentionKernel.allCases {
+            let out = try scaledDotProductAttention(
+                query: try Tensor(shape: [1 << 40, 1, 1 << 30, 0]), key: try Tensor(shape: [1 << 40, 1, 0, 0]),
+                value: try Tensor(shape: [1 << 40, 1, 0, 0]), kernel: kernel)
+            #expect(out.count == 0 && out.shape == [1 << 40, 1, 1 << 30, 0])
+            expectError(.sizeOverflow, mentions: ["[1, 4611686018427387904, 4, 0]"]) {
+                _ = try scaledDotProductAttention(query: try Tensor(shape: [1, 1 << 62, 4, 0]),
+                                                  key: try Tensor(shape: [1, 1, 4, 0]),
+                                                  value: try Tensor(shape: [1, 1, 4, 0]), kernel: kernel)
+            }
+            // Dv = 0 with a huge B·H·L and no weights: nothing to compute.
+            let empty = try scaledDotProductAttention(
+                query: try Tensor(shape: [1 << 30, 1, 1 << 30, 0]), key: try Tensor(shape: [1 << 30, 1, 3, 0]),
+                value: try Tensor(shape: [1 << 30, 1, 3, 0]), kernel: kernel)
+            #expect(empty.count == 0)
+        }
+    }
+
+    @Test func threadCountLimit() {
+        expectError(.threadCount, mentions: ["\(Int.max)"]) { try AttentionThreads.setCount(Int.max) }
+        expectError(.threadCount, mentions: ["4097"]) { try AttentionThreads.setCount(AttentionThreads.maximum + 1) }
+        expectError(.threadCount, mentions: ["9223372036854775807"]) {
+            _ = try AttentionThreads.resolve(override: nil, environment: "9223372036854775807", cores: 2)
+        }
+    }
+
+    /// NaN scores give NaN outputs on every kernel and tiling, as in PyTorch, not zero rows.
+    @Test func nanScoresPropagate() throws {
+        var q = gridTensor([1, 1, 40, 8], seed: 3)
+        let k = gridTensor([1, 1, 40, 8], seed: 4), v = gridTensor([1, 1, 40, 8], seed: 5)
+        q.withUnsafeMutableBufferPointer { p in for d in 0..<8 { p[3 * 8 + d] = .nan } }      // query row 3
+        var k2 = k
+        k2.withUnsafeMutableBufferPointer { p in p[20 * 8] = .nan }                           // key 20
+        for (key, nanRows) in [(k, Set([3])), (k2, Set(20..<40).union([3]))] {
+            let want = referenceAttention(query: q, key: key, value: v, mask: [.causal(.upperLeft)])
+            var outputs = try AttentionKernel.allCases.map {
+                try scaledDotProductAttention(query: q, key: key, value: v, mask: .causal(.upperLeft), kernel: $0)
+            }
+            for tiles in [TileSizes(queryBlock: 7, keyBlock: 20), TileSizes(queryBlock: 40, keyBlock: 1, splits: 3),
+                          TileSizes(queryBlock: 1, keyBlock: 21, splits: 2)] {
+                outputs.append(try runAttention(query: q, key: key, value: v, mask: .causal(.upperLeft), scale: nil,
+                                                dropout: nil, kernel: .tiled, wantWeights: false, tiles: tiles).output)
+            }
+            for (n, out) in outputs.enumerated() {
+                for row in 0..<40 {
+                    let values = out.scalars[(row * 8)..<((row + 1) * 8)]
+                    if nanRows.contains(row) {
+                        #expect(values.allSatisfy { $0.isNaN }, "output \(n) row \(row) should be NaN: \(Array(values))")
+                    } else {
+                        #expect(values.allSatisfy { !$0.isNaN }, "output \(n) row \(row) should be finite")
+                        let err = zip(values, want.output[(row * 8)..<((row + 1) * 8)]).map { Swift.abs(Double($0) - $1) }.max()!
+                        #expect(err <= outputTolerance(v), "output \(n) row \(row) error \(err)")
+                    }
+                }
+            }
+        }
+    }
+}

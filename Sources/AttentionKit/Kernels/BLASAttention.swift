@@ -69,7 +69,7 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                         let end = a.mask.rowEnd(batch: b, query: i, keyLength: S)
                         a.mask.apply(row, count: end, batch: b, head: h, query: i)
                         let sum = softmaxRow(row, end: end, count: blockEnd, normalize: !deferNormalization)
-                        inverseSums[r] = sum > 0 ? 1 / sum : 0
+                        inverseSums[r] = sum == 0 ? 0 : 1 / sum        // NaN stays NaN
                         a.dropout?.apply(row, count: end, rowIndex: firstRow + r)
                     }
                 }

@@ -144,7 +144,7 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     let stats = out + Rq * Dv
                     for r in 0..<rows { stats[r] = maxima[r]; stats[Rq + r] = sums[r] }
                 } else if !gemmOnly {
-                    for r in 0..<rows { scaleRow(out + r * Dv, count: Dv, by: sums[r] > 0 ? 1 / sums[r] : 0) }
+                    for r in 0..<rows { scaleRow(out + r * Dv, count: Dv, by: sums[r] == 0 ? 0 : 1 / sums[r]) }   // NaN stays NaN
                 }
             }
         }
@@ -160,7 +160,15 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
         let out = a.output + ((b * p.queryHeads + kvHead * g) * L + r0) * Dv    // [R, Dv]
         for r in 0..<rows {
             var M = -Float.infinity
-            for s in 0..<splits { M = max(M, partials[(block * splits + s) * partialStride + Rq * Dv + r]) }
+            for s in 0..<splits {
+                let m = partials[(block * splits + s) * partialStride + Rq * Dv + r]
+                if m > M || m.isNaN { M = m }
+                if M.isNaN { break }
+            }
+            if M.isNaN {                                                        // NaN scores: NaN out
+                (out + r * Dv).update(repeating: .nan, count: Dv)
+                continue
+            }
             guard M > -.infinity else { continue }                              // no allowed key: zeros
             var total: Float = 0
             for s in 0..<splits {
