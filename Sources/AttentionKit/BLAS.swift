@@ -82,26 +82,6 @@ enum BLAS {
 // MARK: - Used by the layers (Linear, MultiHeadAttention)
 
 extension BLAS {
-    /// Row-major `y[m] = alpha · A[m, n] · x[n] + beta · y`, unit strides.
-    ///
-    /// Named apart from any other gemv wrapper on purpose: it is the one-row case of
-    /// ``Linear``'s projection. Handles the empty cases itself, as ``sgemm`` does.
-    @inline(__always)
-    static func matrixVector(
-        m: Int, n: Int, alpha: Float,
-        a: UnsafePointer<Float>, lda: Int,
-        x: UnsafePointer<Float>,
-        beta: Float, y: UnsafeMutablePointer<Float>
-    ) {
-        guard m > 0 else { return }
-        guard n > 0 else {
-            if beta == 0 { y.update(repeating: 0, count: m) } else { for i in 0..<m { y[i] *= beta } }
-            return
-        }
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(m), blasint(n),
-                    alpha, a, blasint(lda), x, 1, beta, y, 1)
-    }
-
     /// Runs `body` with OpenBLAS's own thread pool set to `count` threads, for BLAS calls
     /// that should use AttentionKit's thread count themselves (the layers' projections).
     ///

@@ -45,15 +45,16 @@ public struct Dropout: Sendable, Equatable {
         let keep = 1 / (1 - probability)
         let rowKey = seed &+ UInt64(truncatingIfNeeded: rowIndex) &* 0x9E37_79B9_7F4A_7C15
         for j in 0..<count {
-            let h = mix(rowKey ^ (UInt64(truncatingIfNeeded: keyOffset + j) &* 0xD1B5_4A32_D192_ED03))
+            let h = splitMix64(rowKey ^ (UInt64(truncatingIfNeeded: keyOffset + j) &* 0xD1B5_4A32_D192_ED03))
             row[j] = (h >> 32) < threshold ? 0 : row[j] * keep
         }
     }
 }
 
-/// SplitMix64's finaliser: a bijective 64-bit mix with good avalanche.
+/// SplitMix64's output for state `x`: add the golden-ratio increment, then the bijective
+/// finaliser. Dropout hashes (row, key) with it; `LayerRandom` steps it as a generator.
 @inline(__always)
-private func mix(_ x: UInt64) -> UInt64 {
+func splitMix64(_ x: UInt64) -> UInt64 {
     var z = x &+ 0x9E37_79B9_7F4A_7C15
     z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
     z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB

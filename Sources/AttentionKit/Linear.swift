@@ -140,8 +140,8 @@ public struct Linear: Sendable {
             if rows <= Linear.gemvRows {
                 for r in 0..<rows {
                     // y[r, out] = W[out, in] · x[r, in] (+ y[r, out] = b)
-                    BLAS.matrixVector(m: n, n: k, alpha: 1, a: w, lda: k, x: input + r * inputStride,
-                                      beta: useBias ? 1 : 0, y: output + r * outputStride)
+                    BLAS.sgemv(transposeA: false, m: n, n: k, alpha: 1, a: w, lda: k, x: input + r * inputStride,
+                               beta: useBias ? 1 : 0, y: output + r * outputStride)
                 }
             } else {
                 // y[rows, out] = x[rows, in] · W[out, in]ᵀ (+ y = b broadcast over rows)
@@ -162,12 +162,11 @@ struct LayerRandom {
     private var state: UInt64
     init(seed: UInt64) { state = seed }
 
+    /// The next output: SplitMix64 steps its state by the golden-ratio increment and
+    /// finalises it, which is exactly `splitMix64` of the state before the step.
     mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        defer { state &+= 0x9E37_79B9_7F4A_7C15 }
+        return splitMix64(state)
     }
 
     /// Uniform in [0, 1), 53 random bits.
