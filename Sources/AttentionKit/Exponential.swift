@@ -54,3 +54,52 @@ func exponential(_ x: SIMD8<Float>) -> SIMD8<Float> {
 func exponential(_ x: Float) -> Float {
     exponential(SIMD8<Float>(repeating: x))[0]
 }
+
+/// Vectorised `2ˣ` for the tiled kernel's base-2 online softmax, for x ≤ 64.
+///
+/// The tiled kernel folds `log₂ e` into the GEMM's alpha, so its scores are already in
+/// base 2 and the range reduction is a plain subtraction, with no `log₂ e` multiply and no
+/// two-part `ln 2`:
+///
+///     x = n + r,  n = round(x),  |r| ≤ 1/2
+///     2ˣ = 2ⁿ · (1 + r·P(r)),  P a degree-4 minimax polynomial (relative, fitted on [−½, ½])
+///
+/// `n` comes from the 1.5·2²³ shifter as in ``exponential(_:)-(SIMD8<Float>)``. Arguments
+/// below −127 are first raised to −127 (one `maxps`; NaN is kept), where `n = −127` makes
+/// the exponent bits 0 and the result exactly 0; so `2ˣ` is 0 for x < −126.5 (including −∞),
+/// a (sub)normal value down to that, and NaN stays NaN. Arguments up to 64 are in the
+/// domain, which the tiled kernel's lazy rescaling needs (its exponents may reach +8).
+///
+/// Accuracy: relative error ≤ 2.0e-7 (about 1.7 ulp of 1; measured worst 1.9e-7) against a
+/// float64 `exp2` for x ∈ [−126, 64], checked by `ExponentialTests`.
+///
+/// Cost at the default x86-64 baseline (SSE2): about 17 vector instructions per 4 lanes,
+/// against 27 for ``exponential(_:)-(SIMD8<Float>)``.
+@_transparent
+func exponential2(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    let shifter: Float = 12582912.0          // 1.5 · 2²³
+    var y = x
+    y.replace(with: -127, where: x .< -127)  // NaN compares false and stays
+
+    let t = y + shifter                      // round(y) + shifter, exactly
+    let n = t - shifter
+    let r = y - n                            // exact, |r| ≤ 1/2
+
+    var p = SIMD8<Float>(repeating: 1.3264727080e-3)
+    p = p * r + 9.6715128622e-3
+    p = p * r + 5.5507337456e-2
+    p = p * r + 2.4022242082e-1
+    p = p * r + 6.9314697760e-1
+    p = p * r + 1
+
+    // 2ⁿ from its exponent bits: ((bits(t) − bits(shifter)) + 127) << 23; 0 for n = −127.
+    let bias = unsafeBitCast(SIMD8<Float>(repeating: shifter), to: SIMD8<Int32>.self) &- 127
+    let scale = unsafeBitCast((unsafeBitCast(t, to: SIMD8<Int32>.self) &- bias) &<< 23, to: SIMD8<Float>.self)
+    return p * scale
+}
+
+/// Scalar form of ``exponential2(_:)`` with identical results.
+@inline(__always)
+func exponential2(_ x: Float) -> Float {
+    exponential2(SIMD8<Float>(repeating: x))[0]
+}

@@ -15,13 +15,14 @@ struct MaskRows: @unchecked Sendable {
 
     /// Adds the biases and applies the boolean masks to `row[0..<count]`, the scores of
     /// query `i` of head `h` in batch entry `b` for keys `keyOffset ..< keyOffset + count`
-    /// (vectorised).
+    /// (vectorised). Biases are multiplied by `biasFactor` first (the tiled kernel's base-2
+    /// scores pass `log₂ e`).
     @inline(__always)
     func apply(_ row: UnsafeMutablePointer<Float>, count: Int, batch b: Int, head h: Int, query i: Int,
-               keyOffset: Int = 0) {
+               keyOffset: Int = 0, biasFactor: Float = 1) {
         for (bias, strides) in additives {
             let start = bias + strides.rowOffset(batch: b, head: h, query: i) + keyOffset * strides.key
-            addBias(row, count: count, bias: start, stride: strides.key)
+            addBias(row, count: count, bias: start, stride: strides.key, factor: biasFactor)
         }
         for (allowed, strides) in booleans {
             let start = allowed + strides.rowOffset(batch: b, head: h, query: i) + keyOffset * strides.key

@@ -18,20 +18,27 @@ func store(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
 
-/// `row[j] += bias[j · stride]` for `j < count`; `stride` is 0 (one bias for the whole row)
-/// or 1.
+/// `row[j] += factor · bias[j · stride]` for `j < count`; `stride` is 0 (one bias for the
+/// whole row) or 1. `factor` is 1 except in the tiled kernel, whose scores are in base 2
+/// (`log₂ e`).
 @inline(__always)
-func addBias(_ row: UnsafeMutablePointer<Float>, count: Int, bias: UnsafePointer<Float>, stride: Int) {
+func addBias(_ row: UnsafeMutablePointer<Float>, count: Int, bias: UnsafePointer<Float>, stride: Int,
+             factor: Float = 1) {
     if stride == 0 {
-        let b = bias[0]
+        let b = bias[0] * factor
         let vb = SIMD8<Float>(repeating: b)
         var j = 0
         while j + lanes <= count { store(load(row + j) + vb, row + j); j += lanes }
         while j < count { row[j] += b; j += 1 }
-    } else {
+    } else if factor == 1 {
         var j = 0
         while j + lanes <= count { store(load(row + j) + load(bias + j), row + j); j += lanes }
         while j < count { row[j] += bias[j]; j += 1 }
+    } else {
+        let vf = SIMD8<Float>(repeating: factor)
+        var j = 0
+        while j + lanes <= count { store(load(row + j) + load(bias + j) * vf, row + j); j += lanes }
+        while j < count { row[j] += bias[j] * factor; j += 1 }
     }
 }
 
@@ -61,29 +68,32 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
     }
 }
 
-/// The maximum of `row[0..<count]`, −∞ when `count == 0` or every entry is −∞, and NaN
-/// when any entry is NaN (so that NaN scores give NaN outputs, as in the naive kernel and
-/// PyTorch, rather than passing for an all-excluded row).
+/// The maximum of `row[0..<count]`, ignoring NaN; −∞ when `count == 0` or every entry is −∞.
+/// When the non-NaN entries are all −∞ and some entry is NaN, the result is NaN.
+///
+/// NaN entries need no tracking in the fast path: every caller exponentiates `s − max`, where
+/// a NaN entry gives NaN, then the row sum is NaN and so the output row is NaN, as in the
+/// naive kernel and PyTorch. Only a row with nothing else than −∞ beside its NaN would pass for
+/// an all-excluded row (zeros), so that case looks for NaN.
 @inline(__always)
 func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
     var vmax = SIMD8<Float>(repeating: -.infinity)
-    var nan = SIMDMask<SIMD8<Int32>>()
     var j = 0
     while j + lanes <= count {
-        // A compare and select: `pointwiseMax` follows IEEE maxNum per lane and does not
-        // vectorise. NaN never compares greater, so it is tracked on the side.
+        // `x > vmax ? x : vmax` is exactly SSE's `maxps(x, vmax)`, one instruction (NaN in x
+        // leaves vmax); `pointwiseMax` follows IEEE maxNum per lane and does not vectorise.
         let x = load(row + j)
         vmax.replace(with: x, where: x .> vmax)
-        nan = nan .| (x .!= x)
         j += lanes
     }
-    if any(nan) { return .nan }
     var m = -Float.infinity
     for lane in 0..<lanes where vmax[lane] > m { m = vmax[lane] }
     while j < count {
-        if row[j].isNaN { return .nan }
         if row[j] > m { m = row[j] }
         j += 1
+    }
+    if m == -.infinity {
+        for k in 0..<count where row[k].isNaN { return .nan }
     }
     return m
 }
@@ -134,17 +144,29 @@ func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normal
     return sum
 }
 
-/// One step of the online (streaming) softmax over a tile of one row's scores.
+/// How far above a row's reference maximum (in base-2 exponent units) the tiled kernel lets
+/// a tile's scores rise before it moves the reference: their exponentials are then at most
+/// 2⁸ = 256, harmless in float, and the partial output is rescaled far less often.
+let lazyRescaleThreshold: Float = 8
+
+/// One step of the tiled kernel's online (streaming) softmax, in base 2, over a tile of one
+/// row's scores.
 ///
-/// The row's running maximum `m` and running sum `l = Σ exp(s_j − m)` over the earlier
-/// tiles are updated with the tile's scores `row[0..<allowed]`, which are replaced by
-/// `exp(s_j − m′)` (`row[allowed..<count] = 0`). When the maximum grows from `m` to `m′`,
-/// everything accumulated so far was scaled by `exp(−m)` and must be rescaled by
-/// `α = exp(m − m′)`; the return value is that `α` (1 when nothing needs rescaling):
+/// The scores `row[0..<allowed]` are `log₂ e` times the natural ones (the kernel folds
+/// `log₂ e` into the GEMM's alpha), so `2^(s − m)` is the usual `exp(s′ − m′)`. The row keeps
+/// a reference `m` and a running sum `l = Σ 2^(s_j − m)` over the earlier tiles; the tile's
+/// scores are replaced by `2^(s_j − m)` (`row[allowed..<count] = 0`) and their sum is added to
+/// `l`. The return value `α` is the factor by which everything accumulated so far (the
+/// partial output row) must be multiplied because the reference moved (1 when it did not):
 ///
-///     m′ = max(m, max_j s_j),   α = exp(m − m′),   l′ = α·l + Σ_j exp(s_j − m′)
+///     t = max_j s_j
+///     first tile with an allowed key: m = t;  later tiles: if t > m + 8 { α = 2^(m − t), m = t }
+///     l′ = α·l + Σ_j 2^(s_j − m)
 ///
-/// A tile whose entries are all −∞ contributes nothing (zeros, α = 1).
+/// The reference lags the true maximum by at most 8 (lazy rescaling: exponentials up to 2⁸),
+/// but the output `O / l` is the same, since both carry the same factor `2^(−m)`. A tile whose
+/// entries are all −∞ contributes zeros. NaN scores make the sum NaN (or the reference, in a
+/// row with nothing but −∞ besides), and so the output row NaN.
 @inline(__always)
 func onlineSoftmaxStep(
     _ row: UnsafeMutablePointer<Float>, allowed: Int, count: Int,
@@ -156,13 +178,28 @@ func onlineSoftmaxStep(
         return 1
     }
     var alpha: Float = 1
-    if tileMax.isNaN {
-        m = .nan                                      // NaN from here on, as in the other kernels
-    } else if tileMax > m {
-        if m > -.infinity { alpha = exponential(m - tileMax) }
+    if m == -.infinity || tileMax.isNaN {
+        m = tileMax
+    } else if tileMax > m + lazyRescaleThreshold {
+        alpha = exponential2(m - tileMax)
         m = tileMax
     }
-    let sum = exponentiateAndSum(row, count: allowed, subtracting: m)
+    let vm = SIMD8<Float>(repeating: m)
+    var vsum = SIMD8<Float>()
+    var j = 0
+    while j + lanes <= allowed {
+        let e = exponential2(load(row + j) - vm)
+        store(e, row + j)
+        vsum += e
+        j += lanes
+    }
+    var sum = vsum.sum()
+    while j < allowed {
+        let e = exponential2(row[j] - m)
+        row[j] = e
+        sum += e
+        j += 1
+    }
     if allowed < count { (row + allowed).update(repeating: 0, count: count - allowed) }
     l = l * alpha + sum
     return alpha

@@ -72,4 +72,29 @@ struct TiledTests {
             assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(splits) splits")
         }
     }
+
+    /// Scores that climb from tile to tile: by less than the lazy-rescaling threshold per
+    /// tile (the reference stays, exponentials grow up to 2⁸), by more (the reference moves
+    /// and the partial output is rescaled), and a climb inside one tile; also falling scores
+    /// and a first tile that a causal mask leaves empty for early rows. One head, Dk = 1, so
+    /// score j is `scale · q · k_j` exactly as built.
+    @Test(arguments: [0.5, 3.0, 7.9, 8.1, 20.0, -15.0]) func lazyRescaling(_ stepPerKey: Double) throws {
+        let S = 67, L = 5
+        let keys = (0..<S).map { Float(Double($0) * stepPerKey / 8) }     // ×8 from q below: step per key
+        let q = try Tensor<Float>(shape: [1, 1, L, 1], scalars: [8, 8, 8, 8, 4])
+        let k = try Tensor<Float>(shape: [1, 1, S, 1], scalars: keys)
+        let v = normalTensor([1, 1, S, 3], seed: 5)
+        for mask in [[MaskSpec](), [.causal(.upperLeft)]] {
+            let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: 1)
+            for tiles in [TileSizes(queryBlock: 5, keyBlock: 8), TileSizes(queryBlock: 2, keyBlock: 3, splits: 3),
+                          TileSizes(queryBlock: 5, keyBlock: 64), TileSizes(queryBlock: 1, keyBlock: 16, rowwiseLimit: 0)] {
+                let out = try runAttention(query: q, key: k, value: v, mask: AttentionMask(mask.map(\.library)),
+                                           scale: 1, dropout: nil, kernel: .tiled, wantWeights: false,
+                                           tiles: tiles).output
+                assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v),
+                            "step \(stepPerKey), mask \(mask.count), \(tiles)")
+            }
+        }
+    }
 }
+
