@@ -4,6 +4,13 @@ import Synchronization
 /// The only door to OpenBLAS: typed wrappers that convert `Int` sizes to BLAS's 32-bit
 /// `blasint` (callers have already checked that sizes fit; see `AttentionProblem`).
 enum BLAS {
+    /// Hints the CPU to fetch the cache line holding `address` (a no-op where unsupported;
+    /// never faults, so it may point past the end of a buffer).
+    @inline(__always)
+    static func prefetch(_ address: UnsafeRawPointer) {
+        attentionkit_prefetch(address)
+    }
+
     /// Row-major `C[m, n] = alpha · A[m, k] · op(B) + beta · C`, with `op(B) = Bᵀ` when
     /// `transposeB` (B stored `[n, k]`) and `B` otherwise (B stored `[k, n]`).
     ///

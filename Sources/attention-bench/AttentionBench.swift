@@ -52,7 +52,9 @@ struct Suite: ParsableCommand {
                           † = checked on the slice (below); FAIL = above
                           --tolerance.
               GEMM share  median time of attentionGEMMOnly (the kernel's
-                          BLAS calls on the same work split and tiles, no
+                          matrix products on the same work split and tiles:
+                          its BLAS calls, or for tiled's decode blocks of
+                          ≤ 4 rows its row-wise Swift products; no
                           mask/softmax), timed interleaved with the kernel rep
                           by rep, / the kernel's median time.
 

@@ -52,13 +52,15 @@ The kernels, and why each exists:
   It materialises a block of whole score rows, and is what returns the weights.
 - tiled: the same blocks, but the keys stream through in tiles with an online softmax
   (running max and sum, the partial output rescaled when the max grows), so memory is
-  O(L·D); sgemv per row for blocks of ≤ 4 rows (decode), and split-KV across threads when
-  there are too few blocks. Added to beat PyTorch's CPU SDPA on long and decode shapes;
+  O(L·D); for blocks of ≤ 4 rows (decode) Swift row-wise products that stream K and V
+  once with prefetching instead of sgemm, and split-KV across threads when there are too
+  few blocks. Added to beat PyTorch's CPU SDPA on long and decode shapes;
   measured against it by Benchmarks/compare-pytorch.py (README, "Against PyTorch").
 - automatic: what callers get by default: tiled, or blas when weights are returned. Timed
   separately so that a dispatch rule that picks badly shows up here.
-- GEMM-only (SPI, `@_spi(Benchmarking) attentionGEMMOnly`): only a kernel's BLAS calls on
-  the same work split and tiles, no mask/softmax. Not attention; its time over the kernel's
+- GEMM-only (SPI, `@_spi(Benchmarking) attentionGEMMOnly`): only a kernel's matrix
+  products (its BLAS calls; for tiled's decode blocks, its row-wise products) on the same
+  work split and tiles, no mask/softmax. Not attention; its time over the kernel's
   time is the GEMM share: near 1 means the softmax layer is nearly free and only a better
   GEMM (or fusing) can help; well below 1 means the Swift layer between the GEMMs is the
   target. The automatic row resolves to the kernel automatic runs.

@@ -13,7 +13,7 @@ struct TiledTests {
         TileSizes(queryBlock: 8, keyBlock: 13),                     // S
         TileSizes(queryBlock: 9, keyBlock: 14),                     // S + 1, L
         TileSizes(queryBlock: 2, keyBlock: 4, splits: 4, rowwiseLimit: 0),   // sgemm for 2 rows
-        TileSizes(queryBlock: 4, keyBlock: 5, splits: 2, rowwiseLimit: 64),  // sgemv for every block
+        TileSizes(queryBlock: 4, keyBlock: 5, splits: 2, rowwiseLimit: 64),  // row-wise products for every block
     ]
 
     static let cases: [AttentionCase] = Cases.masks + Cases.fullyMasked + Cases.grouped + Cases.scales + Cases.empty

@@ -5,11 +5,11 @@
 /// where, as in the BLAS kernel, the `g = Hq/Hkv` query heads sharing a key/value head form
 /// one `[g·L, Dk]` matrix. Each item walks the keys in tiles of `keyBlock`:
 ///
-///     s[R, n]   = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ   sgemm (sgemv per row for R ≤ 4)
+///     s[R, n]   = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ   sgemm (row-wise Swift for R ≤ 4)
 ///     s[r, :]   = mask(s[r, :])                           Swift, only rows the mask touches
 ///     m′, α, l′ = online softmax step                     s ← 2^(s − m′), l′ = α·l + Σ 2^(s − m′)
 ///     O[r, :]  *= α  (only when a row's reference maximum moved)
-///     O[R, Dv] += s[R, n] · V[n, Dv]                      sgemm with beta = 1 (sgemv per row)
+///     O[R, Dv] += s[R, n] · V[n, Dv]                      sgemm with beta = 1 (row-wise Swift)
 ///
 /// and finally divides each output row by its `l`. The scores are in base 2 (`log₂ e` folded
 /// into the GEMM's alpha and multiplied into additive biases), so the softmax's exponential is
@@ -108,10 +108,8 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
 
                     // s[R, n] = scale · Q[R, Dk] · K[n, Dk]ᵀ
                     if perRow {
-                        for r in 0..<rows {
-                            BLAS.sgemv(transposeA: false, m: n, n: Dk, alpha: alpha,
-                                       a: kTile, lda: Dk, x: q + r * Dk, beta: 0, y: scores + r * Sk)
-                        }
+                        rowwiseScores(query: q, rows: rows, keys: kTile, count: n, dim: Dk,
+                                      alpha: alpha, scores: scores, scoreStride: Sk)
                     } else {
                         BLAS.sgemm(m: rows, n: n, k: Dk, alpha: alpha,
                                    a: q, lda: Dk, b: kTile, ldb: Dk, transposeB: true,
@@ -137,10 +135,8 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
 
                     // O[R, Dv] += P[R, n] · V[n, Dv]
                     if perRow {
-                        for r in 0..<rows {
-                            BLAS.sgemv(transposeA: true, m: n, n: Dv, alpha: 1,
-                                       a: vTile, lda: Dv, x: scores + r * Sk, beta: 1, y: out + r * Dv)
-                        }
+                        rowwiseAccumulate(weights: scores, rows: rows, weightStride: Sk, values: vTile,
+                                          count: n, dim: Dv, output: out)
                     } else {
                         BLAS.sgemm(m: rows, n: Dv, k: n, alpha: 1,
                                    a: scores, lda: Sk, b: vTile, ldb: Dv, transposeB: false,
@@ -214,7 +210,7 @@ struct TileSizes: Sendable {
 ///   block); beyond 256 rows nothing is consistently better.
 /// - B1 H8 L512 D64: 256×512 14.3 ms, 128×512 13.3, 64×512 15.1, 128×256 14.9, 64×256 15.6,
 ///   512×512 15.7, 256×256 13.0: all within noise.
-/// - Decode B1 H32 L1 S4096 D128 (sgemv per row): 128 keys 17.7 ms, 256 15.2, 512 16.3,
+/// - Decode B1 H32 L1 S4096 D128 (then through sgemv per row): 128 keys 17.7 ms, 256 15.2, 512 16.3,
 ///   1024 14.4, 4096 15.1: within noise; bound by reading K and V (128 MB) from memory.
 /// Chosen: 256 × 512, a 512 KiB score tile (one L2).
 struct TilePlan {
@@ -224,8 +220,9 @@ struct TilePlan {
     var keyBlock: Int
     /// Key ranges per query block (split-KV); 1 for prefill.
     var splits: Int
-    /// Blocks of at most this many rows use one sgemv per row instead of sgemm: for a handful
-    /// of rows, sgemm's packing of the key and value tiles costs more than streaming them.
+    /// Blocks of at most this many rows use the row-wise products (`RowwiseProducts.swift`)
+    /// instead of sgemm: for a handful of rows, sgemm's packing of the key and value tiles
+    /// costs more than streaming them once.
     var rowwiseLimit = 4
 
     init(unitRows: Int, units: Int, keyLength S: Int, threads: Int, override: TileSizes? = nil) {
