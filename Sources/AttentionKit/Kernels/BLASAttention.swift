@@ -57,9 +57,12 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 let scores = a.weights.map { $0 + firstRow * S } ?? scratch!   // [R, S], ld S
 
                 // scores[R, S'] = scale · Q[R, Dk] · K[S', Dk]ᵀ
+                // beta = 1 on zeros (the weights tensor starts zeroed; the scratch is zeroed
+                // by memset): OpenBLAS's beta = 0 pass zeroes C column by column, slower.
+                if a.weights == nil { scores.update(repeating: 0, count: rows * S) }
                 BLAS.sgemm(m: rows, n: blockEnd, k: Dk, alpha: a.scale,
                            a: q, lda: Dk, b: k, ldb: Dk, transposeB: true,
-                           beta: 0, c: scores, ldc: S)
+                           beta: 1, c: scores, ldc: S)
 
                 if !gemmOnly {
                     for r in 0..<rows {
@@ -74,10 +77,10 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     }
                 }
 
-                // out[R, Dv] = P[R, S'] · V[S', Dv]
+                // out[R, Dv] = P[R, S'] · V[S', Dv]   (beta = 1: the output starts zeroed)
                 BLAS.sgemm(m: rows, n: Dv, k: blockEnd, alpha: 1,
                            a: scores, lda: S, b: v, ldb: Dv, transposeB: false,
-                           beta: 0, c: out, ldc: Dv)
+                           beta: 1, c: out, ldc: Dv)
 
                 if deferNormalization && !gemmOnly {
                     // out[r, :] /= Σ_j exp(s_rj − m_r)

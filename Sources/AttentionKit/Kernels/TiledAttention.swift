@@ -106,14 +106,17 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     let kTile = k + kt * Dk                             // [n, Dk]
                     let vTile = v + kt * Dv                             // [n, Dv]
 
-                    // s[R, n] = scale · Q[R, Dk] · K[n, Dk]ᵀ
+                    // s[R, n] = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ
                     if perRow {
                         rowwiseScores(query: q, rows: rows, keys: kTile, count: n, dim: Dk,
                                       alpha: alpha, scores: scores, scoreStride: Sk)
                     } else {
+                        // beta = 1 on a tile zeroed by memset: OpenBLAS's own beta = 0 pass
+                        // (sgemm_beta) zeroes C column by column and cost 5-6 % of the time.
+                        scores.update(repeating: 0, count: rows * Sk)
                         BLAS.sgemm(m: rows, n: n, k: Dk, alpha: alpha,
                                    a: q, lda: Dk, b: kTile, ldb: Dk, transposeB: true,
-                                   beta: 0, c: scores, ldc: Sk)
+                                   beta: 1, c: scores, ldc: Sk)
                     }
 
                     if !gemmOnly {
