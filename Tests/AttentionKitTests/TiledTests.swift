@@ -13,7 +13,7 @@ struct TiledTests {
         TileSizes(queryBlock: 8, keyBlock: 13),                     // S
         TileSizes(queryBlock: 9, keyBlock: 14),                     // S + 1, L
         TileSizes(queryBlock: 2, keyBlock: 4, splits: 4, rowwiseLimit: 0),   // sgemm for 2 rows
-        TileSizes(queryBlock: 4, keyBlock: 5, splits: 2, rowwiseLimit: 64),  // row-wise products for every block
+        TileSizes(queryBlock: 4, keyBlock: 5, splits: 2, rowwiseLimit: 64),  // matrix-vector path for every block
     ]
 
     static let cases: [AttentionCase] = Cases.masks + Cases.fullyMasked + Cases.grouped + Cases.scales + Cases.empty
@@ -87,7 +87,8 @@ struct TiledTests {
         for mask in [[MaskSpec](), [.causal(.upperLeft)]] {
             let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: 1)
             for tiles in [TileSizes(queryBlock: 5, keyBlock: 8), TileSizes(queryBlock: 2, keyBlock: 3, splits: 3),
-                          TileSizes(queryBlock: 5, keyBlock: 64), TileSizes(queryBlock: 1, keyBlock: 16, rowwiseLimit: 0)] {
+                          TileSizes(queryBlock: 5, keyBlock: 64), TileSizes(queryBlock: 1, keyBlock: 16, rowwiseLimit: 0),
+                          TileSizes(queryBlock: 1, keyBlock: 16)] {   // one-row blocks: the Swift products
                 let out = try runAttention(query: q, key: k, value: v, mask: AttentionMask(mask.map(\.library)),
                                            scale: 1, dropout: nil, kernel: .tiled, wantWeights: false,
                                            tiles: tiles).output

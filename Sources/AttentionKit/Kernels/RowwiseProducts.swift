@@ -1,59 +1,55 @@
-/// The two products of attention for a handful of query rows (decoding), in Swift.
+/// The two products of attention for a single query row against a key tile (decoding with
+/// one query head per key/value head), in Swift.
 ///
-/// With one to four query rows against a tile of keys, Q·Kᵀ and P·V are matrix–vector
-/// products: two flops per float read, bound by memory bandwidth, not arithmetic. OpenBLAS's
+/// With one query row, Q·Kᵀ and P·V are matrix–vector products: two flops per float read,
+/// bound by memory bandwidth, not arithmetic. OpenBLAS's
 /// `sgemv` walks four rows of K (or V) at a time, four interleaved streams, and reached only
 /// 8.7–9.2 GB/s reading the K and V of the decode shape (32 heads, S = 4096, D = 128,
 /// 128 MiB) on the machine in the README, one thread, while one sequential pass over each
 /// row, as below, reached 12.6–12.8 GB/s compiled for the SSE2 baseline (a C probe of both,
 /// 2026-11-25; a plain read of the same memory: 13.2–14.3 GB/s). So the decode path streams
-/// each key and value row once, in order, and does the arithmetic for every query row of the
-/// block while the row is in L1, prefetching a few rows ahead (see `prefetchDistance`).
+/// each key and value row once, in order, prefetching a few rows ahead (see
+/// `prefetchDistance`). Only for one row: with several rows sharing each key row
+/// (grouped-query heads) the arithmetic grows with the rows while the bytes read do not, and
+/// there sgemv's AVX2 arithmetic beat SSE2 loops like these (see `TilePlan.rowwiseLimit`).
 
-/// `scores[r · scoreStride + j] = alpha · Σ_d q[r · Dk + d] · k[j · Dk + d]` for `r < rows`,
-/// `j < count`: the score tile of `rows` query rows against `count` keys.
+/// `scores[j] = alpha · Σ_d q[d] · k[j · Dk + d]` for `j < count`: one query row's scores
+/// against a tile of `count` keys.
 ///
-///     scores[R, n] = alpha · Q[R, Dk] · K[n, Dk]ᵀ
+///     scores[n] = alpha · K[n, Dk] · q[Dk]
 @inline(__always)
 func rowwiseScores(
-    query q: UnsafePointer<Float>, rows: Int, keys k: UnsafePointer<Float>, count: Int, dim Dk: Int,
-    alpha: Float, scores: UnsafeMutablePointer<Float>, scoreStride: Int
+    query q: UnsafePointer<Float>, keys k: UnsafePointer<Float>, count: Int, dim Dk: Int,
+    alpha: Float, scores: UnsafeMutablePointer<Float>
 ) {
     let rowBytes = Dk * MemoryLayout<Float>.stride
     for j in 0..<count {
         let key = k + j * Dk                                     // [Dk]
         prefetch(UnsafeRawPointer(key) + prefetchDistance, bytes: rowBytes)
-        for r in 0..<rows {
-            scores[r * scoreStride + j] = alpha * dot(q + r * Dk, key, count: Dk)
-        }
+        scores[j] = alpha * dot(q, key, count: Dk)
     }
 }
 
-/// `output[r · Dv + d] += Σ_j weights[r · weightStride + j] · v[j · Dv + d]` for `r < rows`:
-/// accumulates a tile of `count` value rows, weighted, into `rows` output rows.
+/// `output[d] += Σ_j weights[j] · v[j · Dv + d]`: accumulates a tile of `count` value rows,
+/// weighted, into one output row.
 ///
-///     O[R, Dv] += P[R, n] · V[n, Dv]
+///     o[Dv] += p[n] · V[n, Dv]
 @inline(__always)
 func rowwiseAccumulate(
-    weights p: UnsafePointer<Float>, rows: Int, weightStride: Int, values v: UnsafePointer<Float>,
-    count: Int, dim Dv: Int, output o: UnsafeMutablePointer<Float>
+    weights p: UnsafePointer<Float>, values v: UnsafePointer<Float>, count: Int, dim Dv: Int,
+    output o: UnsafeMutablePointer<Float>
 ) {
     let rowBytes = 2 * Dv * MemoryLayout<Float>.stride
     var j = 0
-    while j + 2 <= count {                                       // two value rows per pass over O
+    while j + 2 <= count {                                       // two value rows per pass over o
         let v0 = v + j * Dv, v1 = v0 + Dv                        // [Dv] each
         prefetch(UnsafeRawPointer(v0) + prefetchDistance, bytes: rowBytes)
-        for r in 0..<rows {
-            let w = p + r * weightStride + j
-            axpy2(w[0], v0, w[1], v1, o + r * Dv, count: Dv)
-        }
+        axpy2(p[j], v0, p[j + 1], v1, o, count: Dv)
         j += 2
     }
     if j < count {
         let v0 = v + j * Dv
-        for r in 0..<rows {
-            axpy2(p[r * weightStride + j], v0, 0, v0, o + r * Dv, count: Dv)
-        }
+        axpy2(p[j], v0, 0, v0, o, count: Dv)
     }
 }
 
