@@ -5,11 +5,11 @@
 /// where, as in the BLAS kernel, the `g = Hq/Hkv` query heads sharing a key/value head form
 /// one `[g·L, Dk]` matrix. Each item walks the keys in tiles of `keyBlock`:
 ///
-///     s[R, n]   = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ   sgemm (R ≤ 4: sgemv per row, or Swift for R = 1)
+///     s[R, n]   = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ   sgemm (R ≤ 4: Swift row-wise products)
 ///     s[r, :]   = mask(s[r, :])                           Swift, only rows the mask touches
 ///     m′, α, l′ = online softmax step                     s ← 2^(s − m′), l′ = α·l + Σ 2^(s − m′)
 ///     O[r, :]  *= α  (only when a row's reference maximum moved)
-///     O[R, Dv] += s[R, n] · V[n, Dv]                      sgemm with beta = 1 (sgemv per row, or Swift)
+///     O[R, Dv] += s[R, n] · V[n, Dv]                      sgemm with beta = 1 (row-wise products)
 ///
 /// and finally divides each output row by its `l`. The scores are in base 2 (`log₂ e` folded
 /// into the GEMM's alpha and multiplied into additive biases), so the softmax's exponential is
@@ -107,13 +107,9 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     let vTile = v + kt * Dv                             // [n, Dv]
 
                     // s[R, n] = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ
-                    if perRow && rows == 1 {
-                        rowwiseScores(query: q, keys: kTile, count: n, dim: Dk, alpha: alpha, scores: scores)
-                    } else if perRow {
-                        for r in 0..<rows {
-                            BLAS.sgemv(transposeA: false, m: n, n: Dk, alpha: alpha,
-                                       a: kTile, lda: Dk, x: q + r * Dk, beta: 0, y: scores + r * Sk)
-                        }
+                    if perRow {
+                        rowwiseScores(query: q, rows: rows, keys: kTile, count: n, dim: Dk,
+                                      alpha: alpha, scores: scores, scoreStride: Sk)
                     } else {
                         // beta = 1 on a tile zeroed by memset: OpenBLAS's own beta = 0 pass
                         // (sgemm_beta) zeroes C column by column and cost 5-6 % of the time.
@@ -141,13 +137,9 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     }
 
                     // O[R, Dv] += P[R, n] · V[n, Dv]
-                    if perRow && rows == 1 {
-                        rowwiseAccumulate(weights: scores, values: vTile, count: n, dim: Dv, output: out)
-                    } else if perRow {
-                        for r in 0..<rows {
-                            BLAS.sgemv(transposeA: true, m: n, n: Dv, alpha: 1,
-                                       a: vTile, lda: Dv, x: scores + r * Sk, beta: 1, y: out + r * Dv)
-                        }
+                    if perRow {
+                        rowwiseAccumulate(weights: scores, rows: rows, weightStride: Sk, values: vTile,
+                                          count: n, dim: Dv, output: out)
                     } else {
                         BLAS.sgemm(m: rows, n: Dv, k: n, alpha: 1,
                                    a: scores, lda: Sk, b: vTile, ldb: Dv, transposeB: false,
@@ -231,14 +223,9 @@ struct TilePlan {
     var keyBlock: Int
     /// Key ranges per query block (split-KV); 1 for prefill.
     var splits: Int
-    /// Blocks of at most this many rows use matrix-vector products instead of sgemm: for a
-    /// handful of rows, sgemm's packing of the key and value tiles costs more than streaming
-    /// them. A single row (MHA decoding) goes through the Swift streaming products of
-    /// `RowwiseProducts.swift`; two to four rows (grouped-query decoding) through one OpenBLAS
-    /// sgemv per row, whose AVX2 arithmetic then matters more than its streaming: at
-    /// B1 H32/8 L1 S4096 D128 (4 rows per block), medians of four interleaved rounds of
-    /// attention-bench, sgemv took 5.8 ms on one thread and 3.3 on two, the Swift products
-    /// 7.3 and 3.6 at the SSE2 baseline (2026-11-25).
+    /// Blocks of at most this many rows use the Swift row-wise products
+    /// (`RowwiseProducts.swift`) instead of sgemm: for a handful of rows, sgemm's packing of
+    /// the key and value tiles costs more than streaming them once.
     var rowwiseLimit = 4
 
     init(unitRows: Int, units: Int, keyLength S: Int, threads: Int, override: TileSizes? = nil) {
