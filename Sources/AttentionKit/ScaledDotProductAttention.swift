@@ -6,8 +6,9 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     /// mask + softmax layer, parallel over blocks. Materialises one block of scores per thread.
     case blas
     /// Streams key tiles through an online softmax (flash-attention style) on sgemm, in
-    /// memory proportional to L·D rather than L·S, splitting long key ranges across threads
-    /// when there are few queries (decoding).
+    /// memory proportional to L·D rather than L·S. Blocks of up to four query rows
+    /// (decoding) use streaming matrix–vector products in Swift instead of sgemm, and long
+    /// key ranges are split across threads when there are few queries.
     case tiled
     /// Picks the kernel for the call: ``tiled``, or ``blas`` when the weights are returned
     /// (both then materialise them the same way).
@@ -90,9 +91,10 @@ public func scaledDotProductAttentionWithWeights(
     return (result.output, result.weights!)
 }
 
-/// Runs only the BLAS calls of `kernel` (``AttentionKernel/blas`` or
-/// ``AttentionKernel/tiled``; ``AttentionKernel/automatic`` resolves first), on the same
-/// work items, tiles and threads, skipping the mask + softmax layer. The result is not
+/// Runs only the matrix products of `kernel` (``AttentionKernel/blas`` or
+/// ``AttentionKernel/tiled``; ``AttentionKernel/automatic`` resolves first): its BLAS calls,
+/// or the tiled kernel's row-wise products for blocks of up to four rows, on the same work
+/// items, tiles and threads, skipping the mask + softmax layer. The result is not
 /// attention; its time, divided by the full kernel's, is the "GEMM share" that
 /// attention-bench reports.
 @_spi(Benchmarking)
