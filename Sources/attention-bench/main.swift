@@ -120,6 +120,19 @@ K/V head) is a different story: a perf profile of blas there shows ~70% of the t
 OpenBLAS packing K and V (sgemm_incopy/itcopy) for 4-row sgemm calls and ~14% in the
 sgemm compute kernel, so its GEMM share ≈ 1 means "all GEMM", not "near optimal": an
 sgemv or streaming path for very few rows would read K and V (33.5 MB) once instead.
+
+Later versions of the tiled kernel (README, "How the tiled kernel works"; B1 H8 L2048 D64
+and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
+- v1 (18:46 UTC): online softmax in natural base, max pass with NaN tracking, sgemv per row
+  for decode blocks. 173-184 ms on one thread, GEMM share 0.70-0.72.
+- v2: base-2 scores (log2 e in the sgemm alpha), a 2^x polynomial with no range-reduction
+  multiply, lazy rescaling (reference max moves only when exceeded by > 8), a maxps row
+  maximum. 143 ms, share 0.81; the Swift layer ~0.8 ns per score instead of ~1.5.
+- v3: memset + beta = 1 score tiles instead of OpenBLAS's beta = 0 pass (sgemm_beta, 5-6 %
+  of samples in perf). About 7 % faster in five paired runs.
+- v4: Swift row-wise products for decode blocks of up to four rows, a 4 KiB prefetch, four
+  query rows per key/value load. MHA decode B1 H32 L1 S4096 D128: 15.3 -> 10-11 ms on one
+  thread (12 GB/s of K and V); GQA B1 H32/8: 5.8 -> 5.0 ms (one thread), 3.2 -> 2.5 (two).
 */
 
 import ArgumentParser
