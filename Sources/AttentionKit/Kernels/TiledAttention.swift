@@ -215,6 +215,10 @@ struct TileSizes: Sendable {
 ///   512×512 15.7, 256×256 13.0: all within noise.
 /// - Decode B1 H32 L1 S4096 D128 (then through sgemv per row): 128 keys 17.7 ms, 256 15.2, 512 16.3,
 ///   1024 14.4, 4096 15.1: within noise; bound by reading K and V (128 MB) from memory.
+/// - Again after the base-2 softmax (B1 H8 L2048 D64, one thread, eight interleaved rounds of
+///   5 repetitions, medians of the rounds): 256×512 147 ms, 256×256 144, 192×384 147,
+///   128×256 147, 128×128 157; each had one or two rounds in a slow phase of the machine
+///   (163–205 ms). Within noise, except that 128×128 is slower.
 /// Chosen: 256 × 512, a 512 KiB score tile (one L2).
 struct TilePlan {
     /// Query rows per work item.
