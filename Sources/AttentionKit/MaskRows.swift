@@ -30,6 +30,34 @@ struct MaskRows: @unchecked Sendable {
         }
     }
 
+    /// The sum over the additive tensors of each one's largest finite magnitude (0 without
+    /// biases; infinities and NaN are skipped). The tiled kernel, whose scores are in base 2,
+    /// checks it against the range that survives multiplying by `log₂ e`.
+    func finiteBiasMagnitude() -> Float {
+        var total: Float = 0
+        for (tensor, _) in resolved.additives {
+            total += tensor.withUnsafeBufferPointer { buffer -> Float in
+                guard let base = buffer.baseAddress else { return 0 }
+                let infinity = SIMD8<Float>(repeating: .infinity)
+                var vmax = SIMD8<Float>()
+                var j = 0
+                while j + lanes <= buffer.count {
+                    let x = load(base + j)
+                    let magnitude = x.replacing(with: -x, where: x .< 0)        // NaN stays NaN
+                    vmax.replace(with: magnitude, where: magnitude .> vmax .& magnitude .< infinity)
+                    j += lanes
+                }
+                var m = vmax.max()
+                while j < buffer.count {
+                    if base[j].isFinite { m = max(m, Swift.abs(base[j])) }
+                    j += 1
+                }
+                return m
+            }
+        }
+        return total
+    }
+
     /// Whether every part allows key `j` for query `(b, h, i)` (scalar, for the naive kernel).
     func allows(batch b: Int, head h: Int, query i: Int, key j: Int, keyLength s: Int) -> Bool {
         guard j < rowEnd(batch: b, query: i, keyLength: s) else { return false }

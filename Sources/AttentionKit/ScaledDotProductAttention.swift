@@ -8,7 +8,10 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     /// Streams key tiles through an online softmax (flash-attention style) on sgemm, in
     /// memory proportional to L·D rather than L·S. Blocks of up to four query rows
     /// (decoding) use streaming matrix–vector products in Swift instead of sgemm, and long
-    /// key ranges are split across threads when there are few queries.
+    /// key ranges are split across threads when there are few queries. Its scores are kept
+    /// in base 2; a call whose scale or additive biases exceed 1e38 in magnitude (such as a
+    /// float32 "masked" bias of −3.4e38) runs the ``blas`` kernel's code instead, whose natural
+    /// units hold them.
     case tiled
     /// Picks the kernel for the call: ``tiled``, or ``blas`` when the weights are returned
     /// (both then materialise them the same way).

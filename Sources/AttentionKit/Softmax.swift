@@ -164,7 +164,9 @@ let lazyRescaleThreshold: Float = 8
 ///     l′ = α·l + Σ_j 2^(s_j − m)
 ///
 /// The reference lags the true maximum by at most 8 (lazy rescaling: exponentials up to 2⁸),
-/// but the output `O / l` is the same, since both carry the same factor `2^(−m)`. A tile whose
+/// but the output `O / l` is the same, since both carry the same factor `2^(−m)`. The price
+/// is headroom: the unnormalised partial output can be up to 256 times larger than with the
+/// exact maximum, so it overflows only when S · max|V| passes about 1.3e36 instead of 3.4e38. A tile whose
 /// entries are all −∞ contributes zeros. NaN scores make the sum NaN (or the reference, in a
 /// row with nothing but −∞ besides), and so the output row NaN.
 @inline(__always)

@@ -211,14 +211,32 @@ struct AttentionTests {
     }
 
     /// Finite biases are ordinary numbers: −1e9 on every key swamps the small scores in
-    /// float32 and leaves a uniform average of V (as PyTorch's float32 kernels do).
-    @Test func hugeFiniteBiasGivesUniformAverage() throws {
+    /// float32 and leaves a uniform average of V (as PyTorch's float32 kernels do), and so does
+    /// −3.4e38 (`-Float.greatestFiniteMagnitude`, float32's "masked" value in additive masks),
+    /// which the tiled kernel's base-2 scores could not hold.
+    @Test(arguments: [Float(-1e9), Float(-2.5e38), -Float.greatestFiniteMagnitude])
+    func hugeFiniteBiasGivesUniformAverage(_ value: Float) throws {
         let (q, k, v) = Cases.c("", Cases.q, Cases.k, Cases.v).inputs()
-        let bias = try Tensor<Float>(shape: [1], scalars: [-1e9])
+        let bias = try Tensor<Float>(shape: [1], scalars: [value])
         let mean = referenceAttention(query: q, key: k, value: v, scale: 0)
         for kernel in allKernels {
             let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: .additive(bias), kernel: kernel)
-            assertClose(out, mean.output, shape: [2, 3, 9, 6], absolute: outputTolerance(v), "\(kernel)")
+            assertClose(out, mean.output, shape: [2, 3, 9, 6], absolute: outputTolerance(v), "\(value) \(kernel)")
+        }
+    }
+
+    /// Keys masked with −3.4e38 next to keys with a 0 bias get zero weight, on every kernel:
+    /// the common float32 additive padding mask.
+    @Test func float32MinimumBiasMasksKeys() throws {
+        let (q, k, v) = Cases.c("", Cases.q, Cases.k, Cases.v).inputs()     // S = 13
+        let masked = (0..<13).map { $0 % 3 == 1 ? -Float.greatestFiniteMagnitude : 0 }
+        let bias = try Tensor<Float>(shape: [13], scalars: masked)
+        let allowed = try Tensor<Bool>(shape: [13], scalars: masked.map { $0 == 0 })
+        let want = referenceAttention(query: q, key: k, value: v,
+                                      mask: [.boolean(shape: [13], data: allowed.scalars)])
+        for kernel in allKernels {
+            let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: .additive(bias), kernel: kernel)
+            assertClose(out, want.output, shape: [2, 3, 9, 6], absolute: outputTolerance(v), "\(kernel)")
         }
     }
 

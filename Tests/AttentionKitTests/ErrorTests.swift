@@ -160,4 +160,25 @@ struct EdgeCaseTests {
             }
         }
     }
+
+    /// A row whose only allowed key has a NaN score is NaN too, not an all-excluded zero row,
+    /// on every kernel (the naive oracle included).
+    @Test func nanScoreAsTheOnlyAllowedKey() throws {
+        let q = gridTensor([1, 1, 4, 8], seed: 6)
+        var k = gridTensor([1, 1, 6, 8], seed: 7)
+        let v = gridTensor([1, 1, 6, 8], seed: 8)
+        k.withUnsafeMutableBufferPointer { p in p[2 * 8] = .nan }                            // key 2
+        let only2 = try Tensor<Bool>(shape: [4, 6], scalars: (0..<24).map { $0 / 6 != 0 || $0 % 6 == 2 })
+        var outputs = try AttentionKernel.allCases.map {
+            ("\($0)", try scaledDotProductAttention(query: q, key: k, value: v, mask: .boolean(only2), kernel: $0))
+        }
+        for tiles in [TileSizes(queryBlock: 1, keyBlock: 2), TileSizes(queryBlock: 4, keyBlock: 3, rowwiseLimit: 0)] {
+            outputs.append(("\(tiles)", try runAttention(query: q, key: k, value: v, mask: .boolean(only2), scale: nil,
+                                                         dropout: nil, kernel: .tiled, wantWeights: false, tiles: tiles).output))
+        }
+        for (name, out) in outputs {
+            #expect(out.scalars[0..<8].allSatisfy { $0.isNaN }, "\(name) row 0: \(Array(out.scalars[0..<8]))")
+        }
+    }
 }
+

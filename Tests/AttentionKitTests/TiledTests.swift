@@ -14,6 +14,7 @@ struct TiledTests {
         TileSizes(queryBlock: 9, keyBlock: 14),                     // S + 1, L
         TileSizes(queryBlock: 2, keyBlock: 4, splits: 4, rowwiseLimit: 0),   // sgemm for 2 rows
         TileSizes(queryBlock: 4, keyBlock: 5, splits: 2, rowwiseLimit: 64),  // matrix-vector path for every block
+        TileSizes(queryBlock: 7, keyBlock: 5, rowwiseLimit: 64),            // … in groups of 4 rows + 3
     ]
 
     static let cases: [AttentionCase] = Cases.masks + Cases.fullyMasked + Cases.grouped + Cases.scales + Cases.empty
@@ -74,17 +75,20 @@ struct TiledTests {
     }
 
     /// Scores that climb from tile to tile: by less than the lazy-rescaling threshold per
-    /// tile (the reference stays, exponentials grow up to 2⁸), by more (the reference moves
-    /// and the partial output is rescaled), and a climb inside one tile; also falling scores
-    /// and a first tile that a causal mask leaves empty for early rows. One head, Dk = 1, so
-    /// score j is `scale · q · k_j` exactly as built.
-    @Test(arguments: [0.5, 3.0, 7.9, 8.1, 20.0, -15.0]) func lazyRescaling(_ stepPerKey: Double) throws {
+    /// tile (the reference stays, exponentials grow up to 2⁸), by just less and just more than
+    /// it, by far more (the reference moves and the partial output is rescaled), and falling
+    /// scores. One head, Dk = 1, so score j is `step · j` exactly as built; in the kernel's
+    /// base-2 units a tile of 8 keys climbs `8 · step · log₂e`, which crosses the threshold of
+    /// 8 at step ≈ 0.693. Also with a boolean mask that leaves the first 20 keys (whole tiles)
+    /// empty for the first two rows, and with a causal mask.
+    @Test(arguments: [0.5, 0.68, 0.70, 3.0, 20.0, -15.0]) func lazyRescaling(_ stepPerKey: Double) throws {
         let S = 67, L = 5
         let keys = (0..<S).map { Float(Double($0) * stepPerKey / 8) }     // ×8 from q below: step per key
         let q = try Tensor<Float>(shape: [1, 1, L, 1], scalars: [8, 8, 8, 8, 4])
         let k = try Tensor<Float>(shape: [1, 1, S, 1], scalars: keys)
         let v = normalTensor([1, 1, S, 3], seed: 5)
-        for mask in [[MaskSpec](), [.causal(.upperLeft)]] {
+        let lateStart = (0..<(L * S)).map { !($0 / S < 2 && $0 % S < 20) }
+        for mask in [[MaskSpec](), [.boolean(shape: [L, S], data: lateStart)], [.causal(.upperLeft)]] {
             let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: 1)
             for tiles in [TileSizes(queryBlock: 5, keyBlock: 8), TileSizes(queryBlock: 2, keyBlock: 3, splits: 3),
                           TileSizes(queryBlock: 5, keyBlock: 64), TileSizes(queryBlock: 1, keyBlock: 16, rowwiseLimit: 0),
@@ -93,7 +97,37 @@ struct TiledTests {
                                            scale: 1, dropout: nil, kernel: .tiled, wantWeights: false,
                                            tiles: tiles).output
                 assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v),
-                            "step \(stepPerKey), mask \(mask.count), \(tiles)")
+                            "step \(stepPerKey), mask \(mask), \(tiles)")
+            }
+        }
+    }
+
+    /// An infinite value gives an infinite output wherever its key has weight, on every kernel
+    /// and on the decode products (an odd key count leaves a lone last value row, which must
+    /// not be paired with a zero weight: 0 · ∞ would be NaN).
+    @Test func infiniteValueStaysInfinite() throws {
+        let S = 13
+        let q = normalTensor([1, 2, 5, 4], seed: 31), k = normalTensor([1, 2, S, 4], seed: 32)
+        var v = normalTensor([1, 2, S, 3], seed: 33)
+        v.withUnsafeMutableBufferPointer { p in p[(S - 1) * 3] = .infinity; p[(2 * S - 1) * 3] = .infinity }
+        var finiteV = v
+        finiteV.withUnsafeMutableBufferPointer { p in p[(S - 1) * 3] = 0; p[(2 * S - 1) * 3] = 0 }
+        let want = referenceAttention(query: q, key: k, value: finiteV)
+        var outputs: [(String, Tensor<Float>)] = try AttentionKernel.allCases.map {
+            ("\($0)", try scaledDotProductAttention(query: q, key: k, value: v, kernel: $0))
+        }
+        for tiles in [TileSizes(queryBlock: 1, keyBlock: 4), TileSizes(queryBlock: 4, keyBlock: 5, rowwiseLimit: 64),
+                      TileSizes(queryBlock: 5, keyBlock: 13, rowwiseLimit: 64), TileSizes(queryBlock: 5, keyBlock: 6)] {
+            outputs.append(("\(tiles)", try runAttention(query: q, key: k, value: v, mask: .none, scale: nil, dropout: nil,
+                                                         kernel: .tiled, wantWeights: false, tiles: tiles).output))
+        }
+        for (name, out) in outputs {
+            for row in 0..<10 {
+                #expect(out.scalars[row * 3] == .infinity, "\(name) row \(row): \(out.scalars[row * 3])")
+                for d in 1..<3 {
+                    let got = Double(out.scalars[row * 3 + d]), expected = want.output[row * 3 + d]
+                    #expect(Swift.abs(got - expected) <= outputTolerance(finiteV), "\(name) row \(row) column \(d)")
+                }
             }
         }
     }

@@ -59,7 +59,9 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 // scores[R, S'] = scale · Q[R, Dk] · K[S', Dk]ᵀ
                 // beta = 1 on zeros (the weights tensor starts zeroed; the scratch is zeroed
                 // by memset): OpenBLAS's beta = 0 pass zeroes C column by column, slower.
-                if a.weights == nil { scores.update(repeating: 0, count: rows * S) }
+                if a.weights == nil {
+                    for r in 0..<rows { (scores + r * S).update(repeating: 0, count: blockEnd) }
+                }
                 BLAS.sgemm(m: rows, n: blockEnd, k: Dk, alpha: a.scale,
                            a: q, lda: Dk, b: k, ldb: Dk, transposeB: true,
                            beta: 1, c: scores, ldc: S)

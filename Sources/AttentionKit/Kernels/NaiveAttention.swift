@@ -36,8 +36,9 @@ func naiveAttention(_ a: KernelArguments) {
                     scores[j] = allowed ? dot * a.scale + a.mask.bias(batch: b, head: h, query: i, key: j) : -.infinity
                 }
 
-                // p = softmax(scores), with the row maximum subtracted
-                let m = scores.max() ?? -.infinity
+                // p = softmax(scores), with the row maximum subtracted; a NaN score makes the
+                // row NaN (as in the other kernels and PyTorch), which `max()` alone would skip.
+                let m = scores.contains(where: \.isNaN) ? .nan : scores.max() ?? -.infinity
                 if m == -.infinity {
                     for j in 0..<S { scores[j] = 0 }
                 } else {

@@ -53,23 +53,24 @@ func rowwiseAccumulate(
 ) {
     let rowBytes = 2 * Dv * MemoryLayout<Float>.stride
     var j = 0
-    while j < count {                                            // two value rows per pass over O
-        let pair = min(2, count - j)
-        let v0 = v + j * Dv                                      // [Dv]
-        let v1 = pair == 2 ? v0 + Dv : v0                        // [Dv]; weight 0 for a lone row
+    while j + 2 <= count {                                       // two value rows per pass over O
+        let v0 = v + j * Dv, v1 = v0 + Dv                        // [Dv] each
         prefetch(UnsafeRawPointer(v0) + prefetchDistance, bytes: rowBytes)
         var r = 0
         while r + 4 <= rows {
-            let w = p + r * weightStride + j
-            axpy2x4(w, weightStride: weightStride, pair: pair, v0, v1, o + r * Dv, count: Dv)
+            axpy2x4(p + r * weightStride + j, weightStride: weightStride, v0, v1, o + r * Dv, count: Dv)
             r += 4
         }
         while r < rows {
             let w = p + r * weightStride + j
-            axpy2(w[0], v0, pair == 2 ? w[1] : 0, v1, o + r * Dv, count: Dv)
+            axpy2(w[0], v0, w[1], v1, o + r * Dv, count: Dv)
             r += 1
         }
-        j += pair
+        j += 2
+    }
+    if j < count {                                               // a lone last value row
+        let v0 = v + j * Dv
+        for r in 0..<rows { axpy1(p[r * weightStride + j], v0, o + r * Dv, count: Dv) }
     }
 }
 
@@ -99,16 +100,14 @@ func dot4(_ q: UnsafePointer<Float>, rows: Int, _ key: UnsafePointer<Float>, cou
 }
 
 /// `y_r[d] += w[r · weightStride] · x0[d] + w[r · weightStride + 1] · x1[d]` for four rows
-/// `y_r = y + r · count` (the second weight taken as 0 when `pair == 1`), loading each
-/// `x` vector once for the four rows.
+/// `y_r = y + r · count`, loading each `x` vector once for the four rows.
 @inline(__always)
-func axpy2x4(_ w: UnsafePointer<Float>, weightStride: Int, pair: Int,
+func axpy2x4(_ w: UnsafePointer<Float>, weightStride: Int,
              _ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>,
              _ y: UnsafeMutablePointer<Float>, count: Int) {
-    func weights(_ r: Int) -> (Float, Float) {
-        (w[r * weightStride], pair == 2 ? w[r * weightStride + 1] : 0)
-    }
-    let (c0, e0) = weights(0), (c1, e1) = weights(1), (c2, e2) = weights(2), (c3, e3) = weights(3)
+    let c0 = w[0], e0 = w[1], c1 = w[weightStride], e1 = w[weightStride + 1]
+    let c2 = w[2 * weightStride], e2 = w[2 * weightStride + 1]
+    let c3 = w[3 * weightStride], e3 = w[3 * weightStride + 1]
     let a0 = SIMD8<Float>(repeating: c0), b0 = SIMD8<Float>(repeating: e0)
     let a1 = SIMD8<Float>(repeating: c1), b1 = SIMD8<Float>(repeating: e1)
     let a2 = SIMD8<Float>(repeating: c2), b2 = SIMD8<Float>(repeating: e2)
@@ -179,4 +178,16 @@ func prefetch(_ p: UnsafeRawPointer, bytes: Int) {
         BLAS.prefetch(p + offset)
         offset += 64
     }
+}
+
+/// `y[d] += a · x[d]` for `d < count`.
+@inline(__always)
+func axpy1(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+    let w = SIMD8<Float>(repeating: a)
+    var d = 0
+    while d + lanes <= count {
+        store(load(y + d) + w * load(x + d), y + d)
+        d += lanes
+    }
+    while d < count { y[d] += a * x[d]; d += 1 }
 }

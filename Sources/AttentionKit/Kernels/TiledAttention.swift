@@ -32,12 +32,18 @@
 /// Dropout is applied to the tile after its sum enters `l` (the denominator is that of the
 /// undropped softmax, as in the other kernels), with the same per-(row, key) decisions.
 /// When the caller asks for the weights, an L×S tensor is needed anyway and the kernel
-/// computes them as the BLAS kernel does.
+/// computes them as the BLAS kernel does; so it does, in natural units, when the scale or the
+/// additive biases are too large for base 2 (beyond `base2ScoreLimit`).
 ///
 /// With `gemmOnly`, only the products run (same tiles, no softmax): attention-bench's
 /// roofline reference.
 func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
-    if a.weights != nil {
+    // Base-2 scores are the natural ones times log₂e ≈ 1.44: a finite scale or bias beyond
+    // about 2.4e38 would overflow to ±∞ and, for example, turn a row of −3.4e38 biases (the
+    // "masked" value of float32 additive masks) from a uniform average into an excluded row.
+    // Such calls, and calls that want the weights, go to the BLAS kernel, in natural units.
+    if a.weights != nil || !(Swift.abs(a.scale) <= base2ScoreLimit)
+        || a.mask.finiteBiasMagnitude() > base2ScoreLimit {
         blasAttention(a, gemmOnly: gemmOnly)
         return
     }
@@ -192,6 +198,11 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
         }
     }
 }
+
+/// The largest scale, and sum of finite bias magnitudes, that the tiled kernel takes in base 2:
+/// `Float.greatestFiniteMagnitude / log₂ e` would be the edge; half of it leaves room for the
+/// scores themselves.
+let base2ScoreLimit: Float = 1e38
 
 /// Tile sizes to force instead of the measured defaults (tests use this to put tile
 /// boundaries at awkward places).
