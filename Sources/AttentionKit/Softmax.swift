@@ -98,22 +98,27 @@ func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
     return m
 }
 
-/// `row[j] = exp(row[j] − m)` for `j < count`, in place; returns the sum of the results.
-/// Needs `row[j] ≤ m` (so every argument is in the polynomial's domain).
-@inline(__always)
-func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float) -> Float {
+/// `row[j] = exp(row[j] − m)` for `j < count`, in place (`2^(row[j] − m)` with `base2`, for
+/// the tiled kernel's base-2 scores); returns the sum of the results. Needs `row[j] ≤ m`
+/// (`row[j] ≤ m + 64` with `base2`), so that every argument is in the polynomial's domain.
+/// `base2` is a constant at each call site and the function is transparent (always inlined,
+/// even into the large online-softmax step), so each caller's loop has one exponential.
+@_transparent
+func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float,
+                        base2: Bool = false) -> Float {
     let vm = SIMD8<Float>(repeating: m)
     var vsum = SIMD8<Float>()
     var j = 0
     while j + lanes <= count {
-        let e = exponential(load(row + j) - vm)
+        let x = load(row + j) - vm
+        let e = base2 ? exponential2(x) : exponential(x)
         store(e, row + j)
         vsum += e
         j += lanes
     }
     var sum = vsum.sum()
     while j < count {
-        let e = exponential(row[j] - m)
+        let e = base2 ? exponential2(row[j] - m) : exponential(row[j] - m)
         row[j] = e
         sum += e
         j += 1
@@ -186,22 +191,7 @@ func onlineSoftmaxStep(
         alpha = exponential2(m - tileMax)
         m = tileMax
     }
-    let vm = SIMD8<Float>(repeating: m)
-    var vsum = SIMD8<Float>()
-    var j = 0
-    while j + lanes <= allowed {
-        let e = exponential2(load(row + j) - vm)
-        store(e, row + j)
-        vsum += e
-        j += lanes
-    }
-    var sum = vsum.sum()
-    while j < allowed {
-        let e = exponential2(row[j] - m)
-        row[j] = e
-        sum += e
-        j += 1
-    }
+    let sum = exponentiateAndSum(row, count: allowed, subtracting: m, base2: true)
     if allowed < count { (row + allowed).update(repeating: 0, count: count - allowed) }
     l = l * alpha + sum
     return alpha
