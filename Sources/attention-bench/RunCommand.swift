@@ -67,7 +67,8 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Multiplies query · keyᵀ (default 1/√Dk).", valueName: "x"))
     var scale: Float?
 
-    @Option(help: ArgumentHelp("Kernel: naive, blas or automatic.", valueName: "kernel"))
+    @Option(help: ArgumentHelp("Kernel: naive, blas, tiled or automatic (tiled, or blas when --weights or --heatmap needs the weights).",
+                               valueName: "kernel"))
     var kernel: BenchKernel = .automatic
 
     @Option(help: ArgumentHelp("Threads for the kernel (default: ATTENTIONKIT_NUM_THREADS or all cores).", valueName: "N"))

@@ -15,7 +15,8 @@ enum BenchKernel: String, CaseIterable, ExpressibleByArgument, Comparable {
         }
     }
 
-    /// Whether the kernel runs the blas sgemm pair, so that a GEMM share makes sense.
+    /// Whether the kernel has matrix products to time alone (sgemm, or the tiled kernel's
+    /// row-wise decode products), so that a GEMM share makes sense.
     var hasGEMMShare: Bool { self != .naive }
 
     static func < (a: BenchKernel, b: BenchKernel) -> Bool {
