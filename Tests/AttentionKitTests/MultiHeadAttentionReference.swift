@@ -71,19 +71,8 @@ func referenceMultiHeadAttention(
             for i in 0..<L {
                 var s = [Double](repeating: -.infinity, count: S)
                 for j in 0..<S {
-                    var allowed = true
-                    var bias = 0.0
-                    for part in mask {
-                        switch part {
-                        case .causal(.upperLeft): if j > i { allowed = false }
-                        case .causal(.lowerRight): if j > i + S - L { allowed = false }
-                        case .keyLengths(let lengths): if j >= lengths[b] { allowed = false }
-                        case .boolean(let shape, let data):
-                            if !data[broadcastIndex(shape, [b, h, i, j])] { allowed = false }
-                        case .additive(let shape, let data):
-                            bias += Double(data[broadcastIndex(shape, [b, h, i, j])])
-                        }
-                    }
+                    let (allowed, bias) = referenceMask(mask, batch: b, query: i, key: j,
+                                                        queryLength: L, keyLength: S, index: [b, h, i, j])
                     guard allowed else { continue }
                     var dot = 0.0
                     for d in 0..<Dk {

@@ -51,6 +51,24 @@ struct ReferenceResult {
     var rowHasKeys: [Bool]
 }
 
+/// Whether the mask parts allow key `j` for query `i` of batch entry `b`, and the sum of
+/// their biases there; `index` is the score's index in the mask tensors' broadcast shape.
+func referenceMask(_ mask: [MaskSpec], batch b: Int, query i: Int, key j: Int,
+                   queryLength L: Int, keyLength S: Int, index: [Int]) -> (allowed: Bool, bias: Double) {
+    var allowed = true
+    var bias = 0.0
+    for part in mask {
+        switch part {
+        case .causal(.upperLeft): if j > i { allowed = false }
+        case .causal(.lowerRight): if j > i + S - L { allowed = false }
+        case .keyLengths(let lengths): if j >= lengths[b] { allowed = false }
+        case .boolean(let shape, let data): if !data[broadcastIndex(shape, index)] { allowed = false }
+        case .additive(let shape, let data): bias += Double(data[broadcastIndex(shape, index)])
+        }
+    }
+    return (allowed, bias)
+}
+
 /// Float64 attention over float32 inputs. Shapes are the user's (rank 2, 3 or 4).
 /// With `dropoutKeep`, weights are multiplied by `dropoutKeep(row, j)` after the softmax.
 func referenceAttention(
@@ -80,17 +98,8 @@ func referenceAttention(
                 for j in 0..<S {
                     // The score's index in the user's rank.
                     let index = rank == 4 ? [b, h, i, j] : rank == 3 ? [b, i, j] : [i, j]
-                    var allowed = true
-                    var bias = 0.0
-                    for part in mask {
-                        switch part {
-                        case .causal(.upperLeft): if j > i { allowed = false }
-                        case .causal(.lowerRight): if j > i + S - L { allowed = false }
-                        case .keyLengths(let lengths): if j >= lengths[b] { allowed = false }
-                        case .boolean(let shape, let data): if !data[broadcastIndex(shape, index)] { allowed = false }
-                        case .additive(let shape, let data): bias += Double(data[broadcastIndex(shape, index)])
-                        }
-                    }
+                    let (allowed, bias) = referenceMask(mask, batch: b, query: i, key: j,
+                                                        queryLength: L, keyLength: S, index: index)
                     guard allowed else { continue }
                     var dot = 0.0
                     for d in 0..<Dk { dot += q[row * Dk + d] * k[((b * Hkv + kh) * S + j) * Dk + d] }
