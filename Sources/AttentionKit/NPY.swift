@@ -225,8 +225,8 @@ extension Bool: NPYElement {
     }
 }
 
-/// The multi-index of a flat row-major offset, for messages.
-private func flatToIndex(_ flat: Int, _ shape: [Int]) -> [Int] {
+/// The multi-index of a flat row-major offset, for messages (also the tests' failure messages).
+func flatToIndex(_ flat: Int, _ shape: [Int]) -> [Int] {
     var rest = flat
     var index = [Int](repeating: 0, count: shape.count)
     for axis in stride(from: shape.count - 1, through: 0, by: -1) where shape[axis] > 0 {

@@ -15,23 +15,13 @@ import AttentionKit
 import Foundation
 import Testing
 
-private struct TensorFixture: Decodable, Sendable {
-    let shape: [Int]
-    let data: [Double]
-}
-
-private struct BoolFixture: Decodable, Sendable {
-    let shape: [Int]
-    let data: [Bool]
-}
-
 /// A boolean or float tensor, as the fixture's attn_mask may be either.
 private enum MaskFixture: Decodable, Sendable {
-    case boolean(BoolFixture)
-    case float(TensorFixture)
+    case boolean(BoolTensorFixture)
+    case float(FloatTensorFixture)
 
     init(from decoder: Decoder) throws {
-        if let b = try? BoolFixture(from: decoder) { self = .boolean(b) } else { self = .float(try TensorFixture(from: decoder)) }
+        if let b = try? BoolTensorFixture(from: decoder) { self = .boolean(b) } else { self = .float(try FloatTensorFixture(from: decoder)) }
     }
 }
 
@@ -41,14 +31,14 @@ private struct MHAFixtureCase: Decodable, Sendable {
     let heads: Int
     let kvHeads: Int
     let causal: Bool?
-    let params: [String: TensorFixture]
-    let query: TensorFixture
-    let key: TensorFixture
-    let value: TensorFixture
-    let keyPaddingMask: BoolFixture?
+    let params: [String: FloatTensorFixture]
+    let query: FloatTensorFixture
+    let key: FloatTensorFixture
+    let value: FloatTensorFixture
+    let keyPaddingMask: BoolTensorFixture?
     let attnMask: MaskFixture?
-    let output: TensorFixture
-    let weights: TensorFixture
+    let output: FloatTensorFixture
+    let weights: FloatTensorFixture
 }
 
 private struct MHAFixtureFile: Decodable, Sendable {
@@ -66,26 +56,14 @@ private let expectedCases = [
     "gqa-6-1-cross",
 ]
 
-private struct FixtureError: Error, CustomStringConvertible { let description: String }
-
-private func loadFile() throws -> MHAFixtureFile {
-    guard let url = Bundle.module.url(forResource: "pytorch-mha", withExtension: "json", subdirectory: "Fixtures") else {
-        throw FixtureError(description: "Fixtures/pytorch-mha.json is missing from the test bundle")
-    }
-    return try JSONDecoder().decode(MHAFixtureFile.self, from: Data(contentsOf: url))
-}
-
-private func tensor(_ f: TensorFixture) throws -> Tensor<Float> {
-    try Tensor(shape: f.shape, scalars: f.data.map { Float($0) })
-}
 
 private func param(_ c: MHAFixtureCase, _ name: String) throws -> Tensor<Float> {
     guard let p = c.params[name] else { throw FixtureError(description: "\(c.name): no parameter \(name)") }
-    return try tensor(p)
+    return try p.tensor("\(c.name) \(name)")
 }
 
 private func optionalParam(_ c: MHAFixtureCase, _ name: String) throws -> Tensor<Float>? {
-    try c.params[name].map(tensor)
+    try c.params[name].map { try $0.tensor("\(c.name) \(name)") }
 }
 
 /// The layer, built as a user would from PyTorch's parameters.
@@ -114,24 +92,24 @@ private func mask(for c: MHAFixtureCase) throws -> AttentionMask {
     var parts: [AttentionMask] = []
     if c.causal == true { parts.append(.causal(.upperLeft)) }
     if let padding = c.keyPaddingMask {
-        parts.append(try .keyPadding(Tensor(shape: padding.shape, scalars: padding.data)))
+        parts.append(try .keyPadding(padding.tensor()))
     }
     switch c.attnMask {
     case nil: break
     case .boolean(let m):
-        var excluded = try Tensor(shape: m.shape, scalars: m.data)
+        var excluded = try m.tensor()
         if m.shape.count == 3 {   // PyTorch's [B·H, L, S] is [B, H, L, S] here
             let B = m.shape[0] / c.heads
             excluded = try excluded.reshaped([B, c.heads, m.shape[1], m.shape[2]])
         }
         parts.append(.excluding(excluded))
     case .float(let m):
-        parts.append(.additive(try tensor(m)))     // additive in both libraries
+        parts.append(.additive(try m.tensor()))     // additive in both libraries
     }
     return AttentionMask(parts)
 }
 
-private func expectClose(_ got: Tensor<Float>, _ want: TensorFixture, _ label: String) {
+private func expectClose(_ got: Tensor<Float>, _ want: FloatTensorFixture, _ label: String) {
     #expect(got.shape == want.shape, "\(label): shape \(got.shape), expected \(want.shape)")
     guard got.shape == want.shape else { return }
     var worst = (index: -1, diff: 0.0)
@@ -153,17 +131,17 @@ private func expectClose(_ got: Tensor<Float>, _ want: TensorFixture, _ label: S
 struct MultiHeadAttentionPyTorchTests {
     @Test("fixture file holds exactly the expected cases")
     func complete() throws {
-        let file = try loadFile()
+        let file = try loadFixture("pytorch-mha", as: MHAFixtureFile.self)
         #expect(file.generator.contains("torch"))
         #expect(file.cases.map(\.name).sorted() == expectedCases.sorted())
     }
 
     @Test("matches PyTorch within 1e-5", arguments: expectedCases)
     func matches(_ name: String) throws {
-        let file = try loadFile()
+        let file = try loadFixture("pytorch-mha", as: MHAFixtureFile.self)
         let c = try #require(file.cases.first { $0.name == name }, "case \(name) missing")
         let mha = try layer(for: c)
-        let (q, k, v) = (try tensor(c.query), try tensor(c.key), try tensor(c.value))
+        let (q, k, v) = (try c.query.tensor(), try c.key.tensor(), try c.value.tensor())
         let m = try mask(for: c)
         let (output, weights) = try mha.withWeights(query: q, key: k, value: v, mask: m)
         expectClose(output, c.output, "\(name) output")
@@ -173,10 +151,10 @@ struct MultiHeadAttentionPyTorchTests {
 
     @Test("the causal GQA fixture decodes token by token to PyTorch's output")
     func decodeMatches() throws {
-        let file = try loadFile()
+        let file = try loadFixture("pytorch-mha", as: MHAFixtureFile.self)
         let c = try #require(file.cases.first { $0.name == "gqa-8-2-causal-self" })
         let mha = try layer(for: c)
-        let x = try tensor(c.query)                              // [B, L, E]
+        let x = try c.query.tensor()                              // [B, L, E]
         let (B, L, E) = (x.shape[0], x.shape[1], x.shape[2])
         var cache = mha.makeCache(batch: B)
         var rows = [Float](repeating: 0, count: B * L * E)

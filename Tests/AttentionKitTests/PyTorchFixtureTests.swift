@@ -6,21 +6,11 @@
 // attention weights were computed by torch in float64. Every case is run with every
 // kernel and compared element-wise with an absolute tolerance of 1e-5.
 
-import AttentionKit
+@testable import AttentionKit
 import Foundation
 import Testing
 
 // MARK: - Fixture format
-
-private struct FloatTensorFixture: Decodable, Sendable {
-    let shape: [Int]
-    let data: [Double]
-}
-
-private struct BoolTensorFixture: Decodable, Sendable {
-    let shape: [Int]
-    let data: [Bool]
-}
 
 private struct AttentionFixtureCase: Decodable, Sendable {
     let name: String
@@ -62,52 +52,9 @@ private let expectedFixtureCaseNames: [String] = [
 
 private let fixtureTolerance = 1e-5
 
-private struct FixtureError: Error, CustomStringConvertible {
-    let description: String
-}
-
-private func loadFixtureFile() throws -> AttentionFixtureFile {
-    guard let url = Bundle.module.url(
-        forResource: "pytorch-sdpa", withExtension: "json", subdirectory: "Fixtures")
-    else {
-        throw FixtureError(description: "Fixtures/pytorch-sdpa.json is missing from the test bundle")
-    }
-    let data = try Data(contentsOf: url)
-    return try JSONDecoder().decode(AttentionFixtureFile.self, from: data)
-}
 
 // MARK: - Helpers
 
-private func elementCount(_ shape: [Int]) -> Int {
-    shape.reduce(1, *)
-}
-
-/// Multi-index of a flat row-major offset, for readable failure messages.
-private func multiIndex(of flat: Int, in shape: [Int]) -> [Int] {
-    var rest = flat
-    var index = [Int](repeating: 0, count: shape.count)
-    for axis in shape.indices.reversed() where shape[axis] > 0 {
-        index[axis] = rest % shape[axis]
-        rest /= shape[axis]
-    }
-    return index
-}
-
-private func floatTensor(_ fixture: FloatTensorFixture, _ what: String) throws -> Tensor<Float> {
-    guard fixture.data.count == elementCount(fixture.shape) else {
-        throw FixtureError(description:
-            "\(what): fixture has \(fixture.data.count) values for shape \(fixture.shape)")
-    }
-    return try Tensor<Float>(shape: fixture.shape, scalars: fixture.data.map { Float($0) })
-}
-
-private func boolTensor(_ fixture: BoolTensorFixture, _ what: String) throws -> Tensor<Bool> {
-    guard fixture.data.count == elementCount(fixture.shape) else {
-        throw FixtureError(description:
-            "\(what): fixture has \(fixture.data.count) values for shape \(fixture.shape)")
-    }
-    return try Tensor<Bool>(shape: fixture.shape, scalars: fixture.data)
-}
 
 private func mask(for fixture: AttentionFixtureCase) throws -> AttentionMask {
     var parts: [AttentionMask] = []
@@ -122,10 +69,10 @@ private func mask(for fixture: AttentionFixtureCase) throws -> AttentionMask {
         throw FixtureError(description: "\(fixture.name): unknown causal kind \(other)")
     }
     if let boolean = fixture.booleanMask {
-        parts.append(.boolean(try boolTensor(boolean, "\(fixture.name) booleanMask")))
+        parts.append(.boolean(try boolean.tensor("\(fixture.name) booleanMask")))
     }
     if let additive = fixture.additiveMask {
-        parts.append(.additive(try floatTensor(additive, "\(fixture.name) additiveMask")))
+        parts.append(.additive(try additive.tensor("\(fixture.name) additiveMask")))
     }
     return parts.isEmpty ? AttentionMask.none : AttentionMask(parts)
 }
@@ -168,7 +115,7 @@ private func expectClose(
         mismatches == 0,
         """
         \(label): \(mismatches) of \(want.data.count) elements differ by more than \
-        \(fixtureTolerance); worst at \(multiIndex(of: worstIndex, in: want.shape)) \
+        \(fixtureTolerance); worst at \(flatToIndex(worstIndex, want.shape)) \
         (flat \(worstIndex)): got \(g), want \(w), |diff| = \(abs(Double(g) - w))
         """,
         sourceLocation: sourceLocation)
@@ -180,7 +127,7 @@ private func expectClose(
 struct PyTorchFixtureTests {
     @Test("fixture file holds exactly the expected cases")
     func fixtureFileIsComplete() throws {
-        let file = try loadFixtureFile()
+        let file = try loadFixture("pytorch-sdpa", as: AttentionFixtureFile.self)
         #expect(file.generator.contains("torch"), "unexpected generator: \(file.generator)")
         #expect(file.cases.count > 0, "fixture file has no cases")
         let names = file.cases.map(\.name)
@@ -192,14 +139,14 @@ struct PyTorchFixtureTests {
 
     @Test("matches PyTorch", arguments: expectedFixtureCaseNames)
     func matchesPyTorch(caseName: String) throws {
-        let file = try loadFixtureFile()
+        let file = try loadFixture("pytorch-sdpa", as: AttentionFixtureFile.self)
         let fixture = try #require(
             file.cases.first { $0.name == caseName },
             "case \(caseName) is missing from pytorch-sdpa.json")
 
-        let q = try floatTensor(fixture.query, "\(caseName) query")
-        let k = try floatTensor(fixture.key, "\(caseName) key")
-        let v = try floatTensor(fixture.value, "\(caseName) value")
+        let q = try fixture.query.tensor("\(caseName) query")
+        let k = try fixture.key.tensor("\(caseName) key")
+        let v = try fixture.value.tensor("\(caseName) value")
         let attentionMask = try mask(for: fixture)
         let scale: Float? = fixture.scale.map { Float($0) }
 

@@ -1,16 +1,15 @@
-import AttentionKit
+@testable import AttentionKit
 import Testing
 
 /// SplitMix64: a small, fixed-seed generator so every test sees the same inputs.
 struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
+    /// The library's SplitMix64 step (`Dropout`'s hash) applied to a counter: the same
+    /// sequence as the textbook generator.
     mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        defer { state &+= 0x9E37_79B9_7F4A_7C15 }
+        return splitMix64(state)
     }
 }
 
@@ -42,17 +41,6 @@ func randomBools(_ shape: [Int], seed: UInt64, probabilityTrue: Double = 0.7) ->
     return (0..<shape.reduce(1, *)).map { _ in Double.random(in: 0..<1, using: &rng) < probabilityTrue }
 }
 
-/// Converts a flat index into a multi-index of `shape`, for messages.
-func multiIndex(_ flat: Int, _ shape: [Int]) -> [Int] {
-    var rest = flat
-    var index = [Int](repeating: 0, count: shape.count)
-    for axis in stride(from: shape.count - 1, through: 0, by: -1) where shape[axis] > 0 {
-        index[axis] = rest % shape[axis]
-        rest /= shape[axis]
-    }
-    return index
-}
-
 /// Asserts |got − want| ≤ absolute + relative·|want| elementwise, reporting the worst
 /// element (by how far it exceeds its bound) with its index and values. NaN never passes.
 func assertClose(
@@ -77,7 +65,7 @@ func assertClose(
     if worst >= 0 {
         Issue.record("""
             \(what): \(failures) of \(want.count) elements out of tolerance \
-            (|got − want| ≤ \(absolute) + \(relative)·|want|); worst at \(multiIndex(worst, shape)): \
+            (|got − want| ≤ \(absolute) + \(relative)·|want|); worst at \(flatToIndex(worst, shape)): \
             got \(got.scalars[worst]), want \(want[worst]), error \(Swift.abs(Double(got.scalars[worst]) - want[worst]))
             """, sourceLocation: sourceLocation)
     }
