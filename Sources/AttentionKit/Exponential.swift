@@ -1,3 +1,6 @@
+/// `log₂ e`, the factor between natural and base-2 exponents.
+let log2e: Float = 1.44269504088896341
+
 /// Vectorised `exp` for the softmax layer, on the domain the softmax needs: x ≤ 0.
 ///
 /// Swift's SIMD types have no transcendental functions, and calling `Foundation.exp` per
@@ -22,7 +25,6 @@
 @_transparent
 func exponential(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let lower: Float = -87.33654475055310    // ln(Float.leastNormalMagnitude)
-    let log2e: Float = 1.44269504088896341
     let ln2High: Float = 0.693359375         // exactly representable, 9 bits
     let ln2Low: Float = -2.12194440e-4       // ln 2 − ln2High
     let shifter: Float = 12582912.0          // 1.5 · 2²³

@@ -20,7 +20,7 @@ func store(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
 
 /// `row[j] += factor · bias[j · stride]` for `j < count`; `stride` is 0 (one bias for the
 /// whole row) or 1. `factor` is 1 except in the tiled kernel, whose scores are in base 2
-/// (`log₂ e`).
+/// (`log₂ e`); multiplying by 1 is exact, so the other kernels add the bias unchanged.
 @inline(__always)
 func addBias(_ row: UnsafeMutablePointer<Float>, count: Int, bias: UnsafePointer<Float>, stride: Int,
              factor: Float = 1) {
@@ -30,10 +30,6 @@ func addBias(_ row: UnsafeMutablePointer<Float>, count: Int, bias: UnsafePointer
         var j = 0
         while j + lanes <= count { store(load(row + j) + vb, row + j); j += lanes }
         while j < count { row[j] += b; j += 1 }
-    } else if factor == 1 {
-        var j = 0
-        while j + lanes <= count { store(load(row + j) + load(bias + j), row + j); j += lanes }
-        while j < count { row[j] += bias[j]; j += 1 }
     } else {
         let vf = SIMD8<Float>(repeating: factor)
         var j = 0

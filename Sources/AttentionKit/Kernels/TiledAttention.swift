@@ -58,7 +58,6 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     let keysPerSplit = tilesPerSplit * Sk
     let items = units * blocksPerUnit * splits
     // Scores in base 2: s = log₂e · scale · q·k (+ log₂e · bias), so the softmax uses 2ˣ.
-    let log2e: Float = 1.44269504088896341
     let alpha = a.scale * log2e
 
     // Split-KV partials: per item, O [Rq, Dv] then m [Rq] and l [Rq].
@@ -191,8 +190,7 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 guard m > -.infinity else { continue }
                 let w = exponential2(m - M)
                 total += w * base[Rq * Dv + Rq + r]
-                let partial = base + r * Dv
-                for d in 0..<Dv { out[r * Dv + d] += w * partial[d] }
+                axpy1(w, base + r * Dv, out + r * Dv, count: Dv)
             }
             scaleRow(out + r * Dv, count: Dv, by: 1 / total)
         }
