@@ -6,6 +6,10 @@ struct MaskRows: @unchecked Sendable {
     let booleans: [(UnsafePointer<Bool>, BroadcastStrides)]
     let additives: [(UnsafePointer<Float>, BroadcastStrides)]
 
+    /// Whether the mask has boolean or additive tensors, the parts that ``apply(_:count:batch:head:query:keyOffset:biasFactor:)``
+    /// writes into score rows (the causal and key-length parts only shorten rows).
+    var hasTensors: Bool { !booleans.isEmpty || !additives.isEmpty }
+
     /// The number of leading keys the causal and key-length parts allow for row `i` of
     /// batch entry `b`.
     @inline(__always)

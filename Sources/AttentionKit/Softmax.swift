@@ -96,30 +96,36 @@ func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
 
 /// `row[j] = exp(row[j] − m)` for `j < count`, in place (`2^(row[j] − m)` with `base2`, for
 /// the tiled kernel's base-2 scores); returns the sum of the results. Needs `row[j] ≤ m`
-/// (`row[j] ≤ m + 64` with `base2`), so that every argument is in the polynomial's domain.
-/// `base2` is a constant at each call site and the function is transparent (always inlined,
-/// even into the large online-softmax step), so each caller's loop has one exponential.
+/// (`row[j] ≤ m + 64` with `base2`), so that every argument is in the polynomial's domain;
+/// `clamped: false` (base 2 only) also needs `row[j] − m ≥ −126` (see
+/// ``exponential2(_:clamped:)``). `base2` and `clamped` are constants at each call site and
+/// the function is transparent (always inlined, even into the large online-softmax step), so
+/// each caller's loop has one exponential; `m == 0` skips the subtraction.
 @_transparent
 func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float,
-                        base2: Bool = false) -> Float {
-    let vm = SIMD8<Float>(repeating: m)
-    var vsum = SIMD8<Float>()
-    var j = 0
-    while j + lanes <= count {
-        let x = load(row + j) - vm
-        let e = base2 ? exponential2(x) : exponential(x)
-        store(e, row + j)
-        vsum += e
-        j += lanes
+                        base2: Bool = false, clamped: Bool = true) -> Float {
+    @_transparent
+    func loop(subtract: Bool) -> Float {
+        let vm = SIMD8<Float>(repeating: m)
+        var vsum = SIMD8<Float>()
+        var j = 0
+        while j + lanes <= count {
+            let x = subtract ? load(row + j) - vm : load(row + j)
+            let e = base2 ? exponential2(x, clamped: clamped) : exponential(x)
+            store(e, row + j)
+            vsum += e
+            j += lanes
+        }
+        var sum = vsum.sum()
+        while j < count {
+            let e = base2 ? exponential2(row[j] - m) : exponential(row[j] - m)
+            row[j] = e
+            sum += e
+            j += 1
+        }
+        return sum
     }
-    var sum = vsum.sum()
-    while j < count {
-        let e = base2 ? exponential2(row[j] - m) : exponential(row[j] - m)
-        row[j] = e
-        sum += e
-        j += 1
-    }
-    return sum
+    return m == 0 && base2 && !clamped ? loop(subtract: false) : loop(subtract: true)
 }
 
 /// Numerically stable softmax of `row[0..<end]` in place, and `row[end..<count] = 0`.
@@ -150,30 +156,47 @@ func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normal
 /// 2⁸ = 256, harmless in float, and the partial output is rescaled far less often.
 let lazyRescaleThreshold: Float = 8
 
+/// How far below the kernel's starting reference of 0 (in base-2 exponent units) a row's
+/// first tile maximum may lie while the reference stays at 0: its exponentials are then at
+/// least 2⁻³² of the largest, far from float's underflow at 2⁻¹²⁶.
+let firstReferenceSlack: Float = 32
+
 /// One step of the tiled kernel's online (streaming) softmax, in base 2, over a tile of one
 /// row's scores.
 ///
-/// The scores `row[0..<allowed]` are `log₂ e` times the natural ones (the kernel folds
-/// `log₂ e` into the GEMM's alpha), so `2^(s − m)` is the usual `exp(s′ − m′)`. The row keeps
-/// a reference `m` and a running sum `l = Σ 2^(s_j − m)` over the earlier tiles; the tile's
-/// scores are replaced by `2^(s_j − m)` (`row[allowed..<count] = 0`) and their sum is added to
-/// `l`. The return value `α` is the factor by which everything accumulated so far (the
-/// partial output row) must be multiplied because the reference moved (1 when it did not):
+/// The scores are `log₂ e` times the natural ones (the kernel folds `log₂ e` into the GEMM's
+/// alpha), so `2^(s − m)` is the usual `exp(s′ − m′)`, and they arrive as `row[j] = s_j − c`:
+/// the kernel starts each score tile from `−c` instead of 0 and lets the GEMM add to it
+/// (beta = 1), with `c` the row's current reference `m` (0 before the first tile with an
+/// allowed key), so that in the common case nothing is left to subtract. The row keeps `m`
+/// and a running sum `l = Σ 2^(s_j − m)` over the earlier tiles; the tile's scores are
+/// replaced by `2^(s_j − m)` (`row[allowed..<count] = 0`) and their sum is added to `l`. The
+/// return value `α` is the factor by which everything accumulated so far (the partial output
+/// row) must be multiplied because the reference moved (1 when it did not):
 ///
-///     t = max_j s_j
-///     first tile with an allowed key: m = t;  later tiles: if t > m + 8 { α = 2^(m − t), m = t }
-///     l′ = α·l + Σ_j 2^(s_j − m)
+///     t = c + max_j row[j]                      (the tile's largest score)
+///     first tile with an allowed key (c = 0): m = 0 if −32 ≤ t ≤ 8, else m = t
+///     later tiles: if t > m + 8 { α = 2^(m − t), m = t }
+///     row[j] = 2^(row[j] − (m − c)),  l′ = α·l + Σ_j row[j]
 ///
-/// The reference lags the true maximum by at most 8 (lazy rescaling: exponentials up to 2⁸),
-/// but the output `O / l` is the same, since both carry the same factor `2^(−m)`. The price
+/// The reference lags the true maximum by at most 8 (lazy rescaling: exponentials up to 2⁸)
+/// and exceeds it by at most 32 (a first tile that stays at 0), but the output `O / l` is the
+/// same, since both carry the same factor `2^(−m)`, and float keeps its relative precision
+/// over that range. The price
 /// is headroom: the unnormalised partial output can be up to 256 times larger than with the
-/// exact maximum, so it overflows only when S · max|V| passes about 1.3e36 instead of 3.4e38. A tile whose
-/// entries are all −∞ contributes zeros. NaN scores make the sum NaN (or the reference, in a
-/// row with nothing but −∞ besides), and so the output row NaN.
+/// exact maximum, so it overflows only when S · max|V| passes about 1.3e36 instead of 3.4e38.
+/// When the reference moves on a tile that started from `c = m`, the scores are shifted
+/// twice (`s − c`, then `− (m′ − c)`): two roundings instead of one, on that tile only.
+///
+/// `lowest` is a lower bound on `row[0..<allowed]` that the caller knows (−∞ when it knows
+/// none, e.g. after a boolean mask); when every exponent is then at least −126, the
+/// exponential skips its clamp (``exponential2(_:clamped:)``). A tile whose entries are all
+/// −∞ contributes zeros. NaN scores make the sum NaN (or the reference, in a row with nothing
+/// but −∞ besides), and so the output row NaN.
 @inline(__always)
 func onlineSoftmaxStep(
     _ row: UnsafeMutablePointer<Float>, allowed: Int, count: Int,
-    runningMax m: inout Float, runningSum l: inout Float
+    runningMax m: inout Float, runningSum l: inout Float, offset c: Float = 0, lowest: Float = -.infinity
 ) -> Float {
     let tileMax = rowMaximum(row, count: allowed)
     guard tileMax != -.infinity else {
@@ -181,13 +204,19 @@ func onlineSoftmaxStep(
         return 1
     }
     var alpha: Float = 1
-    if m == -.infinity || tileMax.isNaN {
-        m = tileMax
-    } else if tileMax > m + lazyRescaleThreshold {
-        alpha = exponential2(m - tileMax)
-        m = tileMax
+    let t = tileMax + c
+    if m == -.infinity || t.isNaN {
+        // The first tile with an allowed key (c is 0 then): a maximum within [−32, 8] of the
+        // reference keeps it (nothing to subtract; the sum is at least 2⁻³²), else it moves.
+        m = t >= c - firstReferenceSlack && t <= c + lazyRescaleThreshold ? c : t
+    } else if t > m + lazyRescaleThreshold {
+        alpha = exponential2(m - t)
+        m = t
     }
-    let sum = exponentiateAndSum(row, count: allowed, subtracting: m, base2: true)
+    let d = m - c                                           // 0 unless the reference moved
+    let sum = lowest - d >= -125                            // false for NaN and −∞
+        ? exponentiateAndSum(row, count: allowed, subtracting: d, base2: true, clamped: false)
+        : exponentiateAndSum(row, count: allowed, subtracting: d, base2: true)
     if allowed < count { (row + allowed).update(repeating: 0, count: count - allowed) }
     l = l * alpha + sum
     return alpha

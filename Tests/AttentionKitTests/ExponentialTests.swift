@@ -50,11 +50,12 @@ struct ExponentialTests {
 
     /// The tiled kernel's base-2 exponential: relative error ≤ 2.0e-7 (measured worst 1.9e-7)
     /// against a float64 `exp2` over [−126, 64] (its softmax arguments reach +8 under lazy
-    /// rescaling), on a dense sweep and on every float in [−1, 1] at a stride.
-    @Test func exponential2Accuracy() {
+    /// rescaling), on a dense sweep and on every float in [−1, 1] at a stride; with and without
+    /// the lower clamp (the unclamped form is only used above −126).
+    @Test(arguments: [true, false]) func exponential2Accuracy(_ clamped: Bool) {
         var worst = 0.0, worstX: Float = 0
         func check(_ x: SIMD8<Float>) {
-            let e = exponential2(x)
+            let e = exponential2(x, clamped: clamped)
             for lane in 0..<8 {
                 let want = Foundation.exp2(Double(x[lane]))
                 let error = Swift.abs(Double(e[lane]) - want) / want
@@ -85,7 +86,7 @@ struct ExponentialTests {
             for rest in lane..<8 { x[rest] = 1 }
             check(x)
         }
-        #expect(worst <= 2.0e-7, "worst relative error \(worst) at x = \(worstX)")
+        #expect(worst <= 2.0e-7, "worst relative error \(worst) at x = \(worstX), clamped: \(clamped)")
     }
 
     @Test func exponential2SpecialValues() {
@@ -102,6 +103,14 @@ struct ExponentialTests {
         #expect(exponential2(Float(-1)) == e[6], "scalar and vector forms agree")
         let subnormal = exponential2(Float(-126.25))
         #expect(subnormal > 0 && subnormal < .leastNormalMagnitude, "2^−126.25 is subnormal, not flushed")
+        // Without the clamp: the same values where x ≥ −126, and NaN still NaN.
+        let unclamped = exponential2(SIMD8<Float>(0, -126, .nan, -125.5, 64, 8, -1, -0.5), clamped: false)
+        let clampedToo = exponential2(SIMD8<Float>(0, -126, .nan, -125.5, 64, 8, -1, -0.5))
+        #expect(unclamped[2].isNaN && clampedToo[2].isNaN, "NaN stays NaN without the clamp")
+        for lane in [0, 1, 3, 4, 5, 6, 7] {
+            #expect(unclamped[lane] == clampedToo[lane], "lane \(lane): \(unclamped[lane]) vs \(clampedToo[lane])")
+        }
+        #expect(unclamped[1] == 0x1p-126)
     }
 }
 

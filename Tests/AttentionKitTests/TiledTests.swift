@@ -102,6 +102,56 @@ struct TiledTests {
         }
     }
 
+    /// A row's first tile keeps the starting reference 0 when its maximum (base 2) is within
+    /// [−32, 8], else the reference moves to it. Dk = 2 with q = (1, shift) and k_j = (x_j, 1),
+    /// so every score of a row is x_j + shift: shifts put the maxima of the nine rows at about
+    /// −101, −33.2, −30.3, 0, 7.9, 8.1 and 50 in base-2 units (either side of both edges), and
+    /// at −142 and +146, where keeping the reference would underflow every weight to 0 or
+    /// overflow it to ∞; x_j is a small spread, descending so later tiles fall below the first.
+    @Test func firstTileReference() throws {
+        let S = 40, L = 9
+        let shifts: [Float] = [-70, -23, -21, 0, 5.5, 5.6, 35, -100, 100]      // natural units
+        let q = try Tensor<Float>(shape: [1, 1, L, 2], scalars: shifts.flatMap { [1, $0] })
+        let k = try Tensor<Float>(shape: [1, 1, S, 2],
+                                  scalars: (0..<S).flatMap { [Float(1.5 - 0.1 * Double($0)), 1] })
+        let v = normalTensor([1, 1, S, 3], seed: 21)
+        let want = referenceAttention(query: q, key: k, value: v, scale: 1)
+        for tiles in [TileSizes(queryBlock: 9, keyBlock: 8), TileSizes(queryBlock: 9, keyBlock: 64),
+                      TileSizes(queryBlock: 1, keyBlock: 16), TileSizes(queryBlock: 9, keyBlock: 16, splits: 2)] {
+            let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: 1, dropout: nil,
+                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
+            assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(tiles)")
+        }
+    }
+
+    /// Unmasked sgemm blocks bound their scores by Cauchy–Schwarz and skip the exponential's
+    /// clamp when every exponent stays above −126. One head, Dk = 1, 96 keys evenly over
+    /// [−30, 30] (ascending, so the reference moves tile after tile, and descending, so the
+    /// first tile holds the maximum and later tiles start from it): a query of 1 spans ±43 in
+    /// base-2 units (the bound allows the unclamped path), 1.4 spans ±61 (still allowed:
+    /// exponents down to −121), 1.45 and 1.5 span ±63 and ±65 (exponents below −126: clamped),
+    /// 2 and −3 far more. Key tiles are whole vectors (8 lanes), since row tails always take the
+    /// clamped scalar exponential. A wrongly unclamped exponent below −127.5 gives garbage
+    /// (wrapped exponent bits, e.g. −9.8e37 at −129.8), not a tiny weight, so a slip in the
+    /// bound shows up against the reference (checked: dropping the offset `c` from the bound
+    /// fails this test).
+    @Test(arguments: [false, true]) func boundedExponentRange(_ descending: Bool) throws {
+        let S = 96, L = 6
+        var keys = (0..<S).map { Float(-30 + 60 * Double($0) / Double(S - 1)) }
+        if descending { keys.reverse() }
+        let q = try Tensor<Float>(shape: [1, 1, L, 1], scalars: [1, 1.4, 1.45, 1.5, 2, -3])
+        let k = try Tensor<Float>(shape: [1, 1, S, 1], scalars: keys)
+        let v = normalTensor([1, 1, S, 4], seed: 9)
+        let want = referenceAttention(query: q, key: k, value: v, scale: 1)
+        for tiles in [TileSizes(queryBlock: 6, keyBlock: 16), TileSizes(queryBlock: 6, keyBlock: 24),
+                      TileSizes(queryBlock: 6, keyBlock: 96), TileSizes(queryBlock: 5, keyBlock: 8, rowwiseLimit: 0)] {
+            let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: 1, dropout: nil,
+                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
+            assertClose(out, want.output, shape: [1, 1, L, 4], absolute: outputTolerance(v),
+                        "descending \(descending), \(tiles)")
+        }
+    }
+
     /// An infinite value gives an infinite output wherever its key has weight, on every kernel
     /// and on the decode products (an odd key count leaves a lone last value row, which must
     /// not be paired with a zero weight: 0 · ∞ would be NaN).

@@ -5,9 +5,10 @@
 /// where, as in the BLAS kernel, the `g = Hq/Hkv` query heads sharing a key/value head form
 /// one `[g·L, Dk]` matrix. Each item walks the keys in tiles of `keyBlock`:
 ///
-///     s[R, n]   = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ   sgemm (R ≤ 4: Swift row-wise products)
+///     s[R, n]   = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ − c[R]   sgemm, beta = 1 on a tile of −c
+///                                                         (R ≤ 4: Swift row-wise products, c = 0)
 ///     s[r, :]   = mask(s[r, :])                           Swift, only rows the mask touches
-///     m′, α, l′ = online softmax step                     s ← 2^(s − m′), l′ = α·l + Σ 2^(s − m′)
+///     m′, α, l′ = online softmax step                     s ← 2^(s + c − m′), l′ = α·l + Σ 2^(s + c − m′)
 ///     O[r, :]  *= α  (only when a row's reference maximum moved)
 ///     O[R, Dv] += s[R, n] · V[n, Dv]                      sgemm with beta = 1 (row-wise products)
 ///
@@ -17,7 +18,13 @@
 /// exceeds it by more than 8 (see ``onlineSoftmaxStep(_:allowed:count:runningMax:runningSum:)``).
 /// Together these cut the softmax layer from about 1.5 to 0.8 ns per score at the SSE2
 /// baseline (B1 H8 L2048 D64, one thread: 173 → 143 ms, the sgemm share of the time from 0.71
-/// to 0.81). Nothing of size L×S is allocated: the
+/// to 0.81). Two more cuts from the exponential's loop, which at SSE2 is bound by the length
+/// of its dependency chain more than by its instruction count: each row's reference `c` is
+/// written into the score tile before the GEMM adds to it (beta = 1), so the scores arrive
+/// as `s − c` and nothing is subtracted while the reference stays; and on unmasked rows the
+/// scores are bounded by Cauchy–Schwarz, `|s| ≤ |log₂e · scale| · ‖q‖ · max‖k‖`, which when
+/// it keeps every exponent above −126 (as it does for ordinary inputs) lets the exponential
+/// skip its clamp. Nothing of size L×S is allocated: the
 /// score tile (`queryBlock × keyBlock` floats) lives in a per-thread scratch buffer that
 /// stays in L2. Key tiles that a causal mask or key lengths exclude for the whole block are
 /// never multiplied; tiles inside the allowed region pay for no mask work except the
@@ -71,7 +78,12 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
             let rowEnds = UnsafeMutablePointer<Int>.allocate(capacity: Rq)
             let maxima = UnsafeMutablePointer<Float>.allocate(capacity: Rq)
             let sums = UnsafeMutablePointer<Float>.allocate(capacity: Rq)
-            defer { scores.deallocate(); rowEnds.deallocate(); maxima.deallocate(); sums.deallocate() }
+            let offsets = UnsafeMutablePointer<Float>.allocate(capacity: Rq)           // c per row
+            let queryNorms = UnsafeMutablePointer<Float>.allocate(capacity: Rq)        // ‖q_r‖
+            defer {
+                scores.deallocate(); rowEnds.deallocate(); maxima.deallocate(); sums.deallocate()
+                offsets.deallocate(); queryNorms.deallocate()
+            }
 
             while let item = claim() {
                 let split = item % splits
@@ -104,6 +116,12 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     out = a.output + firstRow * Dv                      // zero-initialised
                 }
                 let perRow = rows <= plan.rowwiseLimit
+                // Score bounds (Cauchy–Schwarz) for the sgemm blocks of unmasked rows, so the
+                // exponential can skip its clamp: |s| ≤ |alpha|·‖q‖·max‖k‖.
+                let bounded = !perRow && !gemmOnly && !a.mask.hasTensors
+                if bounded {
+                    for r in 0..<rows { queryNorms[r] = dot(q + r * Dk, q + r * Dk, count: Dk).squareRoot() }
+                }
 
                 var kt = keyStart
                 while kt < keyStop {
@@ -115,16 +133,35 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     if perRow {
                         rowwiseScores(query: q, rows: rows, keys: kTile, count: n, dim: Dk,
                                       alpha: alpha, scores: scores, scoreStride: Sk)
+                        for r in 0..<rows { offsets[r] = 0 }
                     } else {
-                        // beta = 1 on a tile zeroed by memset: OpenBLAS's own beta = 0 pass
-                        // (sgemm_beta) zeroes C column by column and cost 5-6 % of the time.
-                        scores.update(repeating: 0, count: rows * Sk)
+                        // beta = 1 on a tile that starts at −c per row, c the row's reference
+                        // maximum (0 until it has one): the scores arrive as s − c, and the
+                        // online softmax has nothing left to subtract unless the reference moves.
+                        // (OpenBLAS's own beta = 0 pass, sgemm_beta, zeroes C column by column
+                        // and cost 5-6 % of the time; filling the tile costs what a memset does.)
+                        for r in 0..<rows {
+                            let c = maxima[r].isFinite ? maxima[r] : 0
+                            offsets[r] = c
+                            (scores + r * Sk).update(repeating: -c, count: n)
+                        }
                         BLAS.sgemm(m: rows, n: n, k: Dk, alpha: alpha,
                                    a: q, lda: Dk, b: kTile, ldb: Dk, transposeB: true,
                                    beta: 1, c: scores, ldc: Sk)
                     }
 
                     if !gemmOnly {
+                        // The tile's largest key norm, for the score bounds (NaN keys make
+                        // their scores NaN whatever the bound; they are skipped here).
+                        var keyNorm: Float = 0
+                        if bounded {
+                            var largest: Float = 0
+                            for j in 0..<n {
+                                let squared = dot(kTile + j * Dk, kTile + j * Dk, count: Dk)
+                                if squared > largest { largest = squared }
+                            }
+                            keyNorm = largest.squareRoot()
+                        }
                         for r in 0..<rows {
                             let row = scores + r * Sk
                             let allowed = max(0, min(n, rowEnds[r] - kt))
@@ -132,8 +169,13 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                                 let h = kvHead * g + (r0 + r) / L
                                 a.mask.apply(row, count: allowed, batch: b, head: h, query: (r0 + r) % L, keyOffset: kt, biasFactor: log2e)
                             }
+                            // A lower bound on the stored s − c; 1 % over the exact bound covers
+                            // the rounding of the products and norms for any Dk below ~10⁵.
+                            let lowest = bounded ? -(Swift.abs(alpha) * queryNorms[r] * keyNorm * 1.01) - offsets[r]
+                                                 : -Float.infinity
                             let rescale = onlineSoftmaxStep(row, allowed: allowed, count: n,
-                                                          runningMax: &maxima[r], runningSum: &sums[r])
+                                                          runningMax: &maxima[r], runningSum: &sums[r],
+                                                          offset: offsets[r], lowest: lowest)
                             if rescale != 1 { scaleRow(out + r * Dv, count: Dv, by: rescale) }
                             if allowed > 0 {
                                 a.dropout?.apply(row, count: allowed, rowIndex: firstRow + r, keyOffset: kt)
