@@ -105,34 +105,49 @@ func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
 
 /// `row[j] = exp(row[j] − m)` for `j < count`, in place (`2^(row[j] − m)` with `base2`, for
 /// the tiled kernel's base-2 scores); returns the sum of the results. Needs `row[j] ≤ m`
-/// (`row[j] ≤ m + 64` with `base2`), so that every argument is in the polynomial's domain;
+/// (`row[j] ≤ m + 120` with `base2`), so that every argument is in the polynomial's domain;
 /// `clamped: false` (base 2 only) also needs `row[j] − m ≥ −126` (see
-/// ``exponential2(_:clamped:)``). `base2` and `clamped` are constants at each call site and
-/// the function is transparent (always inlined, even into the large online-softmax step), so
-/// each caller's loop has one exponential; `m == 0` skips the subtraction.
+/// ``exponential2(_:clamped:)``).
 @_transparent
 func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float,
                         base2: Bool = false, clamped: Bool = true) -> Float {
+    exponentiate(row, count: count, subtracting: m, base2: base2, clamped: clamped, trackMaximum: false).sum
+}
+
+/// The loop of ``exponentiateAndSum(_:count:subtracting:base2:clamped:)``; with
+/// `trackMaximum` it also returns the largest `row[j] − m` it exponentiated (−∞ when there
+/// is none; NaN entries are passed over), for the tiled kernel's one-pass step. `base2`,
+/// `clamped` and `trackMaximum` are constants at each call site and the function is
+/// transparent (always inlined, even into the large online-softmax step), so each caller's
+/// loop has one exponential and no branches; `m == 0` skips the subtraction.
+@_transparent
+func exponentiate(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float,
+                  base2: Bool, clamped: Bool, trackMaximum: Bool) -> (sum: Float, maximum: Float) {
     @_transparent
-    func loop(subtract: Bool) -> Float {
+    func loop(subtract: Bool) -> (sum: Float, maximum: Float) {
         let vm = SIMD8<Float>(repeating: m)
         var vsum = SIMD8<Float>()
+        var vmax = SIMD8<Float>(repeating: -.infinity)
         var j = 0
         while j + lanes <= count {
             let x = subtract ? load(row + j) - vm : load(row + j)
+            if trackMaximum { vmax.replace(with: x, where: x .> vmax) }
             let e = base2 ? exponential2(x, clamped: clamped) : exponential(x)
             store(e, row + j)
             vsum += e
             j += lanes
         }
         var sum = vsum.sum()
+        var maximum = trackMaximum ? vmax.max() : -.infinity
         while j < count {
-            let e = base2 ? exponential2(row[j] - m) : exponential(row[j] - m)
+            let x = row[j] - m
+            if trackMaximum && x > maximum { maximum = x }
+            let e = base2 ? exponential2(x) : exponential(x)
             row[j] = e
             sum += e
             j += 1
         }
-        return sum
+        return (sum, maximum)
     }
     return m == 0 && base2 && !clamped ? loop(subtract: false) : loop(subtract: true)
 }
@@ -197,20 +212,35 @@ let firstReferenceSlack: Float = 32
 /// When the reference moves on a tile that started from `c = m`, the scores are shifted
 /// twice (`s − c`, then `− (m′ − c)`): two roundings instead of one, on that tile only.
 ///
-/// `lowest` is a lower bound on `row[0..<allowed]` that the caller knows (−∞ when it knows
-/// none, e.g. after a boolean mask); when every exponent is then at least −126, the
-/// exponential skips its clamp (``exponential2(_:clamped:)``). A tile whose entries are all
-/// −∞ contributes zeros. NaN scores make the sum NaN (or the reference, in a row with nothing
+/// `lowest` and `highest` bound `row[0..<allowed]` when the caller knows bounds (±∞ when it
+/// knows none, e.g. after a boolean mask). Within [−125, 120] the step takes one pass: it
+/// exponentiates `2^row[j]` with the unclamped ``exponential2(_:clamped:)`` while finding
+/// the maximum (so the row is read once, not twice), and only when the reference then moves
+/// multiplies the row by `2^(c − m)` in a second pass; the bounds keep every `2^row[j]` a
+/// normal float. Otherwise the maximum comes first, and the exponential skips its clamp when
+/// `lowest` keeps every exponent at least −126. A tile whose entries are all −∞ contributes
+/// zeros. NaN scores make the sum NaN (or the reference, in a row with nothing
 /// but −∞ besides), and so the output row NaN.
 @inline(__always)
 func onlineSoftmaxStep(
     _ row: UnsafeMutablePointer<Float>, allowed: Int, count: Int,
-    runningMax m: inout Float, runningSum l: inout Float, offset c: Float = 0, lowest: Float = -.infinity
+    runningMax m: inout Float, runningSum l: inout Float,
+    offset c: Float = 0, lowest: Float = -.infinity, highest: Float = .infinity
 ) -> Float {
-    let tileMax = rowMaximum(row, count: allowed)
-    guard tileMax != -.infinity else {
-        row.update(repeating: 0, count: count)
-        return 1
+    // Bounded rows go in one pass: exponentiate relative to c (no clamp, nothing to
+    // subtract) while finding the maximum, then fix up the rare tiles whose reference moves.
+    let onePass = lowest >= -125 && highest <= 120 && allowed > 0            // false for NaN
+    var sum: Float = 0
+    var tileMax: Float
+    if onePass {
+        (sum, tileMax) = exponentiate(row, count: allowed, subtracting: 0, base2: true, clamped: false,
+                                      trackMaximum: true)
+    } else {
+        tileMax = rowMaximum(row, count: allowed)
+        guard tileMax != -.infinity else {
+            row.update(repeating: 0, count: count)
+            return 1
+        }
     }
     var alpha: Float = 1
     let t = tileMax + c
@@ -223,9 +253,17 @@ func onlineSoftmaxStep(
         m = t
     }
     let d = m - c                                           // 0 unless the reference moved
-    let sum = lowest - d >= -125                            // false for NaN and −∞
-        ? exponentiateAndSum(row, count: allowed, subtracting: d, base2: true, clamped: false)
-        : exponentiateAndSum(row, count: allowed, subtracting: d, base2: true)
+    if onePass {
+        if d != 0 {                                         // 2^(x − d) = 2^x · 2^(−d)
+            let factor = exponential2(-d)
+            scaleRow(row, count: allowed, by: factor)
+            sum *= factor
+        }
+    } else {
+        sum = lowest - d >= -125                            // false for NaN and −∞
+            ? exponentiateAndSum(row, count: allowed, subtracting: d, base2: true, clamped: false)
+            : exponentiateAndSum(row, count: allowed, subtracting: d, base2: true)
+    }
     if allowed < count { (row + allowed).update(repeating: 0, count: count - allowed) }
     l = l * alpha + sum
     return alpha

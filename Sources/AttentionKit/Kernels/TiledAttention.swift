@@ -24,7 +24,8 @@
 /// as `s − c` and nothing is subtracted while the reference stays; and on unmasked rows the
 /// scores are bounded by Cauchy–Schwarz, `|s| ≤ |log₂e · scale| · ‖q‖ · max‖k‖`, which when
 /// it keeps every exponent above −126 (as it does for ordinary inputs) lets the exponential
-/// skip its clamp. Nothing of size L×S is allocated: the
+/// skip its clamp and the online-softmax step find the maximum in the same pass as the
+/// exponentials (one read of the row instead of two). Nothing of size L×S is allocated: the
 /// score tile (`queryBlock × keyBlock` floats) lives in a per-thread scratch buffer that
 /// stays in L2. Key tiles that a causal mask or key lengths exclude for the whole block are
 /// never multiplied; tiles inside the allowed region pay for no mask work except the
@@ -143,7 +144,11 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                         for r in 0..<rows {
                             let c = maxima[r].isFinite ? maxima[r] : 0
                             offsets[r] = c
-                            (scores + r * Sk).update(repeating: -c, count: n)
+                            if c == 0 {
+                                (scores + r * Sk).update(repeating: 0, count: n)     // memset
+                            } else {
+                                (scores + r * Sk).update(repeating: -c, count: n)
+                            }
                         }
                         BLAS.sgemm(m: rows, n: n, k: Dk, alpha: alpha,
                                    a: q, lda: Dk, b: kTile, ldb: Dk, transposeB: true,
@@ -169,13 +174,13 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                                 let h = kvHead * g + (r0 + r) / L
                                 a.mask.apply(row, count: allowed, batch: b, head: h, query: (r0 + r) % L, keyOffset: kt, biasFactor: log2e)
                             }
-                            // A lower bound on the stored s − c; 1 % over the exact bound covers
-                            // the rounding of the products and norms for any Dk below ~10⁵.
-                            let lowest = bounded ? -(Swift.abs(alpha) * queryNorms[r] * keyNorm * 1.01) - offsets[r]
-                                                 : -Float.infinity
+                            // Bounds on the stored s − c; 1 % over the exact bound covers the
+                            // rounding of the products and norms for any Dk below ~10⁵.
+                            let bound = bounded ? Swift.abs(alpha) * queryNorms[r] * keyNorm * 1.01 : Float.infinity
                             let rescale = onlineSoftmaxStep(row, allowed: allowed, count: n,
                                                           runningMax: &maxima[r], runningSum: &sums[r],
-                                                          offset: offsets[r], lowest: lowest)
+                                                          offset: offsets[r], lowest: -bound - offsets[r],
+                                                          highest: bound - offsets[r])
                             if rescale != 1 { scaleRow(out + r * Dv, count: Dv, by: rescale) }
                             if allowed > 0 {
                                 a.dropout?.apply(row, count: allowed, rowIndex: firstRow + r, keyOffset: kt)
