@@ -275,6 +275,9 @@ struct TileSizes: Sendable {
 ///   5 repetitions, medians of the rounds): 256×512 147 ms, 256×256 144, 192×384 147,
 ///   128×256 147, 128×128 157; each had one or two rounds in a slow phase of the machine
 ///   (163–205 ms). Within noise, except that 128×128 is slower.
+/// - After the one-pass changes' first part (scores arriving as s − c, the unclamped 2ˣ; B1 H8
+///   L2048 D64, one thread, nine interleaved rounds in one process, paired against 256×512):
+///   512×512 1.005, 128×512 0.980, 256×256 0.967, 128×256 0.947.
 /// Chosen: 256 × 512, a 512 KiB score tile (one L2).
 struct TilePlan {
     /// Query rows per work item.
