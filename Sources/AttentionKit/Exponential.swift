@@ -57,7 +57,7 @@ func exponential(_ x: Float) -> Float {
     exponential(SIMD8<Float>(repeating: x))[0]
 }
 
-/// Vectorised `2ˣ` for the tiled kernel's base-2 online softmax, for x ≤ 120.
+/// Vectorised `2ˣ` for the tiled kernel's base-2 online softmax, for x ≤ 125.
 ///
 /// The tiled kernel folds `log₂ e` into the GEMM's alpha, so its scores are already in
 /// base 2 and the range reduction is a plain subtraction, with no `log₂ e` multiply and no
@@ -71,10 +71,11 @@ func exponential(_ x: Float) -> Float {
 /// `2ⁿ`: one shift of `t`'s bits makes `2ⁿ`. Arguments below −127 are first raised to −127
 /// (one `maxps`; NaN is kept), where the biased exponent is 0 and the result exactly 0; so
 /// `2ˣ` is 0 for x < −126.5 (including −∞), a (sub)normal value down to that, and NaN stays
-/// NaN (its shifted bits are 0 and NaN · 0 is NaN). Arguments up to 120 are in the domain:
-/// the tiled kernel's lazy rescaling reaches +8, and its one-pass step exponentiates bounded
-/// scores up to +120 before it rescales; there is no clamp above (from x = 127.5 the
-/// exponent bits wrap), which no caller reaches.
+/// NaN (its shifted bits are 0 and NaN · 0 is NaN). Arguments up to 125 are in the domain:
+/// the tiled kernel's lazy rescaling reaches +8, its one-pass step exponentiates bounded
+/// scores up to +64 and then rescales by factors up to 2¹²⁵; there is no clamp above (from
+/// x = 127.5 the result is +∞, and from 128.5 the exponent bits wrap), which no caller
+/// reaches.
 ///
 /// With `clamped: false` the lower clamp is left out, for callers that know every argument
 /// is at least −126 (the tiled kernel bounds its scores by Cauchy–Schwarz, see
@@ -82,7 +83,7 @@ func exponential(_ x: Float) -> Float {
 /// is what limits this loop at the SSE2 baseline. Below −127.5 the result is then garbage.
 ///
 /// Accuracy: relative error ≤ 2.0e-7 (about 1.7 ulp of 1; measured worst 1.9e-7) against a
-/// float64 `exp2` for x ∈ [−126, 120], clamped or not, checked by `ExponentialTests`.
+/// float64 `exp2` for x ∈ [−126, 125], clamped or not, checked by `ExponentialTests`.
 ///
 /// Cost at the default x86-64 baseline (SSE2): about 16 vector instructions per 4 lanes
 /// (15 without the clamp), against 27 for ``exponential(_:)-(SIMD8<Float>)``.

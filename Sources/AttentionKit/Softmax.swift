@@ -180,47 +180,44 @@ func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normal
 /// 2⁸ = 256, harmless in float, and the partial output is rescaled far less often.
 let lazyRescaleThreshold: Float = 8
 
-/// How far below the kernel's starting reference of 0 (in base-2 exponent units) a row's
-/// first tile maximum may lie while the reference stays at 0: its exponentials are then at
-/// least 2⁻³² of the largest, far from float's underflow at 2⁻¹²⁶.
-let firstReferenceSlack: Float = 32
-
 /// One step of the tiled kernel's online (streaming) softmax, in base 2, over a tile of one
 /// row's scores.
 ///
 /// The scores are `log₂ e` times the natural ones (the kernel folds `log₂ e` into the GEMM's
 /// alpha), so `2^(s − m)` is the usual `exp(s′ − m′)`, and they arrive as `row[j] = s_j − c`:
 /// the kernel starts each score tile from `−c` instead of 0 and lets the GEMM add to it
-/// (beta = 1), with `c` the row's current reference `m` (0 before the first tile with an
-/// allowed key), so that in the common case nothing is left to subtract. The row keeps `m`
-/// and a running sum `l = Σ 2^(s_j − m)` over the earlier tiles; the tile's scores are
-/// replaced by `2^(s_j − m)` (`row[allowed..<count] = 0`) and their sum is added to `l`. The
-/// return value `α` is the factor by which everything accumulated so far (the partial output
-/// row) must be multiplied because the reference moved (1 when it did not):
+/// (beta = 1), with `c` the row's current reference `m` when that is small (|m| ≤ 16; else,
+/// and before the first tile with an allowed key, `c = 0`), so that in the common case
+/// nothing is left to subtract. The row keeps `m` and a running sum `l = Σ 2^(s_j − m)` over
+/// the earlier tiles; the tile's scores are replaced by `2^(s_j − m)`
+/// (`row[allowed..<count] = 0`) and their sum is added to `l`. The return value `α` is the
+/// factor by which everything accumulated so far (the partial output row) must be multiplied
+/// because the reference moved (1 when it did not):
 ///
 ///     t = c + max_j row[j]                      (the tile's largest score)
-///     first tile with an allowed key (c = 0): m = 0 if −32 ≤ t ≤ 8, else m = t
+///     first tile with an allowed key (c = 0): m = 0 if 0 ≤ t ≤ 8, else m = t
 ///     later tiles: if t > m + 8 { α = 2^(m − t), m = t }
 ///     row[j] = 2^(row[j] − (m − c)),  l′ = α·l + Σ_j row[j]
 ///
-/// The reference lags the true maximum by at most 8 (lazy rescaling: exponentials up to 2⁸)
-/// and exceeds it by at most 32 (a first tile that stays at 0), but the output `O / l` is the
-/// same, since both carry the same factor `2^(−m)`, and float keeps its relative precision
-/// over that range. The price
-/// is headroom: the unnormalised partial output can be up to 256 times larger than with the
-/// exact maximum, so it overflows only when S · max|V| passes about 1.3e36 instead of 3.4e38.
-/// When the reference moves on a tile that started from `c = m`, the scores are shifted
-/// twice (`s − c`, then `− (m′ − c)`): two roundings instead of one, on that tile only.
+/// The reference is never above the true maximum and lags it by at most 8 (lazy rescaling:
+/// exponentials up to 2⁸), and the output `O / l` is the same as with the exact maximum, since
+/// both carry the same factor `2^(−m)`. The price is headroom: the unnormalised partial output
+/// can be up to 256 times larger than with the exact maximum, so it overflows only when
+/// S · max|V| passes about 1.3e36 instead of 3.4e38. When the reference moves on a tile that
+/// started from `c ≠ 0`, the scores are shifted twice (`s − c`, then `− (m′ − c)`): two
+/// roundings instead of one, each relative to a magnitude of at most |s| + 16.
 ///
 /// `lowest` and `highest` bound `row[0..<allowed]` when the caller knows bounds (±∞ when it
-/// knows none, e.g. after a boolean mask). Within [−125, 120] the step takes one pass: it
-/// exponentiates `2^row[j]` with the unclamped ``exponential2(_:clamped:)`` while finding
-/// the maximum (so the row is read once, not twice), and only when the reference then moves
-/// multiplies the row by `2^(c − m)` in a second pass; the bounds keep every `2^row[j]` a
-/// normal float. Otherwise the maximum comes first, and the exponential skips its clamp when
-/// `lowest` keeps every exponent at least −126. A tile whose entries are all −∞ contributes
-/// zeros. NaN scores make the sum NaN (or the reference, in a row with nothing
-/// but −∞ besides), and so the output row NaN.
+/// knows none, e.g. after a boolean mask). Within [−125, 64], and with `|m − c| ≤ 64`, the
+/// step takes one pass: it exponentiates `2^row[j]` with the unclamped
+/// ``exponential2(_:clamped:)`` while finding the maximum (so the row is read once, not
+/// twice), and only when `m ≠ c` multiplies the row and its sum by `2^(c − m)` in a second
+/// pass; those bounds keep every `2^row[j]` a normal float, their sum finite, and the factor
+/// in the exponential's domain. Otherwise the maximum comes first, and the exponential skips
+/// its clamp when `lowest` keeps every exponent at least −126. A tile whose entries are all
+/// −∞ contributes zeros. NaN scores make the sum NaN (or the reference, in a row with nothing
+/// but −∞ besides), and so the output row NaN; rows that may hold NaN never have finite
+/// bounds.
 @inline(__always)
 func onlineSoftmaxStep(
     _ row: UnsafeMutablePointer<Float>, allowed: Int, count: Int,
@@ -229,7 +226,10 @@ func onlineSoftmaxStep(
 ) -> Float {
     // Bounded rows go in one pass: exponentiate relative to c (no clamp, nothing to
     // subtract) while finding the maximum, then fix up the rare tiles whose reference moves.
-    let onePass = lowest >= -125 && highest <= 120 && allowed > 0            // false for NaN
+    // The bounds keep each 2^row[j] within [2⁻¹²⁵, 2⁶⁴] (so their sum cannot overflow) and the
+    // fix-up factor 2^(c − m) within 2^±125.
+    let onePass = lowest >= -125 && highest <= 64 && allowed > 0            // false for NaN
+        && (m == -.infinity || Swift.abs(m - c) <= 64)
     var sum: Float = 0
     var tileMax: Float
     if onePass {
@@ -245,9 +245,9 @@ func onlineSoftmaxStep(
     var alpha: Float = 1
     let t = tileMax + c
     if m == -.infinity || t.isNaN {
-        // The first tile with an allowed key (c is 0 then): a maximum within [−32, 8] of the
-        // reference keeps it (nothing to subtract; the sum is at least 2⁻³²), else it moves.
-        m = t >= c - firstReferenceSlack && t <= c + lazyRescaleThreshold ? c : t
+        // The first tile with an allowed key (c is 0 then) treats c as a reference like any
+        // other: it stays while the maximum exceeds it by at most 8, else it moves.
+        m = t >= c && t <= c + lazyRescaleThreshold ? c : t
     } else if t > m + lazyRescaleThreshold {
         alpha = exponential2(m - t)
         m = t

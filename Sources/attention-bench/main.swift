@@ -135,7 +135,7 @@ and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
   thread (12 GB/s of K and V); GQA B1 H32/8: 5.8 -> 5.0 ms (one thread), 3.2 -> 2.5 (two).
 - v5 (21:21 UTC): each row's reference maximum written into the score tile before the
   beta = 1 sgemm (scores arrive as s - m, nothing to subtract), the first tile keeping the
-  reference 0 when its maximum is within [-32, 8], and on unmasked rows a Cauchy-Schwarz
+  reference 0 when its maximum is within [0, 8], and on unmasked rows a Cauchy-Schwarz
   bound on the scores that lets the 2^x drop its clamp and the step find the maximum in the
   same pass as the exponentials. Nine alternating rounds against v4: 131.9 -> 129.6 ms,
   GEMM share 0.797 -> 0.816 (Swift layer 26.7 -> 23.8 ms, 0.71 ns per score).

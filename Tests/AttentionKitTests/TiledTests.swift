@@ -103,14 +103,15 @@ struct TiledTests {
     }
 
     /// A row's first tile keeps the starting reference 0 when its maximum (base 2) is within
-    /// [−32, 8], else the reference moves to it. Dk = 2 with q = (1, shift) and k_j = (x_j, 1),
-    /// so every score of a row is x_j + shift: shifts put the maxima of the nine rows at about
-    /// −101, −33.2, −30.3, 0, 7.9, 8.1 and 50 in base-2 units (either side of both edges), and
-    /// at −142 and +146, where keeping the reference would underflow every weight to 0 or
-    /// overflow it to ∞; x_j is a small spread, descending so later tiles fall below the first.
+    /// [0, 8], else the reference moves to it. Dk = 2 with q = (1, shift) and k_j = (x_j, 1),
+    /// so every score of a row is x_j + shift: shifts put the maxima of the nine rows at
+    /// −101, −33, −0.3, 0.3, 7.9, 8.1, 50, −144 and +146 in base-2 units (either side of both
+    /// edges; the last two would underflow every weight to 0 or overflow it to ∞ if the
+    /// reference stayed); x_j is a small spread, descending so later tiles fall below the first.
     @Test func firstTileReference() throws {
         let S = 40, L = 9
-        let shifts: [Float] = [-70, -23, -21, 0, 5.5, 5.6, 35, -100, 100]      // natural units
+        let maxima: [Double] = [-101, -33, -0.3, 0.3, 7.9, 8.1, 50, -144, 146]      // base 2
+        let shifts = maxima.map { Float($0 / 1.4426950408889634 - 1.5) }            // natural
         let q = try Tensor<Float>(shape: [1, 1, L, 2], scalars: shifts.flatMap { [1, $0] })
         let k = try Tensor<Float>(shape: [1, 1, S, 2],
                                   scalars: (0..<S).flatMap { [Float(1.5 - 0.1 * Double($0)), 1] })
@@ -122,6 +123,72 @@ struct TiledTests {
                                        kernel: .tiled, wantWeights: false, tiles: tiles).output
             assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(tiles)")
         }
+    }
+
+    /// Inputs at the edges of the one-pass step's conditions (found in review): a first tile
+    /// far below the second, so the reference (−119, base 2) is too distant to write into the
+    /// tile and the second tile's exponentials near 2¹²⁰ would overflow their sum in one pass;
+    /// a first tile at −1e6, where `s − c` would round away the second tile's scores; a query
+    /// whose squared norm underflows (1e-23) with a scale of 1e25, so scores of ±144 must not
+    /// be taken for 0; and tiny values (1e-33), whose partial products must stay normal
+    /// floats. All on sgemm blocks (8 rows) with 512-key and 16-key tiles.
+    @Test(arguments: ["distant first tile", "far first tile", "underflowing norm", "tiny values"])
+    func oneStepEdges(_ name: String) throws {
+        let L = 8
+        var keys: [Float], queryValue: Float = 1, scale: Float = 1, valueScale: Float = 1
+        switch name {
+        case "distant first tile": keys = Array(repeating: -82.5, count: 512) + Array(repeating: 0.6, count: 512)
+        case "far first tile":
+            var rng = SplitMix64(seed: 3)
+            keys = Array(repeating: -1e6, count: 512) + (0..<512).map { _ in Float.random(in: -2...2, using: &rng) }
+        case "underflowing norm":
+            keys = (0..<16).map { Float(-1 + 2 * Double($0) / 15) }
+            queryValue = 1e-23; scale = 1e25
+        default:
+            keys = (0..<16).map { Float(0.1 * Double($0 % 5)) }
+            valueScale = 1e-33
+        }
+        let S = keys.count
+        let q: Tensor<Float>, k: Tensor<Float>
+        if name == "tiny values" {                      // scores −21.3 + 0.1·(j mod 5): maxima in [−32, 0)
+            q = try Tensor(shape: [1, 1, L, 2], scalars: (0..<L).flatMap { _ in [Float(1), -21.3] })
+            k = try Tensor(shape: [1, 1, S, 2], scalars: keys.flatMap { [$0, 1] })
+        } else {
+            q = try Tensor(shape: [1, 1, L, 1], scalars: Array(repeating: queryValue, count: L))
+            k = try Tensor(shape: [1, 1, S, 1], scalars: keys)
+        }
+        let v = normalTensor([1, 1, S, 3], seed: 17)
+        let want = referenceAttention(query: q, key: k, value: v, scale: Double(scale))   // linear in V
+        var small = v
+        small.withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] *= valueScale } }
+        // One split, so the key tiles of a row follow each other (a split starts afresh).
+        for tiles in [TileSizes(queryBlock: 8, keyBlock: 512, splits: 1), TileSizes(queryBlock: 8, keyBlock: 16, splits: 1)] {
+            var out = try runAttention(query: q, key: k, value: small, mask: .none, scale: scale, dropout: nil,
+                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
+            out.withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] /= valueScale } }
+            assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(name), \(tiles)")
+        }
+    }
+
+    /// NaN in a key makes every row that attends to it NaN, also when the key range is split
+    /// across threads (the merge must not pass over a split whose sum is NaN) and when every
+    /// key is NaN (then the row is NaN, not zeros).
+    @Test(arguments: [false, true]) func nanKeysStayNaN(_ allKeys: Bool) throws {
+        let S = 16
+        let q = normalTensor([1, 1, 8, 4], seed: 41)
+        var k = normalTensor([1, 1, S, 4], seed: 42)
+        k.withUnsafeMutableBufferPointer { p in for i in (allKeys ? 0 : 8 * 4)..<(S * 4) { p[i] = .nan } }
+        let v = normalTensor([1, 1, S, 3], seed: 43)
+        for tiles in [TileSizes(queryBlock: 8, keyBlock: 8, splits: 2), TileSizes(queryBlock: 8, keyBlock: 8),
+                      TileSizes(queryBlock: 8, keyBlock: 16), TileSizes(queryBlock: 1, keyBlock: 8, splits: 2)] {
+            let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: nil, dropout: nil,
+                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
+            let allNaN = out.scalars.allSatisfy { $0.isNaN }
+            #expect(allNaN, "\(tiles): \(out.scalars.prefix(6))")
+        }
+        let blas = try scaledDotProductAttention(query: q, key: k, value: v, kernel: .blas)
+        let blasNaN = blas.scalars.allSatisfy { $0.isNaN }
+        #expect(blasNaN, "the BLAS kernel agrees")
     }
 
     /// Unmasked sgemm blocks bound their scores by Cauchy–Schwarz and skip the exponential's

@@ -15,7 +15,7 @@
 /// and finally divides each output row by its `l`. The scores are in base 2 (`log₂ e` folded
 /// into the GEMM's alpha and multiplied into additive biases), so the softmax's exponential is
 /// a `2ˣ` with no range-reduction multiply, and the reference maximum moves only when a tile
-/// exceeds it by more than 8 (see ``onlineSoftmaxStep(_:allowed:count:runningMax:runningSum:)``).
+/// exceeds it by more than 8 (see ``onlineSoftmaxStep(_:allowed:count:runningMax:runningSum:offset:lowest:highest:)``).
 /// Together these cut the softmax layer from about 1.5 to 0.8 ns per score at the SSE2
 /// baseline (B1 H8 L2048 D64, one thread: 173 → 143 ms, the sgemm share of the time from 0.71
 /// to 0.81). Two more cuts from the exponential's loop, which at SSE2 is bound by the length
@@ -80,7 +80,7 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
             let maxima = UnsafeMutablePointer<Float>.allocate(capacity: Rq)
             let sums = UnsafeMutablePointer<Float>.allocate(capacity: Rq)
             let offsets = UnsafeMutablePointer<Float>.allocate(capacity: Rq)           // c per row
-            let queryNorms = UnsafeMutablePointer<Float>.allocate(capacity: Rq)        // ‖q_r‖
+            let queryNorms = UnsafeMutablePointer<Double>.allocate(capacity: Rq)       // ‖q_r‖
             defer {
                 scores.deallocate(); rowEnds.deallocate(); maxima.deallocate(); sums.deallocate()
                 offsets.deallocate(); queryNorms.deallocate()
@@ -121,7 +121,7 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 // exponential can skip its clamp: |s| ≤ |alpha|·‖q‖·max‖k‖.
                 let bounded = !perRow && !gemmOnly && !a.mask.hasTensors
                 if bounded {
-                    for r in 0..<rows { queryNorms[r] = dot(q + r * Dk, q + r * Dk, count: Dk).squareRoot() }
+                    for r in 0..<rows { queryNorms[r] = euclideanNorm(q + r * Dk, count: Dk) }
                 }
 
                 var kt = keyStart
@@ -142,7 +142,10 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                         // (OpenBLAS's own beta = 0 pass, sgemm_beta, zeroes C column by column
                         // and cost 5-6 % of the time; filling the tile costs what a memset does.)
                         for r in 0..<rows {
-                            let c = maxima[r].isFinite ? maxima[r] : 0
+                            // Only a small reference is written into the tile: s − c is rounded
+                            // relative to |s − c|, which for a distant c would cost precision
+                            // once the reference moves to the tile's own scores.
+                            let c = Swift.abs(maxima[r]) <= prefillLimit ? maxima[r] : 0       // NaN: 0
                             offsets[r] = c
                             if c == 0 {
                                 (scores + r * Sk).update(repeating: 0, count: n)     // memset
@@ -156,16 +159,14 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     }
 
                     if !gemmOnly {
-                        // The tile's largest key norm, for the score bounds (NaN keys make
-                        // their scores NaN whatever the bound; they are skipped here).
-                        var keyNorm: Float = 0
+                        // The tile's largest key norm, for the score bounds; NaN when a key
+                        // holds NaN, so that its row takes the two-pass step.
+                        var keyNorm = 0.0
                         if bounded {
-                            var largest: Float = 0
                             for j in 0..<n {
-                                let squared = dot(kTile + j * Dk, kTile + j * Dk, count: Dk)
-                                if squared > largest { largest = squared }
+                                let norm = euclideanNorm(kTile + j * Dk, count: Dk)
+                                if !(norm <= keyNorm) { keyNorm = norm; if norm.isNaN { break } }
                             }
-                            keyNorm = largest.squareRoot()
                         }
                         for r in 0..<rows {
                             let row = scores + r * Sk
@@ -174,13 +175,15 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                                 let h = kvHead * g + (r0 + r) / L
                                 a.mask.apply(row, count: allowed, batch: b, head: h, query: (r0 + r) % L, keyOffset: kt, biasFactor: log2e)
                             }
-                            // Bounds on the stored s − c; 1 % over the exact bound covers the
-                            // rounding of the products and norms for any Dk below ~10⁵.
-                            let bound = bounded ? Swift.abs(alpha) * queryNorms[r] * keyNorm * 1.01 : Float.infinity
+                            // Bounds on the stored s − c, in Double so that no product of tiny
+                            // or huge factors rounds them away; 1 % over the exact bound covers
+                            // the rounding of the products for any Dk below ~10⁵.
+                            let bound = bounded ? Double(Swift.abs(alpha)) * queryNorms[r] * keyNorm * 1.01 : .infinity
+                            let c = Double(offsets[r])
                             let rescale = onlineSoftmaxStep(row, allowed: allowed, count: n,
                                                           runningMax: &maxima[r], runningSum: &sums[r],
-                                                          offset: offsets[r], lowest: -bound - offsets[r],
-                                                          highest: bound - offsets[r])
+                                                          offset: offsets[r], lowest: Float(-bound - c),
+                                                          highest: Float(bound - c))
                             if rescale != 1 { scaleRow(out + r * Dv, count: Dv, by: rescale) }
                             if allowed > 0 {
                                 a.dropout?.apply(row, count: allowed, rowIndex: firstRow + r, keyOffset: kt)
@@ -242,6 +245,23 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
             scaleRow(out + r * Dv, count: Dv, by: 1 / total)
         }
     }
+}
+
+/// The largest reference maximum (in magnitude, base-2 units) that the tiled kernel writes
+/// into a score tile before the GEMM: beyond it the row's tile starts from 0 and its step
+/// subtracts the reference, as rounding `s − c` costs `ulp(|s − c|)`.
+let prefillLimit: Float = 16
+
+/// `‖v‖` for the tiled kernel's score bounds, accurate whatever the scale of `v`: the float
+/// sum of squares when it can neither have underflowed nor overflowed, else the sum in Double.
+/// NaN when `v` holds NaN, +∞ when it holds ±∞.
+@inline(__always)
+func euclideanNorm(_ v: UnsafePointer<Float>, count: Int) -> Double {
+    let squares = dot(v, v, count: count)
+    if squares >= 0x1p-60 && squares <= 0x1p60 { return Double(squares).squareRoot() }
+    var sum = 0.0
+    for i in 0..<count { sum += Double(v[i]) * Double(v[i]) }
+    return sum.squareRoot()
 }
 
 /// The largest scale, and sum of finite bias magnitudes, that the tiled kernel takes in base 2:
