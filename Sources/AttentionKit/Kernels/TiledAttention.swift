@@ -121,7 +121,7 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 // exponential can skip its clamp: |s| ≤ |alpha|·‖q‖·max‖k‖.
                 let bounded = !perRow && !gemmOnly && !a.mask.hasTensors
                 if bounded {
-                    for r in 0..<rows { queryNorms[r] = euclideanNorm(q + r * Dk, count: Dk) }
+                    for r in 0..<rows { queryNorms[r] = squaredNorm(q + r * Dk, count: Dk).squareRoot() }
                 }
 
                 var kt = keyStart
@@ -163,10 +163,12 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                         // holds NaN, so that its row takes the two-pass step.
                         var keyNorm = 0.0
                         if bounded {
+                            var largest = 0.0
                             for j in 0..<n {
-                                let norm = euclideanNorm(kTile + j * Dk, count: Dk)
-                                if !(norm <= keyNorm) { keyNorm = norm; if norm.isNaN { break } }
+                                let squared = squaredNorm(kTile + j * Dk, count: Dk)
+                                if !(squared <= largest) { largest = squared; if squared.isNaN { break } }
                             }
+                            keyNorm = largest.squareRoot()
                         }
                         for r in 0..<rows {
                             let row = scores + r * Sk
@@ -252,16 +254,16 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
 /// subtracts the reference, as rounding `s − c` costs `ulp(|s − c|)`.
 let prefillLimit: Float = 16
 
-/// `‖v‖` for the tiled kernel's score bounds, accurate whatever the scale of `v`: the float
+/// `‖v‖²` for the tiled kernel's score bounds, accurate whatever the scale of `v`: the float
 /// sum of squares when it can neither have underflowed nor overflowed, else the sum in Double.
 /// NaN when `v` holds NaN, +∞ when it holds ±∞.
 @inline(__always)
-func euclideanNorm(_ v: UnsafePointer<Float>, count: Int) -> Double {
+func squaredNorm(_ v: UnsafePointer<Float>, count: Int) -> Double {
     let squares = dot(v, v, count: count)
-    if squares >= 0x1p-60 && squares <= 0x1p60 { return Double(squares).squareRoot() }
+    if squares >= 0x1p-60 && squares <= 0x1p60 { return Double(squares) }
     var sum = 0.0
     for i in 0..<count { sum += Double(v[i]) * Double(v[i]) }
-    return sum.squareRoot()
+    return sum
 }
 
 /// The largest scale, and sum of finite bias magnitudes, that the tiled kernel takes in base 2:
