@@ -138,7 +138,9 @@ and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
   reference 0 when its maximum is within [0, 8], and on unmasked rows a Cauchy-Schwarz
   bound on the scores that lets the 2^x drop its clamp and the step find the maximum in the
   same pass as the exponentials. Nine alternating rounds against v4: 131.9 -> 129.6 ms,
-  GEMM share 0.797 -> 0.816 (Swift layer 26.7 -> 23.8 ms, 0.71 ns per score).
+  GEMM share 0.797 -> 0.816 (Swift layer 26.7 -> 23.8 ms, 0.71 ns per score). Review
+  fixes after it (NaN keys, sum overflow, distant references, underflowing norms, tiny
+  values) left this path's cost unchanged in perf.
 */
 
 import ArgumentParser
