@@ -131,8 +131,11 @@ struct TiledTests {
     /// a first tile at −1e6, where `s − c` would round away the second tile's scores; a query
     /// whose squared norm underflows (1e-23) with a scale of 1e25, so scores of ±144 must not
     /// be taken for 0; and tiny values (1e-33), whose partial products must stay normal
-    /// floats. All on sgemm blocks (8 rows) with 512-key and 16-key tiles.
-    @Test(arguments: ["distant first tile", "far first tile", "underflowing norm", "tiny values"])
+    /// floats; and a product q·k that overflows to −∞ in float (2e19 · −2e19) under a scale of
+    /// 1e-37, whose exact score is small enough for the bound, but whose float score must still
+    /// give weight 0, not NaN. All on sgemm blocks (8 rows) with 512-key and 16-key tiles.
+    @Test(arguments: ["distant first tile", "far first tile", "underflowing norm", "tiny values",
+                      "overflowing products"])
     func oneStepEdges(_ name: String) throws {
         let L = 8
         var keys: [Float], queryValue: Float = 1, scale: Float = 1, valueScale: Float = 1
@@ -144,6 +147,9 @@ struct TiledTests {
         case "underflowing norm":
             keys = (0..<16).map { Float(-1 + 2 * Double($0) / 15) }
             queryValue = 1e-23; scale = 1e25
+        case "overflowing products":                    // q·k of key 0 is −∞ in float, its score −∞
+            keys = [-2e19] + (1..<16).map { Float(1e18 * Double($0)) }
+            queryValue = 2e19; scale = 1e-37
         default:
             keys = (0..<16).map { Float(0.1 * Double($0 % 5)) }
             valueScale = 1e-33
