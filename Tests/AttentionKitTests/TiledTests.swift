@@ -176,6 +176,51 @@ struct TiledTests {
         }
     }
 
+    /// Scores whose natural values are finite but beyond base 2's range once multiplied by
+    /// log₂e (about 2.4e38), and partial outputs that overflow under lazy rescaling although
+    /// the result is finite: the tiled kernel notices the NaN, ±∞ or weightless rows this
+    /// leaves and computes the call again in natural units. Cases: scale 1e38 with one q·k
+    /// of 3 (score 3e38, all weight on that key); scale 1e38 with every q·k = −3 (a uniform
+    /// average); scale 1 with q·k = 3e38 from q = 1e19, k = 3e19; and values of 2e36 under
+    /// 64 keys whose base-2 scores sit 7.9 above the row's reference (partial sums reach
+    /// about 3e40, the result is 2e36).
+    @Test(arguments: ["one score beyond", "every score beyond", "huge inputs", "partial overflow"])
+    func scoresBeyondBase2(_ name: String) throws {
+        let L = 8, S: Int
+        var qs: [Float], ks: [Float], scale: Float = 1e38, valueScale: Float = 1
+        switch name {
+        case "one score beyond":
+            S = 20
+            qs = Array(repeating: 1, count: L * 2)
+            ks = (0..<S).flatMap { $0 == 7 ? [Float(1.5), 1.5] : [Float(0), 0] }
+        case "every score beyond":
+            S = 20
+            qs = Array(repeating: 1, count: L * 2)
+            ks = Array(repeating: -1.5, count: S * 2)
+        case "huge inputs":
+            S = 20; scale = 1
+            qs = (0..<L).flatMap { _ in [Float(1e19), 0] }
+            ks = (0..<S).flatMap { $0 == 11 ? [Float(3e19), 0] : [Float(Double($0) / 10), 1] }
+        default:                                        // 16 keys at score 0, then 64 at 7.9 / log₂e
+            S = 80; scale = 1; valueScale = 2e36
+            qs = Array(repeating: 1, count: L * 2)
+            ks = (0..<S).flatMap { $0 < 16 ? [Float(0), 0] : [Float(7.9 / 1.4426950408889634), 0] }
+        }
+        let q = try Tensor<Float>(shape: [1, 1, L, 2], scalars: qs)
+        let k = try Tensor<Float>(shape: [1, 1, S, 2], scalars: ks)
+        var v = normalTensor([1, 1, S, 3], seed: 51)
+        if name == "partial overflow" {
+            v.withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] = valueScale * (1 + 0.1 * p[i]) } }
+        }
+        let want = referenceAttention(query: q, key: k, value: v, scale: Double(scale))
+        for tiles in [TileSizes(), TileSizes(queryBlock: 8, keyBlock: 16, splits: 1),
+                      TileSizes(queryBlock: 8, keyBlock: 16, splits: 2), TileSizes(queryBlock: 1, keyBlock: 16)] {
+            let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: scale, dropout: nil,
+                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
+            assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(name), \(tiles)")
+        }
+    }
+
     /// NaN in a key makes every row that attends to it NaN, also when the key range is split
     /// across threads (the merge must not pass over a split whose sum is NaN) and when every
     /// key is NaN (then the row is NaN, not zeros).

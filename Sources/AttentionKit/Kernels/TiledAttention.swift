@@ -41,7 +41,10 @@
 /// undropped softmax, as in the other kernels), with the same per-(row, key) decisions.
 /// When the caller asks for the weights, an L×S tensor is needed anyway and the kernel
 /// computes them as the BLAS kernel does; so it does, in natural units, when the scale or the
-/// additive biases are too large for base 2 (beyond `base2ScoreLimit`).
+/// additive biases are too large for base 2 (beyond `base2ScoreLimit`), and, after the fact,
+/// when an output row comes out NaN, infinite, or without weight although keys were allowed
+/// (scores beyond base 2's range, or partial outputs overflowing under lazy rescaling; NaN
+/// inputs also take this second, BLAS, pass).
 ///
 /// With `gemmOnly`, only the products run (same tiles, no softmax): attention-bench's
 /// roofline reference.
@@ -72,6 +75,11 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     let partialStride = Rq * (Dv + 2)
     let partials: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: items * partialStride) : nil
     defer { partials?.deallocate() }
+    // Per item: whether a row came out non-finite or with no weight despite allowed keys,
+    // the signs of scores beyond base 2's range (see the end of this function).
+    let suspect = UnsafeMutablePointer<Bool>.allocate(capacity: max(items, 1))
+    suspect.initialize(repeating: false, count: max(items, 1))
+    defer { suspect.deallocate() }
 
     BLAS.singleThreaded {
         parallelWork(threads: a.threads, items: items) { claim in
@@ -214,43 +222,82 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     for r in 0..<rows { stats[r] = maxima[r]; stats[Rq + r] = sums[r] }
                 } else if !gemmOnly {
                     for r in 0..<rows { scaleRow(out + r * Dv, count: Dv, by: sums[r] == 0 ? 0 : 1 / sums[r]) }   // NaN stays NaN
+                    for r in 0..<rows where !rowLooksRight(out + r * Dv, count: Dv, sum: sums[r],
+                                                           allowed: rowEnds[r] > 0, mask: a.mask) {
+                        suspect[item] = true
+                        break
+                    }
                 }
             }
         }
     }
 
     // Merge the split-KV partials of each query block.
-    guard let partials, !gemmOnly else { return }
-    for block in 0..<(units * blocksPerUnit) {
-        let unit = block / blocksPerUnit
-        let r0 = (block % blocksPerUnit) * Rq
-        let rows = min(Rq, unitRows - r0)
-        let b = unit / p.kvHeads, kvHead = unit % p.kvHeads
-        let out = a.output + ((b * p.queryHeads + kvHead * g) * L + r0) * Dv    // [R, Dv]
-        for r in 0..<rows {
-            var M = -Float.infinity
-            for s in 0..<splits {
-                let m = partials[(block * splits + s) * partialStride + Rq * Dv + r]
-                if m > M || m.isNaN { M = m }
-                if M.isNaN { break }
+    if let partials, !gemmOnly {
+        for block in 0..<(units * blocksPerUnit) {
+            let unit = block / blocksPerUnit
+            let r0 = (block % blocksPerUnit) * Rq
+            let rows = min(Rq, unitRows - r0)
+            let b = unit / p.kvHeads, kvHead = unit % p.kvHeads
+            let out = a.output + ((b * p.queryHeads + kvHead * g) * L + r0) * Dv    // [R, Dv]
+            for r in 0..<rows {
+                var M = -Float.infinity
+                for s in 0..<splits {
+                    let m = partials[(block * splits + s) * partialStride + Rq * Dv + r]
+                    if m > M || m.isNaN { M = m }
+                    if M.isNaN { break }
+                }
+                if M.isNaN {                                                        // NaN scores: NaN out
+                    (out + r * Dv).update(repeating: .nan, count: Dv)
+                    suspect[block * splits] = true
+                    continue
+                }
+                var total: Float = 0
+                if M > -.infinity {                                                 // else no allowed key: zeros
+                    for s in 0..<splits {
+                        let base = partials + (block * splits + s) * partialStride
+                        let m = base[Rq * Dv + r]
+                        guard m > -.infinity else { continue }
+                        let w = exponential2(m - M)
+                        total += w * base[Rq * Dv + Rq + r]
+                        axpy1(w, base + r * Dv, out + r * Dv, count: Dv)
+                    }
+                    scaleRow(out + r * Dv, count: Dv, by: 1 / total)
+                }
+                let rowEnd = a.mask.rowEnd(batch: b, query: (r0 + r) % L, keyLength: S)
+                if !rowLooksRight(out + r * Dv, count: Dv, sum: total, allowed: rowEnd > 0, mask: a.mask) {
+                    suspect[block * splits] = true
+                }
             }
-            if M.isNaN {                                                        // NaN scores: NaN out
-                (out + r * Dv).update(repeating: .nan, count: Dv)
-                continue
-            }
-            guard M > -.infinity else { continue }                              // no allowed key: zeros
-            var total: Float = 0
-            for s in 0..<splits {
-                let base = partials + (block * splits + s) * partialStride
-                let m = base[Rq * Dv + r]
-                guard m > -.infinity else { continue }
-                let w = exponential2(m - M)
-                total += w * base[Rq * Dv + Rq + r]
-                axpy1(w, base + r * Dv, out + r * Dv, count: Dv)
-            }
-            scaleRow(out + r * Dv, count: Dv, by: 1 / total)
         }
     }
+
+    // Scores in base 2 are the natural ones times log₂e ≈ 1.44, so a finite natural score
+    // beyond about 2.4e38 (|scale|·|q·k| that large, not excluded by the scale check above)
+    // is ±∞ here; so is a float q·k that overflows. A row with one +∞ comes out NaN, a row
+    // whose every score is −∞ comes out as zeros, and the lazily rescaled partial output can
+    // overflow where the normalised one would not. Rows like that are rare and cheap to spot,
+    // so the kernel checks for them instead of scanning Q and K first (which would double
+    // the memory traffic of decoding), and then computes the call again in natural units.
+    if !gemmOnly && (0..<items).contains(where: { suspect[$0] }) {
+        a.output.update(repeating: 0, count: p.batch * p.queryHeads * L * Dv)
+        blasAttention(a)
+    }
+}
+
+/// Whether a finished output row of the tiled kernel is free of the signs of base-2 range
+/// trouble: no NaN or ±∞ in it, and some weight when keys were allowed and the mask has no
+/// boolean or additive tensors (which may legitimately exclude every key). NaN rows from NaN
+/// inputs fail too; the BLAS kernel then gives them NaN again.
+@inline(__always)
+func rowLooksRight(_ row: UnsafePointer<Float>, count: Int, sum: Float, allowed: Bool, mask: MaskRows) -> Bool {
+    if allowed && sum == 0 && !mask.hasTensors { return false }
+    var bad = SIMD8<Float>()                    // 0 · x is 0 for finite x, NaN for NaN and ±∞
+    var j = 0
+    while j + lanes <= count { bad += load(row + j) * 0; j += lanes }
+    var tail: Float = 0
+    while j < count { tail += row[j] * 0; j += 1 }
+    return (bad.sum() + tail) == 0
 }
 
 /// The largest reference maximum (in magnitude, base-2 units) that the tiled kernel writes
