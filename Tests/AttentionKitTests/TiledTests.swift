@@ -27,6 +27,22 @@ struct TiledTests {
                                 tiles: tiles).output
     }
 
+    /// Runs the tiled kernel on `q`, `k`, `v` with each forced tiling and checks every output
+    /// against the float64 reference, with the suite's output tolerance.
+    func expectTilingsMatchReference(query q: Tensor<Float>, key k: Tensor<Float>, value v: Tensor<Float>,
+                                     mask: [MaskSpec] = [], scale: Float, tilings: [TileSizes], _ label: String,
+                                     sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: Double(scale))
+        let shape = Array(q.shape.dropLast()) + [v.shape[v.shape.count - 1]]
+        for tiles in tilings {
+            let out = try runAttention(query: q, key: k, value: v, mask: AttentionMask(mask.map(\.library)),
+                                       scale: scale, dropout: nil, kernel: .tiled, wantWeights: false,
+                                       tiles: tiles).output
+            assertClose(out, want.output, shape: shape, absolute: outputTolerance(v), "\(label), \(tiles)",
+                        sourceLocation: sourceLocation)
+        }
+    }
+
     @Test(arguments: cases) func againstReference(_ c: AttentionCase) throws {
         let (q, k, v) = c.inputs()
         let want = referenceAttention(query: q, key: k, value: v, mask: c.mask, scale: c.scale.map(Double.init))
@@ -89,16 +105,12 @@ struct TiledTests {
         let v = normalTensor([1, 1, S, 3], seed: 5)
         let lateStart = (0..<(L * S)).map { !($0 / S < 2 && $0 % S < 20) }
         for mask in [[MaskSpec](), [.boolean(shape: [L, S], data: lateStart)], [.causal(.upperLeft)]] {
-            let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: 1)
-            for tiles in [TileSizes(queryBlock: 5, keyBlock: 8), TileSizes(queryBlock: 2, keyBlock: 3, splits: 3),
+            try expectTilingsMatchReference(
+                query: q, key: k, value: v, mask: mask, scale: 1,
+                tilings: [TileSizes(queryBlock: 5, keyBlock: 8), TileSizes(queryBlock: 2, keyBlock: 3, splits: 3),
                           TileSizes(queryBlock: 5, keyBlock: 64), TileSizes(queryBlock: 1, keyBlock: 16, rowwiseLimit: 0),
-                          TileSizes(queryBlock: 1, keyBlock: 16)] {   // one-row blocks: the Swift products
-                let out = try runAttention(query: q, key: k, value: v, mask: AttentionMask(mask.map(\.library)),
-                                           scale: 1, dropout: nil, kernel: .tiled, wantWeights: false,
-                                           tiles: tiles).output
-                assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v),
-                            "step \(stepPerKey), mask \(mask), \(tiles)")
-            }
+                          TileSizes(queryBlock: 1, keyBlock: 16)],    // one-row blocks: the Swift products
+                "step \(stepPerKey), mask \(mask)")
         }
     }
 
@@ -116,13 +128,11 @@ struct TiledTests {
         let k = try Tensor<Float>(shape: [1, 1, S, 2],
                                   scalars: (0..<S).flatMap { [Float(1.5 - 0.1 * Double($0)), 1] })
         let v = normalTensor([1, 1, S, 3], seed: 21)
-        let want = referenceAttention(query: q, key: k, value: v, scale: 1)
-        for tiles in [TileSizes(queryBlock: 9, keyBlock: 8), TileSizes(queryBlock: 9, keyBlock: 64),
-                      TileSizes(queryBlock: 1, keyBlock: 16), TileSizes(queryBlock: 9, keyBlock: 16, splits: 2)] {
-            let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: 1, dropout: nil,
-                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
-            assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(tiles)")
-        }
+        try expectTilingsMatchReference(
+            query: q, key: k, value: v, scale: 1,
+            tilings: [TileSizes(queryBlock: 9, keyBlock: 8), TileSizes(queryBlock: 9, keyBlock: 64),
+                      TileSizes(queryBlock: 1, keyBlock: 16), TileSizes(queryBlock: 9, keyBlock: 16, splits: 2)],
+            "first tile")
     }
 
     /// Inputs at the edges of the one-pass step's conditions (found in review): a first tile
@@ -212,13 +222,11 @@ struct TiledTests {
         if name == "partial overflow" {
             v.withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] = valueScale * (1 + 0.1 * p[i]) } }
         }
-        let want = referenceAttention(query: q, key: k, value: v, scale: Double(scale))
-        for tiles in [TileSizes(), TileSizes(queryBlock: 8, keyBlock: 16, splits: 1),
-                      TileSizes(queryBlock: 8, keyBlock: 16, splits: 2), TileSizes(queryBlock: 1, keyBlock: 16)] {
-            let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: scale, dropout: nil,
-                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
-            assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(name), \(tiles)")
-        }
+        try expectTilingsMatchReference(
+            query: q, key: k, value: v, scale: scale,
+            tilings: [TileSizes(), TileSizes(queryBlock: 8, keyBlock: 16, splits: 1),
+                      TileSizes(queryBlock: 8, keyBlock: 16, splits: 2), TileSizes(queryBlock: 1, keyBlock: 16)],
+            name)
     }
 
     /// NaN in a key makes every row that attends to it NaN, also when the key range is split
@@ -260,14 +268,11 @@ struct TiledTests {
         let q = try Tensor<Float>(shape: [1, 1, L, 1], scalars: [1, 1.4, 1.45, 1.5, 2, -3])
         let k = try Tensor<Float>(shape: [1, 1, S, 1], scalars: keys)
         let v = normalTensor([1, 1, S, 4], seed: 9)
-        let want = referenceAttention(query: q, key: k, value: v, scale: 1)
-        for tiles in [TileSizes(queryBlock: 6, keyBlock: 16), TileSizes(queryBlock: 6, keyBlock: 24),
-                      TileSizes(queryBlock: 6, keyBlock: 96), TileSizes(queryBlock: 5, keyBlock: 8, rowwiseLimit: 0)] {
-            let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: 1, dropout: nil,
-                                       kernel: .tiled, wantWeights: false, tiles: tiles).output
-            assertClose(out, want.output, shape: [1, 1, L, 4], absolute: outputTolerance(v),
-                        "descending \(descending), \(tiles)")
-        }
+        try expectTilingsMatchReference(
+            query: q, key: k, value: v, scale: 1,
+            tilings: [TileSizes(queryBlock: 6, keyBlock: 16), TileSizes(queryBlock: 6, keyBlock: 24),
+                      TileSizes(queryBlock: 6, keyBlock: 96), TileSizes(queryBlock: 5, keyBlock: 8, rowwiseLimit: 0)],
+            "descending \(descending)")
     }
 
     /// An infinite value gives an infinite output wherever its key has weight, on every kernel
