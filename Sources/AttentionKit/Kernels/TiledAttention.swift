@@ -187,9 +187,9 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                             }
                             // Bounds on the stored s − c, in Double so that no product of tiny
                             // or huge factors rounds them away; 1 % over the exact bound covers
-                            // the rounding of the products for any Dk below ~10⁵.
-                            // Cauchy–Schwarz bounds the exact products; the GEMM's float sums of
-                            // q_i·k_i stay finite (so no −∞ reaches the unclamped 2ˣ) only while
+                            // the rounding of the products for any Dk below ~10⁵. Cauchy–Schwarz
+                            // bounds the exact products, and the GEMM's float sums of q_i·k_i
+                            // stay finite (so no −∞ reaches the unclamped 2ˣ) only while
                             // ‖q‖·‖k‖ is below float's largest value.
                             let norms = queryNorms[r] * keyNorm
                             let bound = bounded && norms < 1e38 ? Double(Swift.abs(alpha)) * norms * 1.01 : .infinity
