@@ -11,8 +11,9 @@ import Darwin
 /// How many threads AttentionKit's kernels use.
 ///
 /// By default a call uses every online core. The environment variable
-/// `ATTENTIONKIT_NUM_THREADS` overrides that for the process, and ``setCount(_:)``
-/// overrides both from Swift. Kernels set OpenBLAS to one thread and parallelise over their
+/// `ATTENTIONKIT_NUM_THREADS` overrides that for the process, ``setCount(_:)`` overrides both
+/// from Swift, and ``withCount(_:_:)`` overrides all three for the calls inside one closure
+/// (on the current task only, so concurrent code keeps its own setting). Kernels set OpenBLAS to one thread and parallelise over their
 /// own work items, so the two never oversubscribe the cores. OpenBLAS stays at one thread
 /// afterwards (restoring it after each call woke OpenBLAS's idle threads, which then spun
 /// and took a core); call `openblas_set_num_threads` yourself for your own BLAS work.
@@ -20,6 +21,9 @@ import Darwin
 /// ```swift
 /// try AttentionThreads.setCount(1)      // single-threaded from now on
 /// try AttentionThreads.setCount(nil)    // back to the environment / all cores
+/// let out = try AttentionThreads.withCount(2) {   // two threads for these calls only
+///     try scaledDotProductAttention(query: q, key: k, value: v)
+/// }
 /// ```
 public enum AttentionThreads {
     /// 0 means "not set from Swift".
@@ -39,18 +43,38 @@ public enum AttentionThreads {
     /// - Throws: ``AttentionError`` with code `.threadCount` when `count` is outside
     ///   1...``maximum``.
     public static func setCount(_ count: Int?) throws {
-        if let count, !(1...maximum).contains(count) {
-            throw AttentionError(.threadCount, "thread count must be in 1...\(maximum), got \(count)")
-        }
-        override.store(count ?? 0, ordering: .relaxed)
+        override.store(try count.map(checked) ?? 0, ordering: .relaxed)
     }
 
-    /// The thread count the next call will use: the Swift setting, else
-    /// `ATTENTIONKIT_NUM_THREADS`, else ``coreCount``.
+    /// The count set by an enclosing ``withCount(_:_:)`` on this task, if any.
+    @TaskLocal private static var scoped: Int?
+
+    /// Runs `body` with every AttentionKit call inside it (on the current task, including
+    /// tasks it creates) using `count` threads, then returns what `body` returns. Other tasks
+    /// and threads keep their setting, which makes this the safe way to pin the thread count
+    /// in code that runs concurrently with other AttentionKit users, such as tests.
+    ///
+    /// - Throws: ``AttentionError`` with code `.threadCount` when `count` is outside
+    ///   1...``maximum``; otherwise whatever `body` throws.
+    public static func withCount<Result>(_ count: Int, _ body: () throws -> Result) throws -> Result {
+        try $scoped.withValue(checked(count), operation: body)
+    }
+
+    /// `count` when it is in 1...``maximum``.
+    private static func checked(_ count: Int) throws -> Int {
+        guard (1...maximum).contains(count) else {
+            throw AttentionError(.threadCount, "thread count must be in 1...\(maximum), got \(count)")
+        }
+        return count
+    }
+
+    /// The thread count the next call will use: an enclosing ``withCount(_:_:)``, else the
+    /// ``setCount(_:)`` setting, else `ATTENTIONKIT_NUM_THREADS`, else ``coreCount``.
     ///
     /// - Throws: ``AttentionError`` with code `.threadCount` when
     ///   `ATTENTIONKIT_NUM_THREADS` is set but is not a positive integer.
     public static func count() throws -> Int {
+        if let scoped { return scoped }
         let set = override.load(ordering: .relaxed)
         let environment = getenv("ATTENTIONKIT_NUM_THREADS").map { String(cString: $0) }
         return try resolve(override: set > 0 ? set : nil, environment: environment, cores: coreCount)

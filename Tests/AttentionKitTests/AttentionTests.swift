@@ -272,9 +272,9 @@ struct ThreadTests {
         for kernel in [AttentionKernel.blas, .tiled] {
             var results: [Tensor<Float>] = []
             for threads in [1, 2, max(3, AttentionThreads.coreCount)] {
-                try AttentionThreads.setCount(threads)
-                defer { try? AttentionThreads.setCount(nil) }
-                let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: kernel)
+                let out = try AttentionThreads.withCount(threads) {
+                    try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: kernel)
+                }
                 assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(kernel), \(threads) threads")
                 results.append(out)
             }
@@ -294,9 +294,9 @@ struct ThreadTests {
         let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
         var results: [Tensor<Float>] = []
         for threads in [1, 2, 4] {
-            try AttentionThreads.setCount(threads)
-            defer { try? AttentionThreads.setCount(nil) }
-            let out = try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: .tiled)
+            let out = try AttentionThreads.withCount(threads) {
+                try scaledDotProductAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)), kernel: .tiled)
+            }
             assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(threads) threads")
             results.append(out)
         }
@@ -309,5 +309,25 @@ struct ThreadTests {
     @Test func invalidThreadCountsThrow() {
         #expect(throws: AttentionError.self) { try AttentionThreads.setCount(0) }
         #expect(throws: AttentionError.self) { try AttentionThreads.setCount(-3) }
+        #expect(throws: AttentionError.self) { try AttentionThreads.withCount(0) { 1 } }
+    }
+
+    /// `withCount` applies to the calls inside its closure, nests, and leaves the rest alone,
+    /// including code running at the same time on other tasks.
+    @Test func scopedThreadCount() async throws {
+        let outside = try AttentionThreads.count()
+        let inside = try AttentionThreads.withCount(3) {
+            (try AttentionThreads.count(), try AttentionThreads.withCount(1) { try AttentionThreads.count() },
+             try AttentionThreads.count())
+        }
+        #expect(inside == (3, 1, 3))
+        #expect(try AttentionThreads.count() == outside)
+        let counts = try await withThrowingTaskGroup(of: Int.self) { group in
+            for n in 1...4 {
+                group.addTask { try AttentionThreads.withCount(n) { try AttentionThreads.count() } }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(counts.sorted() == [1, 2, 3, 4])
     }
 }

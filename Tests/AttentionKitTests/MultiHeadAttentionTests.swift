@@ -258,10 +258,8 @@ struct MultiHeadAttentionTests {
         let layer = try gridLayer(modelDim: 32, heads: 4, kvHeads: 2, seed: 120)
         let x = gridTensor([4, 33, 32], seed: 121)
         let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: [.causal(.upperLeft)])
-        defer { try? AttentionThreads.setCount(nil) }
         for threads in [1, 2, 3] {
-            try AttentionThreads.setCount(threads)
-            let got = try layer(query: x, key: x, value: x, mask: .causal(.upperLeft))
+            let got = try AttentionThreads.withCount(threads) { try layer(query: x, key: x, value: x, mask: .causal(.upperLeft)) }
             assertClose(got, want.output, shape: [4, 33, 32], absolute: layerTolerance(layer, value: x), relative: 0,
                         "\(threads) threads")
         }
