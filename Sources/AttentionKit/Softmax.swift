@@ -107,47 +107,33 @@ func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
 /// the tiled kernel's base-2 scores); returns the sum of the results. Needs `row[j] ≤ m`
 /// (`row[j] ≤ m + 120` with `base2`), so that every argument is in the polynomial's domain;
 /// `clamped: false` (base 2 only) also needs `row[j] − m ≥ −126` (see
-/// ``exponential2(_:clamped:)``).
+/// ``exponential2(_:clamped:)``). `base2` and `clamped` are constants at each call site and
+/// the function is transparent (always inlined, even into the large online-softmax step), so
+/// each caller's loop has one exponential and no branches; `m == 0` skips the subtraction
+/// in the unclamped base-2 loop, the tiled kernel's common case.
 @_transparent
 func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float,
                         base2: Bool = false, clamped: Bool = true) -> Float {
-    exponentiate(row, count: count, subtracting: m, base2: base2, clamped: clamped, trackMaximum: false).sum
-}
-
-/// The loop of ``exponentiateAndSum(_:count:subtracting:base2:clamped:)``; with
-/// `trackMaximum` it also returns the largest `row[j] − m` it exponentiated (−∞ when there
-/// is none; NaN entries are passed over), for the tiled kernel's one-pass step. `base2`,
-/// `clamped` and `trackMaximum` are constants at each call site and the function is
-/// transparent (always inlined, even into the large online-softmax step), so each caller's
-/// loop has one exponential and no branches; `m == 0` skips the subtraction.
-@_transparent
-func exponentiate(_ row: UnsafeMutablePointer<Float>, count: Int, subtracting m: Float,
-                  base2: Bool, clamped: Bool, trackMaximum: Bool) -> (sum: Float, maximum: Float) {
     @_transparent
-    func loop(subtract: Bool) -> (sum: Float, maximum: Float) {
+    func loop(subtract: Bool) -> Float {
         let vm = SIMD8<Float>(repeating: m)
         var vsum = SIMD8<Float>()
-        var vmax = SIMD8<Float>(repeating: -.infinity)
         var j = 0
         while j + lanes <= count {
             let x = subtract ? load(row + j) - vm : load(row + j)
-            if trackMaximum { vmax.replace(with: x, where: x .> vmax) }
             let e = base2 ? exponential2(x, clamped: clamped) : exponential(x)
             store(e, row + j)
             vsum += e
             j += lanes
         }
         var sum = vsum.sum()
-        var maximum = trackMaximum ? vmax.max() : -.infinity
         while j < count {
-            let x = row[j] - m
-            if trackMaximum && x > maximum { maximum = x }
-            let e = base2 ? exponential2(x) : exponential(x)
+            let e = base2 ? exponential2(row[j] - m) : exponential(row[j] - m)
             row[j] = e
             sum += e
             j += 1
         }
-        return (sum, maximum)
+        return sum
     }
     return m == 0 && base2 && !clamped ? loop(subtract: false) : loop(subtract: true)
 }
@@ -177,8 +163,10 @@ func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normal
 
 /// How far above a row's reference maximum (in base-2 exponent units) the tiled kernel lets
 /// a tile's scores rise before it moves the reference: their exponentials are then at most
-/// 2⁸ = 256, harmless in float, and the partial output is rescaled far less often.
-let lazyRescaleThreshold: Float = 8
+/// 2¹⁶ = 65536, harmless in float, and the partial output is rescaled far less often. The
+/// one-pass step compares tile sums with `2¹⁶` instead of finding tile maxima; 16 leaves room
+/// for a whole 512-key tile at its reference (a sum of 512) without a maximum pass.
+let lazyRescaleThreshold: Float = 16
 
 /// One step of the tiled kernel's online (streaming) softmax, in base 2, over a tile of one
 /// row's scores.
@@ -192,74 +180,56 @@ let lazyRescaleThreshold: Float = 8
 /// the earlier tiles; the tile's scores are replaced by `2^(s_j − m)`
 /// (`row[allowed..<count] = 0`) and their sum is added to `l`. The return value `α` is the
 /// factor by which everything accumulated so far (the partial output row) must be multiplied
-/// because the reference moved (1 when it did not):
+/// because the reference moved (1 when it did not). With `T` = ``lazyRescaleThreshold``:
 ///
 ///     t = c + max_j row[j]                      (the tile's largest score)
-///     first tile with an allowed key (c = 0): m = 0 if 0 ≤ t ≤ 8, else m = t
-///     later tiles: if t > m + 8 { α = 2^(m − t), m = t }
+///     first tile with an allowed key (c = 0): m = 0 if 0 ≤ t ≤ T, else m = t
+///     later tiles: if t > m + T { α = 2^(m − t), m = t }
 ///     row[j] = 2^(row[j] − (m − c)),  l′ = α·l + Σ_j row[j]
 ///
-/// The reference is never above the true maximum and lags it by at most 8 (lazy rescaling:
-/// exponentials up to 2⁸), and the output `O / l` is the same as with the exact maximum, since
-/// both carry the same factor `2^(−m)`. The price is headroom: the unnormalised partial output
-/// can be up to 256 times larger than with the exact maximum, so it overflows only when
-/// S · max|V| passes about 1.3e36 instead of 3.4e38. When the reference moves on a tile that
-/// started from `c ≠ 0`, the scores are shifted twice (`s − c`, then `− (m′ − c)`): two
-/// roundings instead of one, each relative to a magnitude of at most |s| + 16.
+/// The reference lags the true maximum by at most `T` (lazy rescaling: exponentials up to
+/// 2¹⁶), and the output `O / l` is the same as with the exact maximum, since both carry the
+/// same factor `2^(−m)`. The price is headroom: the unnormalised partial output can be up to
+/// 2¹⁶ times larger than with the exact maximum, so it overflows when S · max|V| passes about
+/// 5e33 instead of 3.4e38 (the kernel then recomputes the call, see `tiledAttention`). When
+/// the reference moves on a tile that started from `c ≠ 0`, the scores are shifted twice
+/// (`s − c`, then `− (m′ − c)`): two roundings instead of one, each relative to a magnitude of
+/// at most |s| + 16.
 ///
 /// `lowest` and `highest` bound `row[0..<allowed]` when the caller knows bounds (±∞ when it
 /// knows none, e.g. after a boolean mask). Within [−125, 64], and with `|m − c| ≤ 64`, the
-/// step takes one pass: it exponentiates `2^row[j]` with the unclamped
-/// ``exponential2(_:clamped:)`` while finding the maximum (so the row is read once, not
-/// twice), and only when `m ≠ c` multiplies the row and its sum by `2^(c − m)` in a second
-/// pass; those bounds keep every `2^row[j]` a normal float, their sum finite, and the factor
-/// in the exponential's domain. Otherwise the maximum comes first, and the exponential skips
-/// its clamp when `lowest` keeps every exponent at least −126. A tile whose entries are all
-/// −∞ contributes zeros. NaN scores make the sum NaN (or the reference, in a row with nothing
-/// but −∞ besides), and so the output row NaN; rows that may hold NaN never have finite
-/// bounds.
+/// step takes one pass and no maximum (see ``boundedSoftmaxStep(_:allowed:runningMax:offset:)``);
+/// otherwise the maximum comes first, and the exponential skips its clamp when `lowest` keeps
+/// every exponent at least −126. A tile whose entries are all −∞ contributes zeros. NaN
+/// scores make the sum NaN (or the reference, in a row with nothing but −∞ besides), and so
+/// the output row NaN; rows that may hold NaN never have finite bounds.
 @inline(__always)
 func onlineSoftmaxStep(
     _ row: UnsafeMutablePointer<Float>, allowed: Int, count: Int,
     runningMax m: inout Float, runningSum l: inout Float,
     offset c: Float = 0, lowest: Float = -.infinity, highest: Float = .infinity
 ) -> Float {
-    // Bounded rows go in one pass: exponentiate relative to c (no clamp, nothing to
-    // subtract) while finding the maximum, then fix up the rare tiles whose reference moves.
-    // The bounds keep each 2^row[j] within [2⁻¹²⁵, 2⁶⁴] (so their sum cannot overflow) and the
-    // fix-up factor 2^(c − m) within 2^±125.
-    let onePass = lowest >= -125 && highest <= 64 && allowed > 0            // false for NaN
-        && (m == -.infinity || Swift.abs(m - c) <= 64)
-    var sum: Float = 0
-    var tileMax: Float
-    if onePass {
-        (sum, tileMax) = exponentiate(row, count: allowed, subtracting: 0, base2: true, clamped: false,
-                                      trackMaximum: true)
+    var alpha: Float = 1
+    var sum: Float
+    if lowest >= -125 && highest <= 64 && allowed > 0                     // false for NaN
+        && (m == -.infinity || Swift.abs(m - c) <= 64) {
+        (sum, alpha) = boundedSoftmaxStep(row, allowed: allowed, runningMax: &m, offset: c)
     } else {
-        tileMax = rowMaximum(row, count: allowed)
+        let tileMax = rowMaximum(row, count: allowed)
         guard tileMax != -.infinity else {
             row.update(repeating: 0, count: count)
             return 1
         }
-    }
-    var alpha: Float = 1
-    let t = tileMax + c
-    if m == -.infinity || t.isNaN {
-        // The first tile with an allowed key (c is 0 then) treats c as a reference like any
-        // other: it stays while the maximum exceeds it by at most 8, else it moves.
-        m = t >= c && t <= c + lazyRescaleThreshold ? c : t
-    } else if t > m + lazyRescaleThreshold {
-        alpha = exponential2(m - t)
-        m = t
-    }
-    let d = m - c                                           // 0 unless the reference moved
-    if onePass {
-        if d != 0 {                                         // 2^(x − d) = 2^x · 2^(−d)
-            let factor = exponential2(-d)
-            scaleRow(row, count: allowed, by: factor)
-            sum *= factor
+        let t = tileMax + c
+        if m == -.infinity || t.isNaN {
+            // The first tile with an allowed key (c is 0 then) treats c as a reference like
+            // any other: it stays while the maximum exceeds it by at most T, else it moves.
+            m = t >= c && t <= c + lazyRescaleThreshold ? c : t
+        } else if t > m + lazyRescaleThreshold {
+            alpha = exponential2(m - t)
+            m = t
         }
-    } else {
+        let d = m - c                                       // 0 unless the reference moved
         sum = lowest - d >= -125                            // false for NaN and −∞
             ? exponentiateAndSum(row, count: allowed, subtracting: d, base2: true, clamped: false)
             : exponentiateAndSum(row, count: allowed, subtracting: d, base2: true)
@@ -267,6 +237,60 @@ func onlineSoftmaxStep(
     if allowed < count { (row + allowed).update(repeating: 0, count: count - allowed) }
     l = l * alpha + sum
     return alpha
+}
+
+/// The one-pass form of ``onlineSoftmaxStep(_:allowed:count:runningMax:runningSum:offset:lowest:highest:)``
+/// for a tile whose `row[0..<allowed]` (scores minus `c`) lie within [−125, 64], with
+/// `m = −∞` or `|m − c| ≤ 64`. Returns the tile's sum relative to the new reference and `α`.
+///
+/// It exponentiates `2^row[j]` with the unclamped ``exponential2(_:clamped:)`` (nothing to
+/// subtract: the bounds keep every result a normal float in [2⁻¹²⁵, 2⁶⁴], and their sum
+/// finite) and does not look for the tile's maximum: each term is at most the sum and at
+/// least the sum / `allowed`, so with `d = m − c`
+///
+///     first tile:  Σ 2^row[j] ∈ [1, 2^T]      ⇒ the reference c may stay (m = c), the maximum
+///                                              lying within [−log₂ allowed, T] of it
+///     later tiles: Σ 2^(row[j] − d) ≤ 2^T      ⇒ no score exceeds the reference by more than T
+///
+/// and only a tile that fails its test (its scores climbed by about T − log₂ allowed, e.g.
+/// 7 for 512 keys, or a first tile far from 0) pays a maximum pass over the exponentials.
+/// A reference found that way is `c + k`, with `2^k ≤ max_j 2^row[j] < 2^(k+1)`: an integer
+/// offset, so the fix-up `row[j] *= 2^(−k)` is exact. A reference that stays but differs from
+/// `c` (a distant one, not written into the tile) costs the same second pass as before.
+@inline(__always)
+func boundedSoftmaxStep(_ row: UnsafeMutablePointer<Float>, allowed: Int,
+                        runningMax m: inout Float, offset c: Float) -> (sum: Float, alpha: Float) {
+    let limit = Float(sign: .plus, exponent: Int(lazyRescaleThreshold), significand: 1)    // 2^T
+    var sum = exponentiateAndSum(row, count: allowed, subtracting: 0, base2: true, clamped: false)
+    var alpha: Float = 1
+    var d: Float                                            // the reference relative to c
+    if m == -.infinity {
+        if sum >= 1 && sum <= limit {
+            m = c
+            d = 0
+        } else {
+            d = Float(rowMaximum(row, count: allowed).exponent)
+            m = c + d
+        }
+    } else {
+        d = m - c
+        let relative = d == 0 ? sum : sum * exponential2(-d)        // may be +∞: then look
+        if !(relative <= limit) {
+            let top = rowMaximum(row, count: allowed)               // 2^(t − c), normal
+            if top * exponential2(-d) > limit {                     // t > m + T: move
+                let k = Float(top.exponent)
+                alpha = exponential2(d - k)
+                m = c + k
+                d = k
+            }
+        }
+    }
+    if d != 0 {                                             // 2^(x − d) = 2^x · 2^(−d)
+        let factor = exponential2(-d)
+        scaleRow(row, count: allowed, by: factor)
+        sum *= factor
+    }
+    return (sum, alpha)
 }
 
 /// `row[0..<count] *= factor`.

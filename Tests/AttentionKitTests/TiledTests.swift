@@ -95,9 +95,9 @@ struct TiledTests {
     /// it, by far more (the reference moves and the partial output is rescaled), and falling
     /// scores. One head, Dk = 1, so score j is `step · j` exactly as built; in the kernel's
     /// base-2 units a tile of 8 keys climbs `8 · step · log₂e`, which crosses the threshold of
-    /// 8 at step ≈ 0.693. Also with a boolean mask that leaves the first 20 keys (whole tiles)
+    /// 16 at step ≈ 1.386 (and 8, an earlier threshold, at 0.693). Also with a boolean mask that leaves the first 20 keys (whole tiles)
     /// empty for the first two rows, and with a causal mask.
-    @Test(arguments: [0.5, 0.68, 0.70, 3.0, 20.0, -15.0]) func lazyRescaling(_ stepPerKey: Double) throws {
+    @Test(arguments: [0.5, 0.68, 0.70, 1.36, 1.41, 3.0, 20.0, -15.0]) func lazyRescaling(_ stepPerKey: Double) throws {
         let S = 67, L = 5
         let keys = (0..<S).map { Float(Double($0) * stepPerKey / 8) }     // ×8 from q below: step per key
         let q = try Tensor<Float>(shape: [1, 1, L, 1], scalars: [8, 8, 8, 8, 4])
@@ -115,14 +115,15 @@ struct TiledTests {
     }
 
     /// A row's first tile keeps the starting reference 0 when its maximum (base 2) is within
-    /// [0, 8], else the reference moves to it. Dk = 2 with q = (1, shift) and k_j = (x_j, 1),
-    /// so every score of a row is x_j + shift: shifts put the maxima of the nine rows at
-    /// −101, −33, −0.3, 0.3, 7.9, 8.1, 50, −144 and +146 in base-2 units (either side of both
-    /// edges; the last two would underflow every weight to 0 or overflow it to ∞ if the
-    /// reference stayed); x_j is a small spread, descending so later tiles fall below the first.
+    /// [0, 16] (in the one-pass step: when its sum of `2^s` is within [1, 2¹⁶]), else the
+    /// reference moves to it. Dk = 2 with q = (1, shift) and k_j = (x_j, 1), so every score of
+    /// a row is x_j + shift: shifts put the maxima of the eleven rows at −101, −33, −0.3, 0.3,
+    /// 7.9, 8.1, 15.9, 16.1, 50, −144 and +146 in base-2 units (either side of the edges; the
+    /// last two would underflow every weight to 0 or overflow it to ∞ if the reference
+    /// stayed); x_j is a small spread, descending so later tiles fall below the first.
     @Test func firstTileReference() throws {
-        let S = 40, L = 9
-        let maxima: [Double] = [-101, -33, -0.3, 0.3, 7.9, 8.1, 50, -144, 146]      // base 2
+        let S = 40, L = 11
+        let maxima: [Double] = [-101, -33, -0.3, 0.3, 7.9, 8.1, 15.9, 16.1, 50, -144, 146]      // base 2
         let shifts = maxima.map { Float($0 / 1.4426950408889634 - 1.5) }            // natural
         let q = try Tensor<Float>(shape: [1, 1, L, 2], scalars: shifts.flatMap { [1, $0] })
         let k = try Tensor<Float>(shape: [1, 1, S, 2],
@@ -130,8 +131,8 @@ struct TiledTests {
         let v = normalTensor([1, 1, S, 3], seed: 21)
         try expectTilingsMatchReference(
             query: q, key: k, value: v, scale: 1,
-            tilings: [TileSizes(queryBlock: 9, keyBlock: 8), TileSizes(queryBlock: 9, keyBlock: 64),
-                      TileSizes(queryBlock: 1, keyBlock: 16), TileSizes(queryBlock: 9, keyBlock: 16, splits: 2)],
+            tilings: [TileSizes(queryBlock: 11, keyBlock: 8), TileSizes(queryBlock: 11, keyBlock: 64),
+                      TileSizes(queryBlock: 1, keyBlock: 16), TileSizes(queryBlock: 11, keyBlock: 16, splits: 2)],
             "first tile")
     }
 
@@ -273,6 +274,32 @@ struct TiledTests {
             tilings: [TileSizes(queryBlock: 6, keyBlock: 16), TileSizes(queryBlock: 6, keyBlock: 24),
                       TileSizes(queryBlock: 6, keyBlock: 96), TileSizes(queryBlock: 5, keyBlock: 8, rowwiseLimit: 0)],
             "descending \(descending)")
+    }
+
+    /// The one-pass step tests tile sums instead of finding tile maxima: a first tile stays at
+    /// reference 0 when its sum of `2^s` lies in [1, 2¹⁶]; a later tile needs its maximum only
+    /// when its sum relative to the reference passes 2¹⁶, and then moves the reference only if
+    /// a score exceeds it by more than 16. One head, Dk = 1, q = 1, 1024 keys: 512 at the first
+    /// base-2 level, then 512 at the second (with a small spread), so that a whole tile can sum
+    /// past 2¹⁶ while every score stays within 16 of the reference (0 → 15.5: checked, kept;
+    /// 0 → 16.5: moved), a first tile can sum below 1 and move the reference down, to −20, too
+    /// distant to be written into later tiles (then −20 → −4.5 and → −3.5, relative to it),
+    /// and a first tile can sum above 2¹⁶ with its maximum below 16 (8 keys per tile at 15).
+    /// The bounds allow the one-pass step in every case (|s| ≤ 17).
+    @Test(arguments: [(0.0, 15.5), (0.0, 16.5), (-20.0, -4.5), (-20.0, -3.5), (15.0, 15.0), (-0.5, 15.9)])
+    func sumStandsInForMaximum(_ levels: (Double, Double)) throws {
+        let S = 1024, L = 8
+        let keys = (0..<S).map { j in
+            Float(((j < 512 ? levels.0 : levels.1) - 0.01 * Double(j % 7)) / 1.4426950408889634)
+        }
+        let q = try Tensor<Float>(shape: [1, 1, L, 1], scalars: Array(repeating: 1, count: L))
+        let k = try Tensor<Float>(shape: [1, 1, S, 1], scalars: keys)
+        let v = normalTensor([1, 1, S, 3], seed: 61)
+        try expectTilingsMatchReference(
+            query: q, key: k, value: v, scale: 1,
+            tilings: [TileSizes(queryBlock: 8, keyBlock: 512, splits: 1), TileSizes(queryBlock: 8, keyBlock: 64, splits: 1),
+                      TileSizes(queryBlock: 8, keyBlock: 8, splits: 1), TileSizes(queryBlock: 8, keyBlock: 512, splits: 2)],
+            "levels \(levels)")
     }
 
     /// An infinite value gives an infinite output wherever its key has weight, on every kernel
