@@ -17,7 +17,7 @@ endif
 test: deps
 	$(SWIFT) test
 	@# The command-line tool, end to end on a tiny problem (checked against naive).
-	$(SWIFT) run attention-bench --batch 2 --heads 4 --kv-heads 2 --query-length 33 --key-length 47 --dim 16 --mask causal --repetitions 1 --format csv > /dev/null
+	$(SWIFT) run attention-bench --batch 2 --heads 4 --kv-heads 2 --query-length 33 --key-length 47 --dim 16 --mask causal --threads 2 --scaling-baseline 1 --repetitions 1 --format csv > /dev/null
 
 bench: deps
 	$(SWIFT) run -c release attention-bench

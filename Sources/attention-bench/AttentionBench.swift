@@ -57,6 +57,9 @@ struct Suite: ParsableCommand {
                           ≤ 4 rows its row-wise Swift products; no
                           mask/softmax), timed interleaved with the kernel rep
                           by rep, / the kernel's median time.
+              × N thr     with --scaling-baseline N only: the median over reps
+                          of (the kernel's time on N threads / its time on
+                          --threads), the two timed alternately rep by rep.
 
             Naive runs on the full problem (and is timed) only if one run is
             estimated (from a few rows with the same S, D and mask) to take at
@@ -137,6 +140,15 @@ struct Suite: ParsableCommand {
         """, valueName: "N"))
     var threads: Int?
 
+    @Option(help: ArgumentHelp("""
+        Also time each fast kernel on this many threads (usually 1), alternating rep by rep \
+        with the --threads runs (AttentionThreads.withCount), and report the thread \
+        speed-up: the median over reps of (time on this count / time on --threads). Pairs \
+        a few hundred milliseconds apart see the same machine state, which separate runs \
+        on a shared machine do not.
+        """, valueName: "N"))
+    var scalingBaseline: Int?
+
     // MARK: Timing
 
     @Option(help: ArgumentHelp("""
@@ -207,7 +219,7 @@ struct Suite: ParsableCommand {
         let sizes: [(String, Int?)] = [("--batch", batch), ("--heads", heads), ("--kv-heads", kvHeads),
                                        ("--query-length", queryLength), ("--key-length", keyLength),
                                        ("--dim", dim), ("--value-dim", valueDim), ("--threads", threads),
-                                       ("--repetitions", repetitions)]
+                                       ("--scaling-baseline", scalingBaseline), ("--repetitions", repetitions)]
         for case let (name, value?) in sizes where value < 1 {
             throw ValidationError("\(name) must be at least 1, got \(value).")
         }
@@ -266,6 +278,7 @@ struct Suite: ParsableCommand {
             repetitions: repetitions ?? 11,
             timeBudget: timeBudget ?? (repetitions == nil ? 3 : nil),
             naiveBudget: naiveBudget, tolerance: tolerance, seed: seed)
+        settings.baselineThreads = scalingBaseline
         if sweep != nil {
             settings.gemmShare = false
             if kernels.kernels == KernelList.all.kernels { settings.kernels = [.naive, .blas, .tiled] }

@@ -38,7 +38,9 @@ private func formatShare(_ share: Double?) -> String {
 
 /// An aligned text table: text columns left-aligned, number columns right-aligned.
 func renderTable(_ results: [KernelResult], tolerance: Float) -> String {
-    let headers = ["shape", "dims", "kernel", "reps", "median ms", "GFLOP/s", "×naive", "max err", "GEMM share"]
+    var headers = ["shape", "dims", "kernel", "reps", "median ms", "GFLOP/s", "×naive", "max err", "GEMM share"]
+    let baseline = results.lazy.compactMap(\.baselineThreads).first
+    if let baseline { headers.append("× \(baseline) thr") }
     let leftAligned: Set<Int> = [0, 1, 2]
     var rows: [[String]] = []
     var previousShape: String?
@@ -55,7 +57,7 @@ func renderTable(_ results: [KernelResult], tolerance: Float) -> String {
             formatSpeedup(r.speedup),
             formatError(r),
             r.kernel.hasGEMMShare ? formatShare(r.gemmShare) : "—",
-        ])
+        ] + (baseline == nil ? [] : [formatSpeedup(r.threadSpeedup)]))
     }
     let widths = headers.indices.map { column in
         ([headers[column]] + rows.map { $0[column] }).map(\.count).max()!
@@ -74,6 +76,10 @@ func renderTable(_ results: [KernelResult], tolerance: Float) -> String {
     if results.contains(where: { $0.check == .slice }) {
         notes.append("† checked against naive on a slice: batch entry 0, key/value head 0 and its query heads "
                      + "(B=1, Hkv=1, Hq=Hq/Hkv; same L, S, D, mask).")
+    }
+    if let baseline {
+        notes.append("× \(baseline) thr: median over reps of (time on \(baseline) thread(s) / time on --threads), "
+                     + "the two timed alternately rep by rep.")
     }
     if results.contains(where: \.failed) {
         notes.append("FAIL: max abs error above --tolerance \(tolerance).")
@@ -117,6 +123,9 @@ struct ResultRecord: Encodable {
     var checkPassed: Bool?
     var gemmOnlyMedianMs: Double?
     var gemmShare: Double?
+    var scalingBaselineThreads: Int?
+    var scalingBaselineMedianMs: Double?
+    var threadSpeedup: Double?
     var note: String?
 
     init(_ r: KernelResult, cores: Int) {
@@ -137,13 +146,17 @@ struct ResultRecord: Encodable {
         checkPassed = (r.check == .full || r.check == .slice) ? !r.failed : nil
         gemmOnlyMedianMs = r.gemmMedian.map { rounded($0 * 1e3, 1e-6) }
         gemmShare = r.gemmShare.map { rounded($0, 1e-4) }
+        scalingBaselineThreads = r.baselineThreads
+        scalingBaselineMedianMs = r.baselineMedian.map { rounded($0 * 1e3, 1e-6) }
+        threadSpeedup = r.threadSpeedup.map { rounded($0, 1e-4) }
         note = r.note
     }
 
     enum CodingKeys: String, CodingKey {
         case shape, dims, batch, heads, kvHeads, queryLength, keyLength, keyDim, valueDim, mask,
              kernel, threads, cores, repetitions, flops, medianMs, minMs, gflops, speedupVsNaive,
-             maxAbsError, check, checkPassed, gemmOnlyMedianMs, gemmShare, note
+             maxAbsError, check, checkPassed, gemmOnlyMedianMs, gemmShare, scalingBaselineThreads,
+             scalingBaselineMedianMs, threadSpeedup, note
     }
 
     /// Writes every key, with explicit nulls, so every object has the same fields.
@@ -164,7 +177,10 @@ struct ResultRecord: Encodable {
         try c.encode(error, forKey: .maxAbsError)
         try c.encode(check, forKey: .check); try c.encode(checkPassed, forKey: .checkPassed)
         try c.encode(gemmOnlyMedianMs, forKey: .gemmOnlyMedianMs)
-        try c.encode(gemmShare, forKey: .gemmShare); try c.encode(note, forKey: .note)
+        try c.encode(gemmShare, forKey: .gemmShare)
+        try c.encode(scalingBaselineThreads, forKey: .scalingBaselineThreads)
+        try c.encode(scalingBaselineMedianMs, forKey: .scalingBaselineMedianMs)
+        try c.encode(threadSpeedup, forKey: .threadSpeedup); try c.encode(note, forKey: .note)
     }
 
     /// The csv columns, in `CodingKeys` order.
@@ -172,7 +188,8 @@ struct ResultRecord: Encodable {
         ["shape", "dims", "batch", "heads", "kv_heads", "query_length", "key_length", "key_dim",
          "value_dim", "mask", "kernel", "threads", "cores", "repetitions", "flops", "median_ms",
          "min_ms", "gflops", "speedup_vs_naive", "max_abs_error", "check", "check_passed",
-         "gemm_only_median_ms", "gemm_share", "note"].joined(separator: ",")
+         "gemm_only_median_ms", "gemm_share", "scaling_baseline_threads", "scaling_baseline_median_ms",
+         "thread_speedup", "note"].joined(separator: ",")
     }
 
     var csvRow: String {
@@ -182,7 +199,8 @@ struct ResultRecord: Encodable {
             "\(keyDim)", "\(valueDim)", mask, kernel, "\(threads)", "\(cores)", "\(repetitions)",
             String(format: "%.0f", flops), number(medianMs), number(minMs), number(gflops),
             number(speedupVsNaive), number(maxAbsError), check, checkPassed.map { "\($0)" } ?? "",
-            number(gemmOnlyMedianMs), number(gemmShare), note ?? "",
+            number(gemmOnlyMedianMs), number(gemmShare), scalingBaselineThreads.map { "\($0)" } ?? "",
+            number(scalingBaselineMedianMs), number(threadSpeedup), note ?? "",
         ]
         return fields.map(csvEscape).joined(separator: ",")
     }

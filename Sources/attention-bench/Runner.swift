@@ -18,6 +18,8 @@ struct BenchSettings {
     var seed: UInt64
     /// Time the GEMM-only calls too (the GEMM share column); off for sweeps.
     var gemmShare = true
+    /// `--scaling-baseline`: also time each fast kernel on this many threads, rep by rep.
+    var baselineThreads: Int? = nil
 
     static let minimumRepetitions = 3
 }
@@ -48,6 +50,9 @@ struct KernelResult {
     var maxError: Float?
     var check: CheckKind = .none
     var gemmMedian: Double?      // seconds, attentionGEMMOnly
+    var baselineThreads: Int?    // --scaling-baseline
+    var baselineMedian: Double?  // seconds, on baselineThreads
+    var threadSpeedup: Double?   // median over reps of baseline time / kernel time
     var note: String?
     var failed = false           // max error above --tolerance
 
@@ -148,7 +153,7 @@ struct ShapeBench {
             var result = KernelResult(shape: shape, mask: shape.mask(default: settings.mask), kernel: .naive, threads: 1)
             result.check = .reference
             if timeNaive {
-                let times = try timeReps(.naive, inputs, gemmOnly: false)
+                let times = try timeReps(.naive, inputs, gemmOnly: false, baseline: nil)
                 result.repetitions = times.kernel.count
                 result.median = median(times.kernel)
                 result.minimum = times.kernel.min()
@@ -179,11 +184,17 @@ struct ShapeBench {
                 }
                 result.failed = !(result.maxError! <= settings.tolerance)
             }
-            let times = try timeReps(kernel, inputs, gemmOnly: settings.gemmShare && kernel.hasGEMMShare)
+            let times = try timeReps(kernel, inputs, gemmOnly: settings.gemmShare && kernel.hasGEMMShare,
+                                     baseline: settings.baselineThreads)
             result.repetitions = times.kernel.count
             result.median = median(times.kernel)
             result.minimum = times.kernel.min()
             result.gemmMedian = median(times.gemm)
+            if let baseline = settings.baselineThreads {
+                result.baselineThreads = baseline
+                result.baselineMedian = median(times.baseline)
+                result.threadSpeedup = median(zip(times.baseline, times.kernel).map { $0 / $1 })
+            }
             if let naive = naiveResult?.median, let mine = result.median, mine > 0 {
                 result.speedup = naive / mine
             }
@@ -211,15 +222,20 @@ struct ShapeBench {
 
     /// Timed repetitions after a warm-up the caller has already done. With `gemmOnly`, the
     /// GEMM-only call is warmed up and then timed interleaved with the kernel, rep by rep
-    /// (kernel, GEMM, kernel, GEMM, …), so drift in the machine's speed hits both alike.
-    private func timeReps(_ kernel: BenchKernel, _ inputs: Inputs, gemmOnly: Bool) throws
-        -> (kernel: [Double], gemm: [Double])
+    /// (kernel, GEMM, kernel, GEMM, …), so drift in the machine's speed hits both alike; the
+    /// same for the kernel on `baseline` threads (`--scaling-baseline`).
+    private func timeReps(_ kernel: BenchKernel, _ inputs: Inputs, gemmOnly: Bool, baseline: Int?) throws
+        -> (kernel: [Double], gemm: [Double], baseline: [Double])
     {
         if gemmOnly {
             progress.update("\(label): warming up \(kernel.rawValue) GEMM-only…")
             _ = try runGEMMOnly(kernel, inputs)
         }
-        var kernelTimes: [Double] = [], gemmTimes: [Double] = []
+        if let baseline {
+            progress.update("\(label): warming up \(kernel.rawValue) on \(baseline) thread(s)…")
+            _ = try AttentionThreads.withCount(baseline) { try run(kernel, inputs) }
+        }
+        var kernelTimes: [Double] = [], gemmTimes: [Double] = [], baselineTimes: [Double] = []
         var total = 0.0
         let planned = settings.repetitions
         for rep in 1...planned {
@@ -233,12 +249,17 @@ struct ShapeBench {
                 withExtendedLifetime(gemm) {}
                 gemmTimes.append(g)
             }
+            if let baseline {
+                let (other, b) = try timed { try AttentionThreads.withCount(baseline) { try run(kernel, inputs) } }
+                withExtendedLifetime(other) {}
+                baselineTimes.append(b)
+            }
             if let budget = settings.timeBudget, total >= budget,
                rep >= min(planned, BenchSettings.minimumRepetitions) {
                 break
             }
         }
-        return (kernelTimes, gemmTimes)
+        return (kernelTimes, gemmTimes, baselineTimes)
     }
 
     /// Seconds per query row of naive for this shape's S, Dk, Dv and mask, from a small
