@@ -72,7 +72,7 @@ func exponential(_ x: Float) -> Float {
 /// (one `maxps`; NaN is kept), where the biased exponent is 0 and the result exactly 0; so
 /// `2ˣ` is 0 for x < −126.5 (including −∞), a (sub)normal value down to that, and NaN stays
 /// NaN (its shifted bits are 0 and NaN · 0 is NaN). Arguments up to 125 are in the domain:
-/// the tiled kernel's lazy rescaling reaches +8, its one-pass step exponentiates bounded
+/// the tiled kernel's lazy rescaling reaches +16, its one-pass step exponentiates bounded
 /// scores up to +64 and then rescales by factors up to 2¹²⁵; there is no clamp above (from
 /// x = 127.5 the result is +∞, and from 128.5 the exponent bits wrap), which no caller
 /// reaches.

@@ -52,7 +52,10 @@ public enum AttentionThreads {
     /// Runs `body` with every AttentionKit call inside it (on the current task, including
     /// tasks it creates) using `count` threads, then returns what `body` returns. Other tasks
     /// and threads keep their setting, which makes this the safe way to pin the thread count
-    /// in code that runs concurrently with other AttentionKit users, such as tests.
+    /// in code that runs concurrently with other AttentionKit users, such as tests. (The
+    /// projections of ``Linear`` and ``MultiHeadAttention`` set OpenBLAS's own thread count,
+    /// which is process-wide: concurrent calls with different counts still give the same
+    /// results, but each runs its projections on the count set last.)
     ///
     /// - Throws: ``AttentionError`` with code `.threadCount` when `count` is outside
     ///   1...``maximum``; otherwise whatever `body` throws.

@@ -145,7 +145,7 @@ struct Suite: ParsableCommand {
         with the --threads runs (AttentionThreads.withCount), and report the thread \
         speed-up: the median over reps of (time on this count / time on --threads). Pairs \
         a few hundred milliseconds apart see the same machine state, which separate runs \
-        on a shared machine do not.
+        on a shared machine do not. --time-budget counts the --threads runs only.
         """, valueName: "N"))
     var scalingBaseline: Int?
 
@@ -222,6 +222,10 @@ struct Suite: ParsableCommand {
                                        ("--scaling-baseline", scalingBaseline), ("--repetitions", repetitions)]
         for case let (name, value?) in sizes where value < 1 {
             throw ValidationError("\(name) must be at least 1, got \(value).")
+        }
+        for case let (name, value?) in [("--threads", threads), ("--scaling-baseline", scalingBaseline)]
+            where value > AttentionThreads.maximum {
+            throw ValidationError("\(name) must be at most \(AttentionThreads.maximum), got \(value).")
         }
         if let timeBudget, !(timeBudget > 0 && timeBudget.isFinite) {
             throw ValidationError("--time-budget must be a positive number of seconds, got \(timeBudget).")

@@ -223,7 +223,9 @@ struct ShapeBench {
     /// Timed repetitions after a warm-up the caller has already done. With `gemmOnly`, the
     /// GEMM-only call is warmed up and then timed interleaved with the kernel, rep by rep
     /// (kernel, GEMM, kernel, GEMM, …), so drift in the machine's speed hits both alike; the
-    /// same for the kernel on `baseline` threads (`--scaling-baseline`).
+    /// same for the kernel on `baseline` threads (`--scaling-baseline`), which runs after the
+    /// kernel on odd reps and before it on even ones, so that neither side always follows
+    /// the other.
     private func timeReps(_ kernel: BenchKernel, _ inputs: Inputs, gemmOnly: Bool, baseline: Int?) throws
         -> (kernel: [Double], gemm: [Double], baseline: [Double])
     {
@@ -238,8 +240,15 @@ struct ShapeBench {
         var kernelTimes: [Double] = [], gemmTimes: [Double] = [], baselineTimes: [Double] = []
         var total = 0.0
         let planned = settings.repetitions
+        func timeBaseline() throws {
+            guard let baseline else { return }
+            let (other, b) = try timed { try AttentionThreads.withCount(baseline) { try run(kernel, inputs) } }
+            withExtendedLifetime(other) {}
+            baselineTimes.append(b)
+        }
         for rep in 1...planned {
             progress.update("\(label): timing \(kernel.rawValue) (rep \(rep)/\(planned))…")
+            if rep % 2 == 0 { try timeBaseline() }
             let (output, t) = try timed { try run(kernel, inputs) }
             withExtendedLifetime(output) {}
             kernelTimes.append(t)
@@ -249,11 +258,7 @@ struct ShapeBench {
                 withExtendedLifetime(gemm) {}
                 gemmTimes.append(g)
             }
-            if let baseline {
-                let (other, b) = try timed { try AttentionThreads.withCount(baseline) { try run(kernel, inputs) } }
-                withExtendedLifetime(other) {}
-                baselineTimes.append(b)
-            }
+            if rep % 2 == 1 { try timeBaseline() }
             if let budget = settings.timeBudget, total >= budget,
                rep >= min(planned, BenchSettings.minimumRepetitions) {
                 break

@@ -280,18 +280,20 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     // overflow where the normalised one would not. Rows like that are rare and cheap to spot,
     // so the kernel checks for them instead of scanning Q and K first (which would double
     // the memory traffic of decoding), and then computes the call again in natural units.
-    if !gemmOnly && (0..<items).contains(where: { suspect[$0] }) {
+    if !gemmOnly && a.tiles?.recomputeSuspectRows != false && (0..<items).contains(where: { suspect[$0] }) {
         a.output.update(repeating: 0, count: p.batch * p.queryHeads * L * Dv)
         blasAttention(a)
     }
 }
 
 /// Whether a finished output row of the tiled kernel is free of the signs of base-2 range
-/// trouble: no NaN or ±∞ in it, and some weight when keys were allowed and the mask has no
-/// boolean or additive tensors (which may legitimately exclude every key). NaN rows from NaN
-/// inputs fail too; the BLAS kernel then gives them NaN again.
+/// trouble: no NaN or ±∞ in it, a finite row sum (an infinite one would turn the row into
+/// zeros), and some weight when keys were allowed and the mask has no boolean or additive
+/// tensors (which may legitimately exclude every key). NaN rows from NaN inputs fail too;
+/// the BLAS kernel then gives them NaN again.
 @inline(__always)
 func rowLooksRight(_ row: UnsafePointer<Float>, count: Int, sum: Float, allowed: Bool, mask: MaskRows) -> Bool {
+    if sum == .infinity { return false }
     if allowed && sum == 0 && !mask.hasTensors { return false }
     var bad = SIMD8<Float>()                    // 0 · x is 0 for finite x, NaN for NaN and ±∞
     var j = 0
@@ -330,6 +332,10 @@ struct TileSizes: Sendable {
     var keyBlock: Int? = nil
     var splits: Int? = nil
     var rowwiseLimit: Int? = nil
+    /// False to return the tiled kernel's own output even when a row looks wrong, instead of
+    /// computing the call again with the BLAS kernel: tests use it to see what the tiled
+    /// path itself computed.
+    var recomputeSuspectRows = true
 }
 
 /// Block sizes and key splitting for the tiled kernel.
