@@ -13,10 +13,11 @@ import Darwin
 /// By default a call uses every online core. The environment variable
 /// `ATTENTIONKIT_NUM_THREADS` overrides that for the process, ``setCount(_:)`` overrides both
 /// from Swift, and ``withCount(_:_:)`` overrides all three for the calls inside one closure
-/// (on the current task only, so concurrent code keeps its own setting). Kernels set OpenBLAS to one thread and parallelise over their
-/// own work items, so the two never oversubscribe the cores. OpenBLAS stays at one thread
-/// afterwards (restoring it after each call woke OpenBLAS's idle threads, which then spun
-/// and took a core); call `openblas_set_num_threads` yourself for your own BLAS work.
+/// (on the current task only, so concurrent code keeps its own setting). Kernels set
+/// OpenBLAS to one thread and parallelise over their own work items, so the two never
+/// oversubscribe the cores. OpenBLAS stays at one thread afterwards (restoring it after each
+/// call woke OpenBLAS's idle threads, which then spun and took a core); call
+/// `openblas_set_num_threads` yourself for your own BLAS work.
 ///
 /// ```swift
 /// try AttentionThreads.setCount(1)      // single-threaded from now on

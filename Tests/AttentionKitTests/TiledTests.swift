@@ -100,8 +100,9 @@ struct TiledTests {
     /// it, by far more (the reference moves and the partial output is rescaled), and falling
     /// scores. One head, Dk = 1, so score j is `step · j` exactly as built; in the kernel's
     /// base-2 units a tile of 8 keys climbs `8 · step · log₂e`, which crosses the threshold of
-    /// 16 at step ≈ 1.386 (and 8, an earlier threshold, at 0.693). Also with a boolean mask that leaves the first 20 keys (whole tiles)
-    /// empty for the first two rows, and with a causal mask.
+    /// 16 at step ≈ 1.386 (and 8, an earlier threshold, at 0.693). Also with a boolean mask
+    /// that leaves the first 20 keys (whole tiles) empty for the first two rows, and with a
+    /// causal mask.
     @Test(arguments: [0.5, 0.68, 0.70, 1.36, 1.41, 3.0, 20.0, -15.0]) func lazyRescaling(_ stepPerKey: Double) throws {
         let S = 67, L = 5
         let keys = (0..<S).map { Float(Double($0) * stepPerKey / 8) }     // ×8 from q below: step per key
