@@ -191,7 +191,7 @@ let lazyRescaleThreshold: Float = 16
 /// 2¹⁶), and the output `O / l` is the same as with the exact maximum, since both carry the
 /// same factor `2^(−m)`. The price is headroom: the unnormalised partial output can be up to
 /// 2¹⁶ times larger than with the exact maximum, so it overflows when S · max|V| passes about
-/// 5e33 instead of 3.4e38 (the kernel then recomputes the call, see `tiledAttention`). When
+/// 5e33 instead of 3.4e38 (the kernel then recomputes the heads concerned, see `tiledAttention`). When
 /// the reference moves on a tile that started from `c ≠ 0`, the scores are shifted twice
 /// (`s − c`, then `− (m′ − c)`): two roundings instead of one, each relative to a magnitude of
 /// at most |s| + 16.

@@ -263,10 +263,17 @@ struct AttentionTests {
 
 @Suite("Threads")
 struct ThreadTests {
-    /// One thread and every thread give the same result to within float rounding.
-    @Test func oneThreadMatchesAllThreads() throws {
-        let c = Cases.c("threads", [2, 4, 150, 32], [2, 2, 170, 32], [2, 2, 170, 24],
-                        mask: [.causal(.upperLeft), .keyLengths([170, 90])])
+    /// One thread and every thread give the same result to within float rounding: a batch
+    /// with enough blocks for every thread, and one head of 300 queries, whose two query
+    /// blocks leave threads idle, so that the tiled kernel also splits the keys (split-KV
+    /// in prefill) when there is more than one thread.
+    @Test(arguments: [
+        Cases.c("threads", [2, 4, 150, 32], [2, 2, 170, 32], [2, 2, 170, 24],
+                mask: [.causal(.upperLeft), .keyLengths([170, 90])]),
+        Cases.c("threads, key splits", [1, 1, 300, 32], [1, 1, 3000, 32], [1, 1, 3000, 24],
+                mask: [.keyLengths([2900])]),
+    ])
+    func oneThreadMatchesAllThreads(_ c: AttentionCase) throws {
         let (q, k, v) = c.inputs()
         let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
         for kernel in [AttentionKernel.blas, .tiled] {

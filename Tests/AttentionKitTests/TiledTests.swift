@@ -80,18 +80,53 @@ struct TiledTests {
         }
     }
 
-    /// The default plan splits the keys of a decode step across threads; the merged result
-    /// matches the reference, with and without a mask, for MHA and MQA.
-    @Test(arguments: [1, 2, 3]) func splitKVDecode(_ kvHeads: Int) throws {
-        let c = Cases.c("decode", [1, 3, 1, 32], [1, kvHeads == 3 ? 3 : 1, 3000, 32], [1, kvHeads == 3 ? 3 : 1, 3000, 16],
-                        mask: [.causal(.lowerRight), .keyLengths([2999])])
-        let (q, k, v) = c.inputs()
-        let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
-        for splits in [1, 2, 5, 7] {
-            let out = try runAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)),
-                                       scale: nil, dropout: nil, kernel: .tiled, wantWeights: false,
-                                       tiles: TileSizes(splits: splits)).output
-            assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v), "\(splits) splits")
+    /// Forced key splits of a decode step: the merged result matches the reference for MHA
+    /// (three key/value heads) and MQA (one), with key lengths just below S and far below it
+    /// (as a KV cache's unused capacity: the splits are laid over the 1100 keys in use).
+    @Test(arguments: [1, 3]) func splitKVDecode(_ kvHeads: Int) throws {
+        for length in [2999, 1100] {
+            let c = Cases.c("decode", [1, 3, 1, 32], [1, kvHeads, 3000, 32], [1, kvHeads, 3000, 16],
+                            mask: [.causal(.lowerRight), .keyLengths([length])])
+            let (q, k, v) = c.inputs()
+            let want = referenceAttention(query: q, key: k, value: v, mask: c.mask)
+            for splits in [1, 2, 5, 7] {
+                let out = try runAttention(query: q, key: k, value: v, mask: AttentionMask(c.mask.map(\.library)),
+                                           scale: nil, dropout: nil, kernel: .tiled, wantWeights: false,
+                                           tiles: TileSizes(splits: splits)).output
+                assertClose(out, want.output, shape: c.outputShape, absolute: outputTolerance(v),
+                            "length \(length), \(splits) splits")
+            }
+        }
+    }
+
+    /// When only some (batch, key/value head) units have rows that the base-2 path cannot
+    /// compute (here unit 2 of 4, whose values of 2e36 overflow its lazily rescaled partial
+    /// output), only those are computed again, and every unit matches the reference with
+    /// the tolerance of its own values.
+    @Test func onlySuspectUnitsRecomputed() throws {
+        let (B, H, L, S) = (2, 2, 8, 80)
+        let q = try Tensor<Float>(shape: [B, H, L, 2], scalars: Array(repeating: 1, count: B * H * L * 2))
+        // 16 keys at score 0, then 64 whose base-2 scores sit 7.9 above them (as in scoresBeyondBase2).
+        let unitKeys: [Float] = (0..<S).flatMap { $0 < 16 ? [Float(0), 0] : [Float(7.9 / 1.4426950408889634), 0] }
+        let k = try Tensor<Float>(shape: [B, H, S, 2], scalars: Array(repeating: unitKeys, count: B * H).flatMap { $0 })
+        var v = normalTensor([B, H, S, 3], seed: 52)
+        v.withUnsafeMutableBufferPointer { p in
+            for i in (2 * S * 3)..<(3 * S * 3) { p[i] = 2e36 * (1 + 0.1 * p[i]) }       // unit 2: b = 1, head 0
+        }
+        let want = referenceAttention(query: q, key: k, value: v, scale: 1)
+        for tiles in [TileSizes(queryBlock: 8, keyBlock: 16), TileSizes(queryBlock: 4, keyBlock: 16, splits: 2)] {
+            let out = try AttentionThreads.withCount(1) {
+                try runAttention(query: q, key: k, value: v, mask: .none, scale: 1, dropout: nil,
+                                 kernel: .tiled, wantWeights: false, tiles: tiles).output
+            }
+            let unitSize = L * 3
+            for unit in 0..<(B * H) {
+                let range = (unit * unitSize)..<((unit + 1) * unitSize)
+                let got = try Tensor<Float>(shape: [L, 3], scalars: Array(out.scalars[range]))
+                let unitValues = try Tensor<Float>(shape: [S, 3], scalars: Array(v.scalars[(unit * S * 3)..<((unit + 1) * S * 3)]))
+                assertClose(got, Array(want.output[range]), shape: [L, 3], absolute: outputTolerance(unitValues),
+                            "unit \(unit), \(tiles)")
+            }
         }
     }
 

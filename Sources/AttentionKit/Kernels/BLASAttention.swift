@@ -17,13 +17,17 @@
 ///
 /// With `gemmOnly`, the softmax layer is skipped and only the two sgemm calls run, on the
 /// same items; attention-bench uses this to report the GEMM share of the kernel's time.
-func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
+/// With `units`, only those (batch, key/value head) units (`b · Hkv + kvHead`) are computed,
+/// into output rows the caller has zeroed: the tiled kernel's second pass for rows it could
+/// not compute in base 2.
+func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected: [Int]? = nil) {
     let p = a.problem
     let (L, S, Dk, Dv, g) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim, p.group)
     let unitRows = g * L                                       // rows sharing one K/V head
-    let rowBlock = blasRowBlock(unitRows: unitRows, units: p.batch * p.kvHeads, keyLength: S, threads: a.threads)
+    let unitCount = selected?.count ?? p.batch * p.kvHeads
+    let rowBlock = blasRowBlock(unitRows: unitRows, units: unitCount, keyLength: S, threads: a.threads)
     let blocksPerUnit = (unitRows + rowBlock - 1) / rowBlock
-    let items = p.batch * p.kvHeads * blocksPerUnit
+    let items = unitCount * blocksPerUnit
     // Without weights or dropout to return, P need not be normalised before P·V: dividing
     // the [R, Dv] output rows is cheaper than the [R, S'] score rows.
     let deferNormalization = a.weights == nil && a.dropout == nil
@@ -36,7 +40,7 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
             defer { scratch?.deallocate(); inverseSums.deallocate() }
 
             while let item = claim() {
-                let unit = item / blocksPerUnit                // b · Hkv + kvHead
+                let unit = selected?[item / blocksPerUnit] ?? item / blocksPerUnit   // b · Hkv + kvHead
                 let r0 = (item % blocksPerUnit) * rowBlock     // first row within the unit
                 let rows = min(rowBlock, unitRows - r0)
                 let b = unit / p.kvHeads

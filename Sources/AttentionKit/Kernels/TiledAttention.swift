@@ -45,7 +45,8 @@
 /// additive biases are too large for base 2 (beyond `base2ScoreLimit`), and, after the fact,
 /// when an output row comes out NaN, infinite, or without weight although keys were allowed
 /// (scores beyond base 2's range, or partial outputs overflowing under lazy rescaling; NaN
-/// inputs also take this second, BLAS, pass).
+/// inputs also take this second, BLAS, pass), for the (batch, key/value head) units with
+/// such a row only.
 ///
 /// With `gemmOnly`, only the products run (same tiles, no softmax): attention-bench's
 /// roofline reference.
@@ -63,10 +64,19 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     let (L, S, Dk, Dv, g) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim, p.group)
     let unitRows = g * L
     let units = p.batch * p.kvHeads
-    let plan = TilePlan(unitRows: unitRows, units: units, keyLength: S, threads: a.threads, override: a.tiles)
+    // Keys that any row may see. Causal masks and key lengths only cut a row's end, and that
+    // end never falls as the query index grows, so the last query of each batch entry sees
+    // the most. Tiles and key splits are laid over these keys, not over all S: a KV cache
+    // passes its whole allocated storage with key lengths, and splitting that evenly would
+    // leave the splits beyond the cached keys with nothing to do.
+    var activeKeys = 0
+    if L > 0 {
+        for b in 0..<p.batch { activeKeys = max(activeKeys, a.mask.rowEnd(batch: b, query: L - 1, keyLength: S)) }
+    }
+    let plan = TilePlan(unitRows: unitRows, units: units, keyLength: activeKeys, threads: a.threads, override: a.tiles)
     let (Rq, Sk, splits) = (plan.queryBlock, plan.keyBlock, plan.splits)
     let blocksPerUnit = (unitRows + Rq - 1) / Rq
-    let tilesPerSplit = ((S + Sk - 1) / Sk + splits - 1) / splits
+    let tilesPerSplit = ((activeKeys + Sk - 1) / Sk + splits - 1) / splits
     let keysPerSplit = tilesPerSplit * Sk
     let items = units * blocksPerUnit * splits
     // Scores in base 2: s = log₂e · scale · q·k (+ log₂e · bias), so the softmax uses 2ˣ.
@@ -279,10 +289,19 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     // whose every score is −∞ comes out as zeros, and the lazily rescaled partial output can
     // overflow where the normalised one would not. Rows like that are rare and cheap to spot,
     // so the kernel checks for them instead of scanning Q and K first (which would double
-    // the memory traffic of decoding), and then computes the call again in natural units.
-    if !gemmOnly && a.tiles?.recomputeSuspectRows != false && (0..<items).contains(where: { suspect[$0] }) {
-        a.output.update(repeating: 0, count: p.batch * p.queryHeads * L * Dv)
-        blasAttention(a)
+    // the memory traffic of decoding), and then computes their heads again in natural units.
+    // Only the (batch, key/value head) units with such a row are computed again; the items of
+    // unit u are u · blocksPerUnit · splits ..< (u + 1) · blocksPerUnit · splits.
+    if !gemmOnly && a.tiles?.recomputeSuspectRows != false {
+        let itemsPerUnit = blocksPerUnit * splits
+        let redo = (0..<units).filter { u in (u * itemsPerUnit..<(u + 1) * itemsPerUnit).contains { suspect[$0] } }
+        if !redo.isEmpty {
+            for unit in redo {
+                let b = unit / p.kvHeads, kvHead = unit % p.kvHeads
+                (a.output + (b * p.queryHeads + kvHead * g) * L * Dv).update(repeating: 0, count: unitRows * Dv)  // [g·L, Dv]
+            }
+            blasAttention(a, units: redo)
+        }
     }
 }
 
@@ -333,7 +352,7 @@ struct TileSizes: Sendable {
     var splits: Int? = nil
     var rowwiseLimit: Int? = nil
     /// False to return the tiled kernel's own output even when a row looks wrong, instead of
-    /// computing the call again with the BLAS kernel: tests use it to see what the tiled
+    /// computing their heads again with the BLAS kernel: tests use it to see what the tiled
     /// path itself computed.
     var recomputeSuspectRows = true
 }
