@@ -18,7 +18,8 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         case scalarCountMismatch
         /// A dimension is negative.
         case negativeDimension
-        /// The product of a shape overflows `Int`, or a size exceeds what BLAS can index.
+        /// The product of a shape overflows `Int`, a size exceeds what BLAS can index, or a
+        /// result would take more bytes than the machine's memory.
         case sizeOverflow
         /// A tensor's rank is outside 2...4, or query, key and value ranks differ.
         case invalidRank

@@ -75,12 +75,6 @@ struct AttentionProblem: Sendable {
             throw AttentionError(.sequenceLengthMismatch,
                 "key length \(k.l) does not match value length \(v.l) (\(shapes))")
         }
-        let limit = BLAS.maximumDimension
-        guard q.l <= limit, k.l <= limit, q.d <= limit, v.d <= limit,
-              !q.l.multipliedReportingOverflow(by: max(1, q.h)).overflow,
-              q.l.multipliedReportingOverflow(by: max(1, q.h)).partialValue <= limit else {
-            throw AttentionError(.sizeOverflow, "a dimension exceeds BLAS's 32-bit sizes (\(shapes))")
-        }
         batch = q.b
         queryHeads = q.h
         kvHeads = k.h
@@ -88,5 +82,17 @@ struct AttentionProblem: Sendable {
         keyLength = k.l
         keyDim = q.d
         valueDim = v.d
+    }
+
+    /// Throws `.sizeOverflow` when a size the kernels pass to BLAS exceeds its 32-bit
+    /// integers: L, S, Dk, Dv, and the `g·L` rows of a group of query heads. Checked only
+    /// for problems with something to compute: an empty result needs no BLAS call.
+    func checkBLASLimits(_ shapes: @autoclosure () -> String) throws {
+        let limit = BLAS.maximumDimension
+        let rows = queryLength.multipliedReportingOverflow(by: max(1, group))
+        guard queryLength <= limit, keyLength <= limit, keyDim <= limit, valueDim <= limit,
+              !rows.overflow, rows.partialValue <= limit else {
+            throw AttentionError(.sizeOverflow, "a dimension exceeds BLAS's 32-bit sizes (\(shapes()))")
+        }
     }
 }

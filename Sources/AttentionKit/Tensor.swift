@@ -1,3 +1,5 @@
+import Foundation
+
 /// A dense, row-major (C-order), contiguous n-dimensional array.
 ///
 /// `Tensor` is a value type with copy-on-write storage (it wraps an `Array`), so copies are
@@ -39,9 +41,11 @@ public struct Tensor<Element> {
     /// - Parameters:
     ///   - shape: The size of each dimension. Every size must be ≥ 0.
     ///   - value: The value of every element.
-    /// - Throws: ``AttentionError`` with code `.negativeDimension` or `.sizeOverflow`.
+    /// - Throws: ``AttentionError`` with code `.negativeDimension`, or `.sizeOverflow` when
+    ///   the element count overflows or the elements would not fit in the machine's memory.
     public init(shape: [Int], repeating value: Element) throws {
         let count = try elementCount(of: shape)
+        try checkAllocation(count: count, of: Element.self, "a tensor of shape \(describe(shape))")
         self.shape = shape
         self.scalars = Array(repeating: value, count: count)
     }
@@ -102,7 +106,8 @@ extension Tensor where Element: Numeric {
     /// Creates a tensor of the given shape filled with zeros.
     ///
     /// - Parameter shape: The size of each dimension. Every size must be ≥ 0.
-    /// - Throws: ``AttentionError`` with code `.negativeDimension` or `.sizeOverflow`.
+    /// - Throws: ``AttentionError`` with code `.negativeDimension`, or `.sizeOverflow` when
+    ///   the element count overflows or the elements would not fit in the machine's memory.
     public init(shape: [Int]) throws {
         try self.init(shape: shape, repeating: 0)
     }
@@ -136,4 +141,26 @@ func elementCount(of shape: [Int]) throws -> Int {
         count = product
     }
     return count
+}
+
+/// Throws `.sizeOverflow` when `count` elements of `type` would take more bytes than the
+/// machine's physical memory: such an allocation would trap (or, if it succeeded, swap the
+/// machine to a halt) instead of giving the caller an error to handle. `what` names the
+/// allocation in the message.
+func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> String) throws {
+    let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
+    let memory = ProcessInfo.processInfo.physicalMemory
+    guard !overflow, UInt64(bytes) <= memory else {
+        let need = overflow ? "more bytes than an Int can count" : formatBytes(Double(bytes))
+        throw AttentionError(.sizeOverflow,
+            "\(what()) would need \(need), more than this machine's \(formatBytes(Double(memory))) of memory")
+    }
+}
+
+/// Bytes for messages: "8.0 TiB", "512.0 MiB".
+func formatBytes(_ bytes: Double) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    var value = bytes, unit = 0
+    while value >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
+    return unit == 0 ? "\(Int(value)) bytes" : String(format: "%.1f %@", value, units[unit])
 }

@@ -108,16 +108,53 @@ struct EdgeCaseTests {
                 query: try Tensor(shape: [1 << 40, 1, 1 << 30, 0]), key: try Tensor(shape: [1 << 40, 1, 0, 0]),
                 value: try Tensor(shape: [1 << 40, 1, 0, 0]), kernel: kernel)
             #expect(out.count == 0 && out.shape == [1 << 40, 1, 1 << 30, 0])
-            expectError(.sizeOverflow, mentions: ["[1, 4611686018427387904, 4, 0]"]) {
-                _ = try scaledDotProductAttention(query: try Tensor(shape: [1, 1 << 62, 4, 0]),
-                                                  key: try Tensor(shape: [1, 1, 4, 0]),
-                                                  value: try Tensor(shape: [1, 1, 4, 0]), kernel: kernel)
+            // 2⁶² query heads over one key/value head: an empty output, so nothing for BLAS to
+            // index; the weights [1, 2⁶², 4, 4] would have more elements than an Int counts.
+            let heads = try scaledDotProductAttention(query: try Tensor(shape: [1, 1 << 62, 4, 0]),
+                                                      key: try Tensor(shape: [1, 1, 4, 0]),
+                                                      value: try Tensor(shape: [1, 1, 4, 0]), kernel: kernel)
+            #expect(heads.count == 0 && heads.shape == [1, 1 << 62, 4, 0])
+            expectError(.sizeOverflow, mentions: ["[1, 4611686018427387904, 4, 4]"]) {
+                _ = try scaledDotProductAttentionWithWeights(query: try Tensor(shape: [1, 1 << 62, 4, 0]),
+                                                             key: try Tensor(shape: [1, 1, 4, 0]),
+                                                             value: try Tensor(shape: [1, 1, 4, 0]), kernel: kernel)
             }
             // Dv = 0 with a huge B·H·L and no weights: nothing to compute.
             let empty = try scaledDotProductAttention(
                 query: try Tensor(shape: [1 << 30, 1, 1 << 30, 0]), key: try Tensor(shape: [1 << 30, 1, 3, 0]),
                 value: try Tensor(shape: [1 << 30, 1, 3, 0]), kernel: kernel)
             #expect(empty.count == 0)
+        }
+    }
+
+    /// Tiny or empty inputs that describe results larger than the machine's memory throw
+    /// `.sizeOverflow` naming the shapes, before anything is allocated, instead of trapping in
+    /// the allocator; so does a tensor initialiser asked for such a shape. A problem with work
+    /// for BLAS whose g·L rows pass its 32-bit sizes throws before its output is allocated.
+    @Test func resultsBeyondMemory() throws {
+        let n = Int(Int32.max)
+        for kernel in AttentionKernel.allCases {
+            // Weights [1, 1, n, n]: 2⁶² elements, more bytes than an Int counts.
+            expectError(.sizeOverflow, mentions: ["[1, 1, 2147483647, 2147483647]", "query [1, 1, 2147483647, 0]"]) {
+                let empty = try Tensor<Float>(shape: [1, 1, n, 0])
+                _ = try scaledDotProductAttentionWithWeights(query: empty, key: empty, value: empty, kernel: kernel)
+            }
+            // Output [1, 32768, 65535, 1000] from inputs of a few bytes: 8 TiB.
+            expectError(.sizeOverflow, mentions: ["output [1, 32768, 65535, 1000]", "TiB", "of memory"]) {
+                _ = try scaledDotProductAttention(query: try Tensor(shape: [1, 32768, 65535, 0]),
+                                                  key: try Tensor(shape: [1, 1, 1, 0]),
+                                                  value: try Tensor(shape: [1, 1, 1, 1000]), kernel: kernel)
+            }
+            // 2³¹ query rows of one head (Dk = 0, an 8 GiB output): beyond BLAS's 32-bit sizes,
+            // refused before the output is allocated.
+            expectError(.sizeOverflow, mentions: ["32-bit", "query [1, 1, 2147483648, 0]"]) {
+                _ = try scaledDotProductAttention(query: try Tensor(shape: [1, 1, 1 << 31, 0]),
+                                                  key: try Tensor(shape: [1, 1, 1, 0]),
+                                                  value: try Tensor(shape: [1, 1, 1, 1]), kernel: kernel)
+            }
+        }
+        expectError(.sizeOverflow, mentions: ["[1048576, 1048576, 1024]", "of memory"]) {
+            _ = try Tensor<Float>(shape: [1 << 20, 1 << 20, 1 << 10])
         }
     }
 
