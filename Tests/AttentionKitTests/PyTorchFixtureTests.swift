@@ -150,14 +150,18 @@ struct PyTorchFixtureTests {
         let attentionMask = try mask(for: fixture)
         let scale: Float? = fixture.scale.map { Float($0) }
 
-        let kernels: [AttentionKernel] = [.naive, .blas]
-        for kernel in kernels {
+        // Every kernel, with the weights and without them (the call most users make:
+        // `.automatic` without weights runs the tiled kernel's streaming path).
+        for kernel in AttentionKernel.allCases {
             let label = "\(caseName) [kernel \(kernel)]"
             let (out, weights) = try scaledDotProductAttentionWithWeights(
                 query: q, key: k, value: v,
                 mask: attentionMask, scale: scale, dropout: nil, kernel: kernel)
             expectClose(out, fixture.output, "\(label) output")
             expectClose(weights, fixture.weights, "\(label) weights")
+            let alone = try scaledDotProductAttention(query: q, key: k, value: v, mask: attentionMask,
+                                                      scale: scale, dropout: nil, kernel: kernel)
+            expectClose(alone, fixture.output, "\(label) output without weights")
         }
     }
 }
