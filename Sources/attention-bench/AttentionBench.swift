@@ -51,12 +51,13 @@ struct Suite: ParsableCommand {
               max err     max |output - naive output|; "ref" on the naive row;
                           † = checked on the slice (below); FAIL = above
                           --tolerance.
-              GEMM share  median time of attentionGEMMOnly (the kernel's
-                          matrix products on the same work split and tiles:
-                          its BLAS calls, or for tiled's decode blocks of
-                          ≤ 4 rows its row-wise Swift products; no
-                          mask/softmax), timed interleaved with the kernel rep
-                          by rep, / the kernel's median time.
+              GEMM share  median over reps of (time of attentionGEMMOnly: the
+                          kernel's matrix products on the same work split and
+                          tiles, its BLAS calls or, for tiled's decode blocks
+                          of ≤ 4 rows, its row-wise Swift products, no
+                          mask/softmax) / (the kernel's time), the two timed
+                          alternately rep by rep; "?" marks a share above 1 or
+                          spread over more than 0.3 across reps (noisy).
               × N thr     with --scaling-baseline N only: the median over reps
                           of (the kernel's time on N threads / its time on
                           --threads), the two timed alternately rep by rep.
@@ -242,8 +243,8 @@ struct Suite: ParsableCommand {
             guard s.heads % s.kvHeads == 0 else {
                 throw ValidationError("--heads (\(s.heads)) must be a multiple of --kv-heads (\(s.kvHeads)).")
             }
-            try checkMemory(s)
         }
+        for shape in shapes { try checkMemory(shape) }       // custom shapes and every --sweep length
     }
 
     /// Refuses shapes whose tensors would not fit in half the physical memory: Q, K, V and

@@ -56,7 +56,7 @@ func renderTable(_ results: [KernelResult], tolerance: Float) -> String {
             formatGFLOPs(r.gflops),
             formatSpeedup(r.speedup),
             formatError(r),
-            r.kernel.hasGEMMShare ? formatShare(r.gemmShare) : "—",
+            r.kernel.hasGEMMShare ? formatShare(r.gemmShare) + (r.gemmShareNoisy ? "?" : "") : "—",
         ] + (baseline == nil ? [] : [formatSpeedup(r.threadSpeedup)]))
     }
     let widths = headers.indices.map { column in
@@ -76,6 +76,10 @@ func renderTable(_ results: [KernelResult], tolerance: Float) -> String {
     if results.contains(where: { $0.check == .slice }) {
         notes.append("† checked against naive on a slice: batch entry 0, key/value head 0 and its query heads "
                      + "(B=1, Hkv=1, Hq=Hq/Hkv; same L, S, D, mask).")
+    }
+    if results.contains(where: { $0.kernel.hasGEMMShare && $0.gemmShare != nil }) {
+        notes.append("GEMM share: median over reps of (time of the kernel's matrix products alone / time of the kernel), "
+                     + "the two timed alternately rep by rep; ? marks a noisy one (see its note).")
     }
     if let baseline {
         notes.append("× \(baseline) thr: median over reps of (time on \(baseline) thread(s) / time on --threads), "

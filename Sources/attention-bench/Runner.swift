@@ -50,6 +50,7 @@ struct KernelResult {
     var maxError: Float?
     var check: CheckKind = .none
     var gemmMedian: Double?      // seconds, attentionGEMMOnly
+    var gemmShares: [Double] = []  // per rep: GEMM-only time / kernel time, timed back to back
     var baselineThreads: Int?    // --scaling-baseline
     var baselineMedian: Double?  // seconds, on baselineThreads
     var threadSpeedup: Double?   // median over reps of baseline time / kernel time
@@ -57,9 +58,15 @@ struct KernelResult {
     var failed = false           // max error above --tolerance
 
     var gflops: Double? { median.map { shape.flops / $0 / 1e9 } }
-    var gemmShare: Double? {
-        guard let gemm = gemmMedian, let median, median > 0 else { return nil }
-        return gemm / median
+    /// The median over reps of (GEMM-only time / kernel time), each pair timed back to back:
+    /// a slow spell of the machine then shifts both parts of a pair, not one median.
+    var gemmShare: Double? { attention_bench.median(gemmShares) }
+    /// True when the pairs disagree enough that the share says more about the machine than
+    /// the kernel: a median above 1 (the products alone cannot take longer than the kernel
+    /// that runs them) or per-rep shares spread over more than 0.3.
+    var gemmShareNoisy: Bool {
+        guard let share = gemmShare, let low = gemmShares.min(), let high = gemmShares.max() else { return false }
+        return share > 1 || high - low > 0.3
     }
 }
 
@@ -160,7 +167,7 @@ struct ShapeBench {
                 result.maxError = 0
                 result.speedup = 1
             } else if !settings.timeNaive {
-                result.note = "naive not timed (--no-naive); est. \(formatEstimate(naiveEstimate))"
+                result.note = "naive not timed (--no-naive, or --sweep); est. \(formatEstimate(naiveEstimate))"
             } else {
                 result.note = "naive skipped: est. \(formatEstimate(naiveEstimate))"
             }
@@ -190,6 +197,11 @@ struct ShapeBench {
             result.median = median(times.kernel)
             result.minimum = times.kernel.min()
             result.gemmMedian = median(times.gemm)
+            result.gemmShares = zip(times.gemm, times.kernel).compactMap { $1 > 0 ? $0 / $1 : nil }
+            if result.gemmShareNoisy, let low = result.gemmShares.min(), let high = result.gemmShares.max() {
+                result.note = [result.note, String(format: "GEMM share noisy: per-rep %.2f–%.2f (the machine's speed "
+                    + "changed during the reps; rerun)", low, high)].compactMap { $0 }.joined(separator: "; ")
+            }
             if let baseline = settings.baselineThreads {
                 result.baselineThreads = baseline
                 result.baselineMedian = median(times.baseline)

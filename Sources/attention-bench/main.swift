@@ -30,8 +30,9 @@ L128 D64, ViT B4 H12 L197 D64, decode GQA B1 Hq32 Hkv8 L1 S4096 D128):
    --repetitions N runs exactly N). Reports the median, GFLOP/s from the dense count
    2·B·Hq·L·S·(Dk+Dv) (masked problems are counted dense too; softmax not counted),
    speed-up = median naive / median kernel, and for blas/tiled/automatic the GEMM share =
-   median(attentionGEMMOnly) / median(kernel), the two timed alternately rep by rep
-   so drift in the machine's speed hits both alike.
+   median over reps of attentionGEMMOnly time / kernel time, the two timed alternately rep
+   by rep so drift in the machine's speed hits both alike (a share above 1, or per-rep
+   shares spread over more than 0.3, is marked "?" with a note: the machine changed speed).
    Times are wall time of one library call on ContinuousClock (monotonic), including
    argument validation and allocating the zeroed output.
 
@@ -158,6 +159,11 @@ struct AttentionBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attention-bench",
         abstract: "Times AttentionKit's attention kernels and layer, or runs them on tensors from .npy files.",
+        discussion: """
+            With no subcommand, runs `suite`: `attention-bench --threads 1` times the default \
+            suite on one thread. Its options (shape, mask, kernels, threads, repetitions, \
+            --sweep, --format) are listed by `attention-bench help suite`.
+            """,
         subcommands: [Suite.self, Run.self, LayerBench.self],
         defaultSubcommand: Suite.self)
 }
