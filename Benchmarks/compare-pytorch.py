@@ -3,12 +3,14 @@
 
     python3 Benchmarks/compare-pytorch.py sdpa [--threads 1 2] [--rounds 5]
 
-`sdpa` runs the eight shapes of attention-bench's comparison suite through
+`sdpa` runs the eight shapes of attention-bench's comparison suite (and a decode shape with
+one key/value head, reported apart from the geometric mean) through
 torch.nn.functional.scaled_dot_product_attention (enable_gqa for grouped heads, is_causal
 for the causal shape) and through `attention-bench --suite compare`-style custom shapes,
 alternating the two round by round so that both see the same machine state, at the same
 thread count (torch.set_num_threads and attention-bench --threads). Each round takes the
-median of several calls; the table shows the median over rounds of each side, and the ratio
+median of several calls, with a pause between the two sides for the other's worker threads to
+go idle; one table shows, per thread count, the median over rounds of each side and the ratio
 torch time / AttentionKit time (> 1: AttentionKit is faster), with the geometric mean.
 
 Needs PyTorch (a CPU build; not used by CI) and a release build of attention-bench, which
@@ -48,8 +50,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, ".build", "release", "attention-bench")
 
-# (name, B, Hq, Hkv, L, S, D, causal): the same list as BenchShape.compare in
-# Sources/attention-bench/Shapes.swift.
+# (name, B, Hq, Hkv, L, S, D, causal): the eight shapes of BenchShape.compare in
+# Sources/attention-bench/Shapes.swift, and one more.
 SDPA_SHAPES = [
     ("encoder 512", 1, 8, 8, 512, 512, 64, False),
     ("prefill 2048", 1, 8, 8, 2048, 2048, 64, False),
@@ -59,7 +61,11 @@ SDPA_SHAPES = [
     ("ViT", 4, 12, 12, 197, 197, 64, False),
     ("decode MHA", 1, 32, 32, 1, 4096, 128, False),
     ("decode GQA", 1, 32, 8, 1, 4096, 128, False),
+    # Not one of the eight: decoding with a single key/value head, where the tiled kernel
+    # splits the keys across threads (split-KV). Reported, left out of the geometric mean.
+    ("decode MQA 16k", 1, 8, 1, 1, 16384, 128, False),
 ]
+EXTRA_NAMES = {"decode MQA 16k"}
 
 
 def build():
@@ -104,12 +110,10 @@ def sdpa(args):
     print(f"torch {torch.__version__}, attention-bench kernel {args.kernel}, {args.rounds} rounds "
           f"alternating, {args.reps} calls per round, median of round medians; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    # results[(shape name, threads)] = (torch seconds, AttentionKit seconds, GEMM share or None)
+    results = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        print(f"\n## {threads} thread{'s' if threads > 1 else ''}\n")
-        print("| shape | B·Hq/Hkv·L·S·D | causal | torch ms | AttentionKit ms | torch / AK | AK GEMM share |")
-        print("|---|---|---|---:|---:|---:|---:|")
-        ratios = []
         for shape in args.shapes:
             name, B, H, Hkv, L, S, D, causal = shape
             g = torch.Generator().manual_seed(0)
@@ -117,19 +121,50 @@ def sdpa(args):
                        torch.randn(B, Hkv, S, D, generator=g))
             ak, pt, shares = [], [], []
             for r in range(args.rounds):
-                print(f"  {name}: round {r + 1}/{args.rounds}", end="\r", file=sys.stderr, flush=True)
+                print(f"  {threads} thread(s), {name}: round {r + 1}/{args.rounds}", end="\r",
+                      file=sys.stderr, flush=True)
                 t, share = attention_bench(shape, threads, args.kernel, args.reps)
                 ak.append(t)
                 if share is not None:
                     shares.append(share)
+                settle()
                 pt.append(torch_sdpa(shape, args.reps, tensors))
-            ak_t, pt_t = statistics.median(ak), statistics.median(pt)
-            ratios.append(pt_t / ak_t)
-            share = f"{statistics.median(shares):.2f}" if shares else "—"
-            print(f"| {name} | {B}·{H}/{Hkv}·{L}·{S}·{D} | {'yes' if causal else 'no'} | "
-                  f"{pt_t * 1e3:.3f} | {ak_t * 1e3:.3f} | {pt_t / ak_t:.2f} | {share} |", flush=True)
-        geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        print(f"\ngeometric mean torch / AttentionKit: {geo:.2f}; lowest {min(ratios):.2f}")
+                settle()
+            results[(name, threads)] = (statistics.median(pt), statistics.median(ak),
+                                        statistics.median(shares) if shares else None)
+    print(" " * 60, end="\r", file=sys.stderr)
+
+    # One table: a column group per thread count; ratio = torch time / AttentionKit time.
+    head = "| shape (B, Hq/Hkv, L, S, D) | causal |"
+    rule = "|---|---|"
+    for threads in args.threads:
+        t = f"{threads} thread{'s' if threads > 1 else ''}"
+        head += f" {t}: torch ms | AK ms | ratio |"
+        rule += "---:|---:|---:|"
+    head += " GEMM share " + " / ".join(str(t) for t in args.threads) + " threads |"
+    rule += "---:|"
+    print()
+    print(head)
+    print(rule)
+    ratios = {threads: [] for threads in args.threads}
+    for shape in args.shapes:
+        name, B, H, Hkv, L, S, D, causal = shape
+        extra = name in EXTRA_NAMES
+        line = f"| {B}, {H}/{Hkv}, {L}, {S}, {D}{' (extra)' if extra else ''} | {'yes' if causal else 'no'} |"
+        shares = []
+        for threads in args.threads:
+            pt_t, ak_t, share = results[(name, threads)]
+            if not extra:
+                ratios[threads].append(pt_t / ak_t)
+            line += f" {pt_t * 1e3:.4g} | {ak_t * 1e3:.4g} | {pt_t / ak_t:.2f} |"
+            shares.append(f"{share:.2f}" if share is not None else "—")
+        print(line + " " + " / ".join(shares) + " |")
+    if all(ratios[t] for t in args.threads):
+        line = "| **geometric mean** (the issue's eight shapes where run) | |"
+        for threads in args.threads:
+            geo = math.exp(sum(math.log(r) for r in ratios[threads]) / len(ratios[threads]))
+            line += f" | | **{geo:.2f}** (lowest {min(ratios[threads]):.2f}) |"
+        print(line + " |")
 
 
 def run_bench(binary, args):

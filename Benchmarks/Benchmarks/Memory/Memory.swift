@@ -24,7 +24,7 @@ let benchmarks: @Sendable () -> Void = {
                   highWaterMark],
         units: [.peakMemoryResident: .mega, .peakMemoryResidentDelta: .mega,
                 .mallocBytesCount: .mega, highWaterMark: .mega],
-        minimumIterations: 3,
+        minimumIterations: 5,
         measure: { benchmark in
             if let bytes = residentHighWaterMark() { benchmark.measurement(highWaterMark, bytes) }
         })

@@ -54,6 +54,7 @@ public enum Shapes {
     public static let decode: [AttentionShape] = [
         AttentionShape(1, 32, 32, 1, 4096, 128),
         AttentionShape(1, 32, 8, 1, 4096, 128),
+        AttentionShape(1, 8, 1, 1, 16384, 128),     // one key/value head: split-KV on two threads
     ]
     /// Long enough that a materialised score matrix (4 GiB for one head) cannot be hidden.
     public static let long = AttentionShape(1, 1, 1, 32768, 32768, 64)

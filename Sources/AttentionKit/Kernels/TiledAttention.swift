@@ -368,16 +368,24 @@ struct TileSizes: Sendable {
 ///   block); beyond 256 rows nothing is consistently better.
 /// - B1 H8 L512 D64: 256×512 14.3 ms, 128×512 13.3, 64×512 15.1, 128×256 14.9, 64×256 15.6,
 ///   512×512 15.7, 256×256 13.0: all within noise.
-/// - Decode B1 H32 L1 S4096 D128 (then through sgemv per row): 128 keys 17.7 ms, 256 15.2, 512 16.3,
-///   1024 14.4, 4096 15.1: within noise; bound by reading K and V (128 MB) from memory.
+/// - Decode B1 H32 L1 S4096 D128 (when decode blocks still went through sgemv per row): 128 keys
+///   17.7 ms, 256 15.2, 512 16.3, 1024 14.4, 4096 15.1: within noise; bound by reading K and V
+///   (128 MB) from memory. Not measured again since decode blocks moved to the row-wise
+///   products: those stream each key and value row once whatever the tile, so the key tile
+///   only sets how many scores sit in the scratch buffer between the two passes.
 /// - Again after the base-2 softmax (B1 H8 L2048 D64, one thread, eight interleaved rounds of
 ///   5 repetitions, medians of the rounds): 256×512 147 ms, 256×256 144, 192×384 147,
 ///   128×256 147, 128×128 157; each had one or two rounds in a slow phase of the machine
 ///   (163–205 ms). Within noise, except that 128×128 is slower.
 /// - After the one-pass changes' first part (scores arriving as s − c, the unclamped 2ˣ; B1 H8
-///   L2048 D64, one thread, nine interleaved rounds in one process, paired against 256×512):
-///   512×512 1.005, 128×512 0.980, 256×256 0.967, 128×256 0.947.
-/// Chosen: 256 × 512, a 512 KiB score tile (one L2).
+///   L2048 D64, one thread, nine interleaved rounds in one process): speed relative to 256×512,
+///   the median over rounds of (256×512's time ÷ the other's time) in the same round, so
+///   above 1 the other is faster: 512×512 1.005, 128×512 0.980, 256×256 0.967, 128×256 0.947.
+/// Chosen: 256 × 512, a 512 KiB score tile (one L2): no other size was faster by more than
+/// the noise, and smaller query blocks were slower. Sizes that depend on the length (PyTorch
+/// takes 32, 64 or 256 query rows by L): shorter problems have fewer rows than a block
+/// anyway (a block is min(256, g·L) rows), and on L = 512 no size differed beyond the noise
+/// (the second list above), so one size serves every length.
 struct TilePlan {
     /// Query rows per work item.
     var queryBlock: Int
