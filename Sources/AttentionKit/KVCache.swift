@@ -150,11 +150,11 @@ extension MultiHeadAttention {
     /// The attention is the library's scaled dot-product attention with
     /// ``AttentionKernel/automatic``, over the cache's per-head storage `[B, Hkv, capacity, D]`
     /// read in place: the new queries are aligned to the end of the `P + n` cached positions,
-    /// ``CausalAlignment/lowerRight``. When the storage is exactly full the mask is
-    /// `.causal(.lowerRight)`; otherwise key lengths `P + n` also hide the unused capacity
-    /// and, for n > 1, a boolean `[n, capacity]` pattern gives the causal triangle among the
-    /// new tokens (the core takes contiguous tensors, so it cannot be handed the first
-    /// `P + n` rows of each head without a copy).
+    /// ``CausalAlignment/lowerRight`` measured from `P + n` rather than from the capacity
+    /// (the core takes contiguous tensors, so it cannot be handed the first `P + n` rows of
+    /// each head without a copy). That mask only ends each query's row early, at key
+    /// `P + t + 1` for new token t, so the kernels skip the unused capacity and the keys
+    /// after each token, and no mask tensor is built whatever n and the capacity.
     ///
     /// - Parameters:
     ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1. Decoding projects the same
@@ -223,21 +223,10 @@ extension MultiHeadAttention {
         defer { scratch.free() }
         let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
         // Query t (position P + t) sees positions 0 ... P + t: the lower-right causal
-        // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage. When the
-        // storage is exactly full that is `.causal(.lowerRight)` itself; otherwise key
-        // lengths hide the unused capacity and, for n > 1, a boolean [n, cap] pattern gives
-        // the triangle among the new tokens.
-        var mask: AttentionMask
-        if P + n == cap {
-            mask = .causal(.lowerRight)
-        } else {
-            mask = .keyLengths([Int](repeating: P + n, count: B))
-            if n > 1 {
-                var allowed = [Bool](repeating: false, count: n * cap)                       // [n, cap]
-                for t in 0..<n { for j in 0...(P + t) { allowed[t * cap + j] = true } }
-                mask = [mask, .boolean(Tensor(validatedShape: [n, cap], scalars: allowed))]
-            }
-        }
+        // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage, which also
+        // hides the unused capacity. It only ends each row early (row t at P + t + 1), so the
+        // kernels skip the rest and no [n, cap] pattern is built.
+        let mask = AttentionMask.causalToKeyLengths([Int](repeating: P + n, count: B))
         let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
                                                       mask: mask, kernel: .automatic)      // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
