@@ -31,13 +31,17 @@ import Synchronization
 /// How it runs: each projection is one `cblas_sgemm` over all B·L (or B·S) rows (sgemv for
 /// up to three rows; see ``Linear``), on ``AttentionThreads/count()`` OpenBLAS threads. The
 /// core attention is the library's ``scaledDotProductAttention(query:key:value:mask:scale:dropout:kernel:)``
-/// with ``AttentionKernel/automatic``. It takes contiguous `[B, H, L, D]` heads while a
-/// projection writes token-major rows `[B, L, H·D]`, so splitting into heads is one copy
-/// (with the bias added on the way) and merging back is another; both are skipped when
-/// L = 1 or H = 1, where the two layouts are the same bytes (every decoding step with one
-/// token). Writing heads directly from the projection would need one sgemm per (batch,
-/// head) with N = Dk, which repacks the input H times and runs sgemm far from its peak; the
-/// copies move B·L·E floats against the projection's B·L·E² multiply-adds.
+/// with ``AttentionKernel/automatic``, while a projection writes token-major rows
+/// `[B, L, H·D]`. The core cannot read those rows in place with a leading dimension: it takes
+/// contiguous `[B, H, L, D]` tensors, and its kernels multiply the g = Hq/Hkv query heads
+/// that share a key/value head as one `[g·L, Dk]` matrix (leading dimension Dk), writing
+/// their output the same way. In token-major rows, row t of query head h starts at
+/// `t·Hq·Dk + h·Dk`: one head alone is a matrix with leading dimension Hq·Dk, but a group's
+/// g heads stacked are not, since the next token and the next head are different strides,
+/// which no single leading dimension expresses. So splitting into heads is one copy (with the
+/// bias added on the way) and merging back is another; both are skipped when L = 1 or H = 1,
+/// where the two layouts are the same bytes (every decoding step with one token). The copies
+/// move B·L·E floats against the projection's B·L·E² multiply-adds.
 public struct MultiHeadAttention: Sendable {
     /// Hq, the number of query heads.
     public let heads: Int
