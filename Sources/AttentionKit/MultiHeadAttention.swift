@@ -133,7 +133,10 @@ public struct MultiHeadAttention: Sendable {
     /// projection from its own stream) and zero biases.
     ///
     /// Dk = Dv = E / Hq. The query projection is `[E, E]`, the key and value projections
-    /// `[Hkv·Dk, keyDim]` and `[Hkv·Dk, valueDim]`, the output projection `[E, E]`.
+    /// `[Hkv·Dk, keyDim]` and `[Hkv·Dk, valueDim]`, the output projection `[E, E]`. Each is
+    /// Xavier-uniform over its own matrix, which is not exactly `nn.MultiheadAttention`'s
+    /// initialisation (see ``Linear/init(inputDim:outputDim:bias:seed:)``); weights loaded
+    /// from PyTorch do not depend on it.
     ///
     /// - Parameters:
     ///   - modelDim: E, at least 1 and divisible by `heads`.
