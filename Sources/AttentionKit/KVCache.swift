@@ -203,7 +203,6 @@ extension MultiHeadAttention {
 
         try cache.reserve(total)
         let P = cache.count
-        let cap = cache.capacity
 
         // New keys and values: one projection each over all B·n rows, then into the cache.
         let kWidth = kvHeads * headDim, vWidth = kvHeads * valueHeadDim
