@@ -163,6 +163,12 @@ public struct MultiHeadAttention: Sendable {
             throw AttentionError(.headGrouping,
                 "query heads (\(heads)) must be a multiple of key/value heads (\(kvHeads))")
         }
+        if let keyDim, keyDim < 0 {
+            throw AttentionError(.headWidth, "keyDim, the width of the key input, must not be negative; got \(keyDim)")
+        }
+        if let valueDim, valueDim < 0 {
+            throw AttentionError(.headWidth, "valueDim, the width of the value input, must not be negative; got \(valueDim)")
+        }
         let headDim = modelDim / heads
         let stream = seed &* 0x9E37_79B9_7F4A_7C15
         try self.init(
