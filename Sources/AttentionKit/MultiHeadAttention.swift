@@ -194,7 +194,10 @@ public struct MultiHeadAttention: Sendable {
     ///     mean the opposite (true = excluded): see ``AttentionMask/excluding(_:)`` and
     ///     ``AttentionMask/keyPadding(_:)``.
     ///   - dropout: Dropout on the attention weights (training), or `nil`.
-    /// - Returns: `[B, L, E_out]` (`[L, E_out]` for rank-2 inputs).
+    /// - Returns: `[B, L, E_out]` (`[L, E_out]` for rank-2 inputs). A query whose keys are
+    ///   all masked gets a zero attention row, so its output row is the output projection's
+    ///   bias (zeros without one); PyTorch's `nn.MultiheadAttention` gives NaN there on some
+    ///   paths (see ``init(heads:inProjWeight:inProjBias:outProjWeight:outProjBias:)``).
     /// - Throws: ``AttentionError`` before any arithmetic: `.invalidRank` unless all three
     ///   inputs are rank 3 (or all rank 2), `.inputWidth` when a last dimension does not match
     ///   its projection, `.batchMismatch`, `.sequenceLengthMismatch` when key and value
@@ -209,7 +212,9 @@ public struct MultiHeadAttention: Sendable {
     /// per-head attention weights (PyTorch's `need_weights=True, average_attn_weights=False`).
     ///
     /// `weights[b, h, i, j] = softmax_j(Q_h·K_hᵀ/√Dk + mask)` (after dropout, if given); each
-    /// row sums to 1, or is all zeros when the mask leaves the query no key.
+    /// row sums to 1, or is all zeros when the mask leaves the query no key (where PyTorch
+    /// gives NaN with `need_weights=True`). For PyTorch's default `average_attn_weights=True`,
+    /// average them over the heads with ``averagingHeads(_:)``.
     ///
     /// - Parameters: As for ``callAsFunction(query:key:value:mask:dropout:)``.
     /// - Returns: The output `[B, L, E_out]` and the weights `[B, Hq, L, S]` (`[L, E_out]`
