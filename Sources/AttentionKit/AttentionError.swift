@@ -65,7 +65,8 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         case weightShape
         /// An input's last dimension does not match the width its projection expects.
         case inputWidth
-        /// A KV cache was made by another layer or for another batch size.
+        /// A KV cache was made by another layer or for another batch size, or with a negative
+        /// batch size or capacity.
         case cacheMismatch
     }
 

@@ -45,6 +45,9 @@ public struct AttentionMask: Sendable, ExpressibleByArrayLiteral {
         case boolean(Tensor<Bool>)
         case additive(Tensor<Float>)
         case keyLengths([Int])
+        /// Per batch entry `b`, key lengths `lengths[b]` with a lower-right causal triangle
+        /// measured from that length rather than from S (see ``causalToKeyLengths(_:)``).
+        case causalToKeyLengths([Int])
     }
 
     var parts: [Part]
@@ -91,6 +94,22 @@ public struct AttentionMask: Sendable, ExpressibleByArrayLiteral {
         AttentionMask(parts: [.keyLengths(lengths)])
     }
 
+    /// Key lengths with the queries aligned causally to the end of each batch entry's keys:
+    /// row `i` of batch entry `b` may see keys `j < lengths[b] − L + i + 1` (and never
+    /// `j ≥ lengths[b]`). That is ``keyLengths(_:)`` plus a ``CausalAlignment/lowerRight``
+    /// triangle whose diagonal ends at key `lengths[b] − 1` instead of `S − 1`; with every
+    /// length equal to S it is `.causal(.lowerRight)`. Rows with `lengths[b] − L + i < 0`
+    /// see no key (zero rows).
+    ///
+    /// Decoding with a KV cache uses it: the cache passes its whole storage `S = capacity`,
+    /// of which the first `P + n` positions are valid, and the `n` new queries come last.
+    /// Like the causal and key-length parts it only ends each row early, so no tensor is
+    /// built and the kernels skip the excluded keys. Needs one length per batch entry, each
+    /// in `0...S`.
+    static func causalToKeyLengths(_ lengths: [Int]) -> AttentionMask {
+        AttentionMask(parts: [.causalToKeyLengths(lengths)])
+    }
+
     /// Whether the mask has no parts.
     public var isEmpty: Bool { parts.isEmpty }
 }
@@ -111,6 +130,10 @@ struct ResolvedMask: Sendable {
     /// Key `j` is allowed for query `i` only if `j ≤ i + causalOffset` (the tightest of the
     /// causal parts), or nil for no causal part.
     var causalOffset: Int?
+    /// Per batch entry `b`, key `j` is allowed for query `i` only if
+    /// `j ≤ i + batchCausalOffsets[b]` (the tightest of the ``AttentionMask/causalToKeyLengths(_:)``
+    /// parts), or nil for none.
+    var batchCausalOffsets: [Int]?
     /// Per batch entry, the number of leading keys allowed (the tightest of the parts).
     var keyLengths: [Int]?
     var booleans: [(Tensor<Bool>, BroadcastStrides)] = []
@@ -123,17 +146,13 @@ struct ResolvedMask: Sendable {
                 let offset = alignment == .upperLeft ? 0 : p.keyLength - p.queryLength
                 causalOffset = min(causalOffset ?? offset, offset)
             case .keyLengths(let lengths):
-                guard lengths.count == p.batch else {
-                    throw AttentionError(.keyLengths,
-                        "keyLengths has \(lengths.count) entries but the batch size is \(p.batch) "
-                        + "(query \(describe(p.queryShape)))")
-                }
-                if let bad = lengths.firstIndex(where: { $0 < 0 || $0 > p.keyLength }) {
-                    throw AttentionError(.keyLengths,
-                        "keyLengths[\(bad)] = \(lengths[bad]) is outside 0...\(p.keyLength) "
-                        + "(key \(describe(p.keyShape)))")
-                }
+                try Self.validate(lengths, name: "keyLengths", problem: p)
                 keyLengths = keyLengths.map { zip($0, lengths).map { min($0, $1) } } ?? lengths
+            case .causalToKeyLengths(let lengths):
+                try Self.validate(lengths, name: "causalToKeyLengths", problem: p)
+                keyLengths = keyLengths.map { zip($0, lengths).map { min($0, $1) } } ?? lengths
+                let offsets = lengths.map { $0 - p.queryLength }
+                batchCausalOffsets = batchCausalOffsets.map { zip($0, offsets).map { min($0, $1) } } ?? offsets
             case .boolean(let tensor):
                 booleans.append((tensor, try broadcastStrides(tensor.shape, kind: "boolean mask", problem: p)))
             case .additive(let tensor):
@@ -142,14 +161,30 @@ struct ResolvedMask: Sendable {
         }
     }
 
+    /// Checks per-batch key lengths: one per batch entry, each in `0...S`.
+    private static func validate(_ lengths: [Int], name: String, problem p: AttentionProblem) throws {
+        guard lengths.count == p.batch else {
+            throw AttentionError(.keyLengths,
+                "\(name) has \(lengths.count) entries but the batch size is \(p.batch) "
+                + "(query \(describe(p.queryShape)))")
+        }
+        if let bad = lengths.firstIndex(where: { $0 < 0 || $0 > p.keyLength }) {
+            throw AttentionError(.keyLengths,
+                "\(name)[\(bad)] = \(lengths[bad]) is outside 0...\(p.keyLength) "
+                + "(key \(describe(p.keyShape)))")
+        }
+    }
+
     /// The number of leading keys that query row `i` of batch entry `b` may see before the
     /// boolean and additive parts are applied: causal and key-length masks only ever
-    /// exclude a suffix of the keys.
+    /// exclude a suffix of the keys. Never decreases as `i` grows (the tiled kernel takes
+    /// the keys any row of a batch entry may see from its last query).
     @inline(__always)
     func rowEnd(batch b: Int, query i: Int, keyLength s: Int) -> Int {
         var end = s
         if let lengths = keyLengths { end = min(end, lengths[b]) }
         if let offset = causalOffset { end = min(end, max(0, i + offset + 1)) }
+        if let offsets = batchCausalOffsets { end = min(end, max(0, i + offsets[b] + 1)) }
         return end
     }
 

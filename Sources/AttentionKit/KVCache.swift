@@ -29,8 +29,9 @@ public struct KVCache: Sendable {
     let kvHeads: Int
     let headDim: Int
     let valueHeadDim: Int
-    /// The capacity to allocate on the first write (from `makeCache(batch:capacity:)`).
-    var requestedCapacity: Int
+    /// The capacity to allocate on the first write (from `makeCache(batch:capacity:)`; a
+    /// negative one makes every decode throw).
+    let requestedCapacity: Int
     /// `[B, Hkv, capacity, Dk]` and `[B, Hkv, capacity, Dv]`; rows at or past `count` are unused.
     var keys: Tensor<Float>
     var values: Tensor<Float>
@@ -43,7 +44,7 @@ public struct KVCache: Sendable {
         self.kvHeads = layer.kvHeads
         self.headDim = layer.headDim
         self.valueHeadDim = layer.valueHeadDim
-        self.requestedCapacity = max(0, capacity)
+        self.requestedCapacity = capacity
         self.keys = Tensor(validatedShape: [0], scalars: [])
         self.values = Tensor(validatedShape: [0], scalars: [])
     }
@@ -58,7 +59,7 @@ public struct KVCache: Sendable {
     mutating func reserve(_ newCount: Int) throws {
         guard newCount > capacity else { return }
         let newCapacity = capacity == 0
-            ? max(newCount, requestedCapacity, 8)
+            ? max(newCount, requestedCapacity, 8)              // requestedCapacity ≥ 0: decode checked it
             : max(newCount, capacity.multipliedReportingOverflow(by: 2).partialValue)
         let keyShape = [batch, kvHeads, newCapacity, headDim]
         let valueShape = [batch, kvHeads, newCapacity, valueHeadDim]
@@ -123,10 +124,15 @@ extension MultiHeadAttention {
     /// Storage is allocated on the first ``decode(_:cache:)``, for `capacity` positions if
     /// given (avoiding any regrowth up to that length), and grows geometrically after that.
     ///
+    /// Making a cache never throws, so that `var cache = mha.makeCache(batch: 1)` needs no
+    /// `try`. A negative `batch` or `capacity` still gives a cache, one that every
+    /// ``decode(_:cache:)`` refuses (even with no tokens) by throwing ``AttentionError`` with
+    /// code `.cacheMismatch`, before anything is computed or allocated.
+    ///
     /// - Parameters:
-    ///   - batch: B, the batch size of the tokens that will be decoded.
+    ///   - batch: B, the batch size of the tokens that will be decoded; at least 0.
     ///   - capacity: Positions to allocate up front (e.g. the prompt plus the tokens to
-    ///     generate); 0 lets the cache grow from a small size.
+    ///     generate), at least 0; 0 lets the cache grow from a small size.
     /// - Returns: A cache that only this layer (and its copies) accepts.
     public func makeCache(batch: Int, capacity: Int = 0) -> KVCache {
         KVCache(layer: self, batch: batch, capacity: capacity)
@@ -150,11 +156,11 @@ extension MultiHeadAttention {
     /// The attention is the library's scaled dot-product attention with
     /// ``AttentionKernel/automatic``, over the cache's per-head storage `[B, Hkv, capacity, D]`
     /// read in place: the new queries are aligned to the end of the `P + n` cached positions,
-    /// ``CausalAlignment/lowerRight``. When the storage is exactly full the mask is
-    /// `.causal(.lowerRight)`; otherwise key lengths `P + n` also hide the unused capacity
-    /// and, for n > 1, a boolean `[n, capacity]` pattern gives the causal triangle among the
-    /// new tokens (the core takes contiguous tensors, so it cannot be handed the first
-    /// `P + n` rows of each head without a copy).
+    /// ``CausalAlignment/lowerRight`` measured from `P + n` rather than from the capacity
+    /// (the core takes contiguous tensors, so it cannot be handed the first `P + n` rows of
+    /// each head without a copy). That mask only ends each query's row early, at key
+    /// `P + t + 1` for new token t, so the kernels skip the unused capacity and the keys
+    /// after each token, and no mask tensor is built whatever n and the capacity.
     ///
     /// - Parameters:
     ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1. Decoding projects the same
@@ -164,7 +170,8 @@ extension MultiHeadAttention {
     /// - Throws: ``AttentionError`` before anything is computed or cached: `.invalidRank` for
     ///   tokens not of rank 2 or 3, `.inputWidth` when their width is not E or the layer's key
     ///   or value width differs from E, `.cacheMismatch` when the cache comes from another
-    ///   layer or batch size, `.sizeOverflow`, or `.threadCount`.
+    ///   layer or batch size or was made with a negative batch or capacity, `.sizeOverflow`,
+    ///   or `.threadCount`.
     public func decode(_ tokens: Tensor<Float>, cache: inout KVCache) throws -> Tensor<Float> {
         let shape = tokens.shape
         guard shape.count == 2 || shape.count == 3 else {
@@ -186,6 +193,11 @@ extension MultiHeadAttention {
                 "the cache was made by another layer (\(cache.kvHeads) kv heads of width \(cache.headDim)/\(cache.valueHeadDim)); "
                 + "this layer has \(kvHeads) kv heads of width \(headDim)/\(valueHeadDim): make one with makeCache(batch:)")
         }
+        guard cache.batch >= 0, cache.requestedCapacity >= 0 else {
+            throw AttentionError(.cacheMismatch,
+                "the cache was made with batch \(cache.batch) and capacity \(cache.requestedCapacity); "
+                + "makeCache(batch:capacity:) needs both at least 0")
+        }
         let B = shape.count == 3 ? shape[0] : 1
         let n = shape[shape.count - 2]
         guard cache.batch == B else {
@@ -203,7 +215,6 @@ extension MultiHeadAttention {
 
         try cache.reserve(total)
         let P = cache.count
-        let cap = cache.capacity
 
         // New keys and values: one projection each over all B·n rows, then into the cache.
         let kWidth = kvHeads * headDim, vWidth = kvHeads * valueHeadDim
@@ -223,21 +234,10 @@ extension MultiHeadAttention {
         defer { scratch.free() }
         let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
         // Query t (position P + t) sees positions 0 ... P + t: the lower-right causal
-        // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage. When the
-        // storage is exactly full that is `.causal(.lowerRight)` itself; otherwise key
-        // lengths hide the unused capacity and, for n > 1, a boolean [n, cap] pattern gives
-        // the triangle among the new tokens.
-        var mask: AttentionMask
-        if P + n == cap {
-            mask = .causal(.lowerRight)
-        } else {
-            mask = .keyLengths([Int](repeating: P + n, count: B))
-            if n > 1 {
-                var allowed = [Bool](repeating: false, count: n * cap)                       // [n, cap]
-                for t in 0..<n { for j in 0...(P + t) { allowed[t * cap + j] = true } }
-                mask = [mask, .boolean(Tensor(validatedShape: [n, cap], scalars: allowed))]
-            }
-        }
+        // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage, which also
+        // hides the unused capacity. It only ends each row early (row t at P + t + 1), so the
+        // kernels skip the rest and no [n, cap] pattern is built.
+        let mask = AttentionMask.causalToKeyLengths([Int](repeating: P + n, count: B))
         let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
                                                       mask: mask, kernel: .automatic)      // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]

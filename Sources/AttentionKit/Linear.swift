@@ -57,8 +57,14 @@ public struct Linear: Sendable {
     /// Creates a fresh layer: Xavier-uniform (Glorot) weights drawn reproducibly from `seed`
     /// and a zero bias.
     ///
-    /// Each weight is uniform in `[−a, a]` with `a = √(6 / (in + out))`, PyTorch's
-    /// `nn.init.xavier_uniform_` (which `nn.MultiheadAttention` uses for its projections).
+    /// Each weight is uniform in `[−a, a]` with `a = √(6 / (in + out))`: PyTorch's
+    /// `nn.init.xavier_uniform_` applied to this layer's own `[out, in]` matrix. That is not
+    /// exactly how `nn.MultiheadAttention` starts: its `_reset_parameters` applies
+    /// `xavier_uniform_` to the packed `[3E, E]` `in_proj_weight` as one matrix (bound
+    /// `√(6 / (4E))` for each of W_q, W_k, W_v, where three `[E, E]` layers made here get
+    /// `√(6 / (2E))`), or to each of `q_proj_weight`, `k_proj_weight`, `v_proj_weight` when
+    /// `kdim`/`vdim` differ from E (the bound used here); and it leaves `out_proj.weight` at
+    /// `nn.Linear`'s default, uniform in `±1/√E`. Its biases start at zero, as here.
     ///
     /// - Parameters:
     ///   - inputDim: `in`, at least 0.

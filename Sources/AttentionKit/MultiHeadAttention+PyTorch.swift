@@ -11,6 +11,24 @@ extension MultiHeadAttention {
     ///
     /// With `batch_first=True`, PyTorch's `mha(q, k, v, need_weights=False)[0]` equals this
     /// layer's `callAsFunction(query:key:value:mask:dropout:)` (in eval mode: no dropout).
+    /// Where the two differ:
+    ///
+    /// - `batch_first=False` (PyTorch's default) takes and returns `[L, B, E]`; this layer
+    ///   takes `[B, L, E]`, so transpose the first two dimensions of the inputs (e.g.
+    ///   `x.transpose(0, 1)` before exporting) and of the output back.
+    /// - A query row whose keys are all masked gets a zero attention row here, so its output
+    ///   is the output bias `out_proj.bias` (zero without bias) and its weights are zeros.
+    ///   PyTorch 2.13 gives NaN for such a row with `need_weights=True` and on its eval-mode
+    ///   fast path (under `no_grad` or `inference_mode`); with `need_weights=False`
+    ///   elsewhere it gives the output bias too.
+    /// - Per-head weights come from ``withWeights(query:key:value:mask:dropout:)``
+    ///   (`average_attn_weights=False`); for PyTorch's default `average_attn_weights=True`,
+    ///   average them with ``averagingHeads(_:)``.
+    /// - A float `key_padding_mask` `[B, S]` is additive: pass
+    ///   `.additive(try m.reshaped([B, 1, 1, S]))`. As `.additive(m)` it would broadcast as
+    ///   `[L, S]`, a bias per query instead of per batch entry.
+    /// - `add_bias_kv=True` and `add_zero_attn=True` are not supported (there is no
+    ///   parameter for `bias_k`/`bias_v`, and no zero key/value is appended).
     ///
     /// - Parameters:
     ///   - heads: `num_heads`; must divide E.
@@ -82,6 +100,50 @@ extension MultiHeadAttention {
     }
 }
 
+extension MultiHeadAttention {
+    /// The per-head attention weights averaged over the heads: what `nn.MultiheadAttention`
+    /// returns with `need_weights=True` and its default `average_attn_weights=True`.
+    ///
+    /// ```
+    /// averaged[b, i, j] = (1/Hq) · Σ_h weights[b, h, i, j]
+    /// ```
+    ///
+    /// ```swift
+    /// let (y, perHead) = try mha.withWeights(query: x, key: x, value: x)   // perHead [B, Hq, L, S]
+    /// let averaged = try MultiHeadAttention.averagingHeads(perHead)        // [B, L, S]
+    /// ```
+    ///
+    /// - Parameter weights: `[B, Hq, L, S]`, or `[Hq, L, S]` for one sequence, as
+    ///   ``withWeights(query:key:value:mask:dropout:)`` returns them.
+    /// - Returns: `[B, L, S]` (`[L, S]` for rank-3 weights).
+    /// - Throws: ``AttentionError`` with code `.invalidRank` for weights not of rank 3 or 4,
+    ///   or `.headWidth` when they have no heads (nothing to average).
+    public static func averagingHeads(_ weights: Tensor<Float>) throws -> Tensor<Float> {
+        let shape = weights.shape
+        guard shape.count == 3 || shape.count == 4 else {
+            throw AttentionError(.invalidRank,
+                "attention weights must be [B, Hq, L, S] or [Hq, L, S] to average over heads, got \(describe(shape))")
+        }
+        let H = shape[shape.count - 3]
+        guard H > 0 else {
+            throw AttentionError(.headWidth, "attention weights \(describe(shape)) have no heads to average over")
+        }
+        let B = shape.count == 4 ? shape[0] : 1
+        let plane = shape[shape.count - 2] * shape[shape.count - 1]       // L·S
+        var scalars = [Float](repeating: 0, count: B * plane)
+        let w = weights.scalars
+        for b in 0..<B {
+            for h in 0..<H {
+                let source = (b * H + h) * plane                        // weights[b, h, :, :]
+                for e in 0..<plane { scalars[b * plane + e] += w[source + e] }
+            }
+        }
+        for e in scalars.indices { scalars[e] /= Float(H) }
+        let outputShape = shape.count == 4 ? [B] + shape.suffix(2) : Array(shape.suffix(2))
+        return Tensor(validatedShape: outputShape, scalars: scalars)     // [B, L, S] or [L, S]
+    }
+}
+
 /// Splits a tensor's rows into `parts` equal blocks: `[parts·R, ...]` → `parts` × `[R, ...]`
 /// (a bias `[parts·R]` with `width` 1 gives `[R]` blocks).
 private func splitRows(_ tensor: Tensor<Float>, into parts: Int, width: Int) throws -> [Tensor<Float>] {
@@ -102,7 +164,8 @@ extension AttentionMask {
     /// PyTorch's `attn_mask` of shape `[L, S]` can be passed as is; one of shape
     /// `[B·H, L, S]` must first be reshaped to `[B, H, L, S]` (`try m.reshaped([B, H, L, S])`),
     /// since the scores here are `[B, H, L, S]`. A float `attn_mask` is additive in both
-    /// libraries: use ``additive(_:)`` unchanged.
+    /// libraries: use ``additive(_:)``, unchanged for `[L, S]` and reshaped the same way for
+    /// `[B·H, L, S]`.
     ///
     /// - Parameter excluded: `true` where a query must not attend to a key; broadcasts to the
     ///   scores like ``boolean(_:)``.
@@ -116,7 +179,9 @@ extension AttentionMask {
     ///
     /// Returns the inverted mask reshaped to `[B, 1, 1, S]`, so it broadcasts over heads and
     /// queries. For padding that is a suffix of each sequence, ``keyLengths(_:)`` says the
-    /// same more cheaply.
+    /// same more cheaply. A float `key_padding_mask` `[B, S]` is an additive bias: pass
+    /// `.additive(try m.reshaped([B, 1, 1, S]))`, not `.additive(m)`, which would broadcast
+    /// as `[L, S]` (a bias per query, not per batch entry).
     ///
     /// - Parameter padding: `[B, S]` or `[S]`, `true` = padding.
     /// - Throws: ``AttentionError`` with code `.maskShape` for another rank.

@@ -31,13 +31,17 @@ import Synchronization
 /// How it runs: each projection is one `cblas_sgemm` over all B·L (or B·S) rows (sgemv for
 /// up to three rows; see ``Linear``), on ``AttentionThreads/count()`` OpenBLAS threads. The
 /// core attention is the library's ``scaledDotProductAttention(query:key:value:mask:scale:dropout:kernel:)``
-/// with ``AttentionKernel/automatic``. It takes contiguous `[B, H, L, D]` heads while a
-/// projection writes token-major rows `[B, L, H·D]`, so splitting into heads is one copy
-/// (with the bias added on the way) and merging back is another; both are skipped when
-/// L = 1 or H = 1, where the two layouts are the same bytes (every decoding step with one
-/// token). Writing heads directly from the projection would need one sgemm per (batch,
-/// head) with N = Dk, which repacks the input H times and runs sgemm far from its peak; the
-/// copies move B·L·E floats against the projection's B·L·E² multiply-adds.
+/// with ``AttentionKernel/automatic``, while a projection writes token-major rows
+/// `[B, L, H·D]`. The core cannot read those rows in place with a leading dimension: it takes
+/// contiguous `[B, H, L, D]` tensors, and its kernels multiply the g = Hq/Hkv query heads
+/// that share a key/value head as one `[g·L, Dk]` matrix (leading dimension Dk), writing
+/// their output the same way. In token-major rows, row t of query head h starts at
+/// `t·Hq·Dk + h·Dk`: one head alone is a matrix with leading dimension Hq·Dk, but a group's
+/// g heads stacked are not, since the next token and the next head are different strides,
+/// which no single leading dimension expresses. So splitting into heads is one copy (with the
+/// bias added on the way) and merging back is another; both are skipped when L = 1 or H = 1,
+/// where the two layouts are the same bytes (every decoding step with one token). The copies
+/// move B·L·E floats against the projection's B·L·E² multiply-adds.
 public struct MultiHeadAttention: Sendable {
     /// Hq, the number of query heads.
     public let heads: Int
@@ -129,7 +133,10 @@ public struct MultiHeadAttention: Sendable {
     /// projection from its own stream) and zero biases.
     ///
     /// Dk = Dv = E / Hq. The query projection is `[E, E]`, the key and value projections
-    /// `[Hkv·Dk, keyDim]` and `[Hkv·Dk, valueDim]`, the output projection `[E, E]`.
+    /// `[Hkv·Dk, keyDim]` and `[Hkv·Dk, valueDim]`, the output projection `[E, E]`. Each is
+    /// Xavier-uniform over its own matrix, which is not exactly `nn.MultiheadAttention`'s
+    /// initialisation (see ``Linear/init(inputDim:outputDim:bias:seed:)``); weights loaded
+    /// from PyTorch do not depend on it.
     ///
     /// - Parameters:
     ///   - modelDim: E, at least 1 and divisible by `heads`.
@@ -156,6 +163,12 @@ public struct MultiHeadAttention: Sendable {
             throw AttentionError(.headGrouping,
                 "query heads (\(heads)) must be a multiple of key/value heads (\(kvHeads))")
         }
+        if let keyDim, keyDim < 0 {
+            throw AttentionError(.headWidth, "keyDim, the width of the key input, must not be negative; got \(keyDim)")
+        }
+        if let valueDim, valueDim < 0 {
+            throw AttentionError(.headWidth, "valueDim, the width of the value input, must not be negative; got \(valueDim)")
+        }
         let headDim = modelDim / heads
         let stream = seed &* 0x9E37_79B9_7F4A_7C15
         try self.init(
@@ -181,7 +194,10 @@ public struct MultiHeadAttention: Sendable {
     ///     mean the opposite (true = excluded): see ``AttentionMask/excluding(_:)`` and
     ///     ``AttentionMask/keyPadding(_:)``.
     ///   - dropout: Dropout on the attention weights (training), or `nil`.
-    /// - Returns: `[B, L, E_out]` (`[L, E_out]` for rank-2 inputs).
+    /// - Returns: `[B, L, E_out]` (`[L, E_out]` for rank-2 inputs). A query whose keys are
+    ///   all masked gets a zero attention row, so its output row is the output projection's
+    ///   bias (zeros without one); PyTorch's `nn.MultiheadAttention` gives NaN there on some
+    ///   paths (see ``init(heads:inProjWeight:inProjBias:outProjWeight:outProjBias:)``).
     /// - Throws: ``AttentionError`` before any arithmetic: `.invalidRank` unless all three
     ///   inputs are rank 3 (or all rank 2), `.inputWidth` when a last dimension does not match
     ///   its projection, `.batchMismatch`, `.sequenceLengthMismatch` when key and value
@@ -196,7 +212,9 @@ public struct MultiHeadAttention: Sendable {
     /// per-head attention weights (PyTorch's `need_weights=True, average_attn_weights=False`).
     ///
     /// `weights[b, h, i, j] = softmax_j(Q_h·K_hᵀ/√Dk + mask)` (after dropout, if given); each
-    /// row sums to 1, or is all zeros when the mask leaves the query no key.
+    /// row sums to 1, or is all zeros when the mask leaves the query no key (where PyTorch
+    /// gives NaN with `need_weights=True`). For PyTorch's default `average_attn_weights=True`,
+    /// average them over the heads with ``averagingHeads(_:)``.
     ///
     /// - Parameters: As for ``callAsFunction(query:key:value:mask:dropout:)``.
     /// - Returns: The output `[B, L, E_out]` and the weights `[B, Hq, L, S]` (`[L, E_out]`

@@ -87,6 +87,53 @@ struct MultiHeadAttentionDecodeTests {
         #expect(empty.shape == [2, 0, 24] && cache.count == 0 && cache.capacity == 0)
     }
 
+    @Test("a long prompt into a larger reserved capacity, then chunks (GQA, batch 2)")
+    func longPromptIntoLargerCapacity() throws {
+        // 300 of 512 positions after the prompt: the storage is never exactly full, so every
+        // step runs with the causal mask measured from the cached count, not the capacity.
+        let layer = try gridLayer(modelDim: 32, heads: 8, kvHeads: 2, seed: 280)
+        let x = gridTensor([2, 340, 32], seed: 281)
+        try checkDecoding(layer, x, steps: [300, 7, 1, 16, 2, 14], capacity: 512, "prompt 300 into capacity 512")
+        var cache = layer.makeCache(batch: 2, capacity: 512)
+        _ = try layer.decode(slice(x, 0..<300), cache: &cache)
+        #expect(cache.capacity == 512 && cache.reallocations == 0)
+    }
+
+    @Test("causal-to-key-lengths mask: every kernel against the float64 reference",
+          arguments: [AttentionKernel.naive, .blas, .tiled])
+    func causalToKeyLengthsMask(_ kernel: AttentionKernel) throws {
+        // B 4, Hq 4 over Hkv 2, L 6, S 19. Lengths below L (early rows see nothing), 0, and S.
+        let (B, L, S) = (4, 6, 19)
+        let lengths = [11, 3, 0, 19]
+        let q = gridTensor([B, 4, L, 8], seed: 290)
+        let k = gridTensor([B, 2, S, 8], seed: 291)
+        let v = gridTensor([B, 2, S, 5], seed: 292)
+        // The same exclusions written from the definition: j < lengths[b] − L + i + 1.
+        var allowed: [Bool] = []
+        for b in 0..<B { for i in 0..<L { for j in 0..<S { allowed.append(j < lengths[b] - L + i + 1) } } }
+        let want = referenceAttention(query: q, key: k, value: v, mask: [.boolean(shape: [B, 1, L, S], data: allowed)])
+        let tilings = kernel == .tiled
+            ? [TileSizes(), TileSizes(queryBlock: 4, keyBlock: 3, splits: 2), TileSizes(queryBlock: 5, keyBlock: 7)]
+            : [TileSizes()]
+        for tiles in tilings {
+            let out = try runAttention(query: q, key: k, value: v, mask: .causalToKeyLengths(lengths), scale: nil,
+                                       dropout: nil, kernel: kernel, wantWeights: false, tiles: tiles).output
+            assertClose(out, want.output, shape: [B, 4, L, 5], absolute: outputTolerance(v), "\(kernel) \(tiles)")
+        }
+        // With every length S it is `.causal(.lowerRight)`.
+        let full = try scaledDotProductAttention(query: q, key: k, value: v,
+                                                 mask: .causalToKeyLengths([S, S, S, S]), kernel: kernel)
+        let lowerRight = referenceAttention(query: q, key: k, value: v, mask: [.causal(.lowerRight)])
+        assertClose(full, lowerRight.output, shape: [B, 4, L, 5], absolute: outputTolerance(v), "\(kernel) all lengths S")
+        // Lengths are validated like `.keyLengths`.
+        expectError(.keyLengths, mentions: ["causalToKeyLengths[3] = 20", "0...19"]) {
+            _ = try scaledDotProductAttention(query: q, key: k, value: v, mask: .causalToKeyLengths([1, 2, 3, 20]))
+        }
+        expectError(.keyLengths, mentions: ["causalToKeyLengths has 3 entries", "batch size is 4"]) {
+            _ = try scaledDotProductAttention(query: q, key: k, value: v, mask: .causalToKeyLengths([1, 2, 3]))
+        }
+    }
+
     @Test("rank-2 tokens decode a batch of one")
     func rankTwo() throws {
         let layer = try gridLayer(modelDim: 16, heads: 4, kvHeads: 2, seed: 250)

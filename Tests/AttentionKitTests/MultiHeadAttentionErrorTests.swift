@@ -26,6 +26,8 @@ struct MultiHeadAttentionErrorTests {
         expectError(.headWidth, mentions: ["0"]) { _ = try MultiHeadAttention(modelDim: 8, heads: 0) }
         expectError(.headWidth, mentions: ["-1"]) { _ = try MultiHeadAttention(modelDim: 8, heads: 2, kvHeads: -1) }
         expectError(.headWidth, mentions: ["0"]) { _ = try MultiHeadAttention(modelDim: 0, heads: 2) }
+        expectError(.headWidth, mentions: ["keyDim", "-1"]) { _ = try MultiHeadAttention(modelDim: 8, heads: 2, keyDim: -1) }
+        expectError(.headWidth, mentions: ["valueDim", "-3"]) { _ = try MultiHeadAttention(modelDim: 8, heads: 2, valueDim: -3) }
         expectError(.headWidth, mentions: ["[10, 8]", "4"]) {
             _ = try MultiHeadAttention(heads: 4, queryProjection: self.linear(10, 8), keyProjection: self.linear(10, 8),
                                        valueProjection: self.linear(10, 8), outputProjection: self.linear(8, 10))
@@ -145,8 +147,17 @@ struct MultiHeadAttentionErrorTests {
         expectError(.cacheMismatch, mentions: ["another layer", "2 kv heads"]) { _ = try other.decode(self.t([2, 1, 8]), cache: &cache) }
         expectError(.cacheMismatch, mentions: ["batch 2", "[3, 1, 8]"]) { _ = try layer.decode(self.t([3, 1, 8]), cache: &cache) }
         expectError(.cacheMismatch, mentions: ["batch 2", "[1, 8]"]) { _ = try layer.decode(self.t([1, 8]), cache: &cache) }
+        // makeCache does not throw; a negative batch or capacity gives a cache every decode
+        // refuses, with or without tokens, and leaves unallocated.
         var negative = layer.makeCache(batch: -1)
         expectError(.cacheMismatch, mentions: ["batch -1"]) { _ = try layer.decode(self.t([1, 1, 8]), cache: &negative) }
+        expectError(.cacheMismatch, mentions: ["batch -1"]) { _ = try layer.decode(self.t([0, 1, 8]), cache: &negative) }
+        expectError(.cacheMismatch, mentions: ["batch -1"]) { _ = try layer.decode(self.t([1, 8]), cache: &negative) }
+        var negativeCapacity = layer.makeCache(batch: 2, capacity: -5)
+        for tokens in [t([2, 1, 8]), t([2, 3, 8]), t([2, 0, 8])] {
+            expectError(.cacheMismatch, mentions: ["capacity -5"]) { _ = try layer.decode(tokens, cache: &negativeCapacity) }
+        }
+        #expect(negative.count == 0 && negative.capacity == 0 && negativeCapacity.count == 0 && negativeCapacity.capacity == 0)
         #expect(cache.count == 3, "failed decodes must not change the cache")
         // A copy of the layer is the same layer: it accepts the cache.
         let copy = layer

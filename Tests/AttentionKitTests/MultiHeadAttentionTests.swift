@@ -253,6 +253,57 @@ struct MultiHeadAttentionTests {
                     .map { Swift.abs($0 - $1) }.max()! > 0.1)
     }
 
+    @Test("PyTorch parity: a query with no key gives the output bias; float key padding; weights averaged over heads")
+    func pyTorchParity() throws {
+        let layer = try gridLayer(modelDim: 8, heads: 4, kvHeads: 2, seed: 120)       // nonzero biases
+        let (B, L, S) = (2, 4, 4)
+        let x = gridTensor([B, L, 8], seed: 121)
+        let bias = layer.outputProjection.bias!.scalars
+        #expect(bias.contains { $0 != 0 })
+
+        // A query excluded from every key (attn_mask row of true) and a batch entry that is
+        // all padding: zero attention rows, so the output rows are exactly the output bias.
+        let excluded = try Tensor<Bool>(shape: [L, S], scalars: (0..<(L * S)).map { $0 / S == 1 })   // query 1
+        let padding = try Tensor<Bool>(shape: [B, S], scalars: (0..<(B * S)).map { $0 / S == 1 })    // entry 1
+        let (out, weights) = try layer.withWeights(query: x, key: x, value: x, mask: [.excluding(excluded), .keyPadding(padding)])
+        for b in 0..<B {
+            for i in 0..<L where b == 1 || i == 1 {
+                #expect(Array(out.scalars[((b * L + i) * 8)..<((b * L + i + 1) * 8)]) == bias, "row \(b), \(i)")
+                for h in 0..<4 {
+                    let row = ((b * 4 + h) * L + i) * S
+                    #expect(weights.scalars[row..<(row + S)].allSatisfy { $0 == 0 }, "weights \(b), \(h), \(i)")
+                }
+            }
+        }
+        #expect(out.scalars[0..<8] != bias[...], "an unmasked row is not just the bias")
+
+        // A float key_padding_mask [B, S] is additive per batch entry: reshaped to [B, 1, 1, S].
+        // The reference spells the bias out over the scores [B, Hq, L, S].
+        let floatPadding = gridTensor([B, S], seed: 122, magnitude: 4)
+        var spelled: [Float] = []
+        for b in 0..<B { for _ in 0..<4 { for _ in 0..<L { for j in 0..<S { spelled.append(floatPadding.scalars[b * S + j]) } } } }
+        let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x,
+                                               mask: [.additive(shape: [B, 4, L, S], data: spelled)])
+        let (padded, paddedWeights) = try layer.withWeights(query: x, key: x, value: x,
+                                                            mask: .additive(try floatPadding.reshaped([B, 1, 1, S])))
+        assertClose(padded, want.output, shape: [B, L, 8], absolute: layerTolerance(layer, value: x), relative: 0,
+                    "float key padding")
+        // Unreshaped, [B, S] broadcasts as [L, S]: here B ≠ L, so it is refused.
+        expectError(.maskShape, mentions: ["[2, 4]"]) {
+            _ = try layer(query: x, key: x, value: x, mask: .additive(floatPadding))
+        }
+
+        // average_attn_weights=True: the mean over heads of the reference's weights.
+        var mean = [Double](repeating: 0, count: B * L * S)
+        for b in 0..<B { for h in 0..<4 { for e in 0..<(L * S) { mean[b * L * S + e] += want.weights[(b * 4 + h) * L * S + e] / 4 } } }
+        let averaged = try MultiHeadAttention.averagingHeads(paddedWeights)
+        assertClose(averaged, mean, shape: [B, L, S], absolute: 2e-5, relative: 0, "weights averaged over heads")
+        let single = try MultiHeadAttention.averagingHeads(try paddedWeights.reshaped([B * 4, L, S]))   // rank 3: [Hq, L, S]
+        #expect(single.shape == [L, S])
+        expectError(.invalidRank, mentions: ["[4, 4]"]) { _ = try MultiHeadAttention.averagingHeads(Tensor(shape: [4, 4])) }
+        expectError(.headWidth, mentions: ["[2, 0, 4, 4]"]) { _ = try MultiHeadAttention.averagingHeads(Tensor(shape: [2, 0, 4, 4])) }
+    }
+
     @Test("the layer's threads: one and two threads give the same result")
     func threadCounts() throws {
         let layer = try gridLayer(modelDim: 32, heads: 4, kvHeads: 2, seed: 120)
