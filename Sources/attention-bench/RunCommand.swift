@@ -333,6 +333,13 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)]) throws {
         var linked = false
         var info = stat()
         if lstat(file.path, &info) == 0 {
+            // Checked above, but the file system may have changed since: never move a
+            // directory aside or replace it.
+            guard (info.st_mode & S_IFMT) != S_IFDIR else {
+                rollBack()
+                removeTemporaries()
+                throw BenchFailure(description: "cannot write \(file.path): it is a directory")
+            }
             let name = temporaryName(besides: file.path, "old")
             // A hard link keeps the destination in place; where links are not possible, the
             // old file is moved aside instead (and moved back if the rename fails).
