@@ -11,7 +11,7 @@ import Musl
 import Darwin
 #endif
 
-/// Whole-file reads and all-or-nothing writes with POSIX calls, so that failures become
+/// Reads in pieces and all-or-nothing writes with POSIX calls, so that failures become
 /// ``AttentionError``s with code `.fileAccess` that name the path and the system's reason.
 
 /// The file-system path of a file URL, or an error for other URLs.
@@ -26,35 +26,61 @@ private func systemReason(_ code: Int32 = errno) -> String {
     String(cString: strerror(code))
 }
 
-/// Reads a whole file.
-func readWholeFile(_ url: URL) throws -> [UInt8] {
-    let path = try filePath(url)
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else {
-        throw AttentionError(.fileAccess, "cannot open \(path): \(systemReason())")
-    }
-    defer { close(fd) }
-    var info = stat()
-    guard fstat(fd, &info) == 0 else {
-        throw AttentionError(.fileAccess, "cannot read \(path): \(systemReason())")
-    }
-    guard (info.st_mode & S_IFMT) != S_IFDIR else {
-        throw AttentionError(.fileAccess, "cannot read \(path): it is a directory")
-    }
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(max(0, Int(info.st_size)))
-    var chunk = [UInt8](repeating: 0, count: 1 << 20)
-    while true {
-        let got = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if got < 0 {
-            if errno == EINTR { continue }
-            throw AttentionError(.fileAccess, "cannot read \(path): \(systemReason())")
+/// A file opened for reading, read in pieces of a size the caller chooses.
+struct InputFile {
+    /// The file-system path, for messages.
+    let path: String
+    private let fd: Int32
+    /// The file's size when it is a regular file (a pipe or a device such as `/dev/zero`
+    /// has none).
+    let regularFileSize: Int?
+
+    /// Opens `url` for reading; a directory is refused.
+    init(_ url: URL) throws {
+        path = try filePath(url)
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw AttentionError(.fileAccess, "cannot open \(path): \(systemReason())")
         }
-        if got == 0 { break }
-        bytes.append(contentsOf: chunk[0..<got])
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let reason = systemReason()
+            closeDescriptor(fd)
+            throw AttentionError(.fileAccess, "cannot read \(path): \(reason)")
+        }
+        guard (info.st_mode & S_IFMT) != S_IFDIR else {
+            closeDescriptor(fd)
+            throw AttentionError(.fileAccess, "cannot read \(path): it is a directory")
+        }
+        regularFileSize = (info.st_mode & S_IFMT) == S_IFREG ? Int(info.st_size) : nil
     }
-    return bytes
+
+    /// Closes the file.
+    func close() { closeDescriptor(fd) }
+
+    /// Appends bytes from the file's current position to `buffer` until it holds `total`
+    /// bytes or the file ends; returns whether it ended first. Memory grows only as bytes
+    /// arrive, whatever `total` is.
+    func read(into buffer: inout [UInt8], upTo total: Int) throws -> Bool {
+        while buffer.count < total {
+            let want = min(total - buffer.count, 1 << 20)
+            let old = buffer.count
+            buffer.append(contentsOf: repeatElement(0, count: want))
+            let got = buffer.withUnsafeMutableBytes { posixRead(fd, $0.baseAddress! + old, want) }
+            buffer.removeLast(want - max(0, got))
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw AttentionError(.fileAccess, "cannot read \(path): \(systemReason())")
+            }
+            if got == 0 { return true }
+        }
+        return false
+    }
 }
+
+/// The C library's `close` and `read`, which `InputFile`'s methods of the same names hide.
+private func closeDescriptor(_ fd: Int32) { _ = close(fd) }
+private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int { read(fd, buffer, count) }
 
 /// Writes `bytes` to `url` all at once or not at all: the bytes go to a temporary file in the
 /// same directory, which is flushed to disk and then renamed over `url`. If anything fails,

@@ -85,9 +85,10 @@ public struct AttentionHeatmap: Sendable {
     ///     of panels sharing one colour scale. For rank 2 and 3 (one head) use `nil` or 0.
     ///   - title: The figure's title; by default "Attention weights".
     ///   - queryLabels: One label per query (L of them), such as tokens, drawn instead of the
-    ///     query positions when the rows are not downsampled.
+    ///     query positions when the rows are not downsampled (otherwise a note says that they
+    ///     were dropped).
     ///   - keyLabels: One label per key (S of them), drawn instead of the key positions when
-    ///     the columns are not downsampled.
+    ///     the columns are not downsampled (otherwise a note says that they were dropped).
     ///   - headLabels: One title per head (H of them) for the panels, such as "head 3 (kv 1)"
     ///     for grouped-query attention; by default "head h".
     ///   - maximumCells: The most cells drawn along each axis (at least 1); larger matrices
@@ -203,6 +204,16 @@ public struct AttentionHeatmap: Sendable {
             notes.append("Downsampled for display: \(L)×\(S) drawn as \(rows)×\(columns) cells, each the \(method) of "
                 + "\(blockSizes(rowStarts)) queries × \(blockSizes(columnStarts)) keys.")
         }
+        // Token labels are drawn only on axes that are not downsampled; say when some are dropped.
+        let droppedQueryLabels = queryLabels != nil && rows < L
+        let droppedKeyLabels = keyLabels != nil && columns < S
+        if droppedQueryLabels && droppedKeyLabels {
+            notes.append("Query and key labels are not drawn because both axes are downsampled; positions are shown instead.")
+        } else if droppedQueryLabels {
+            notes.append("Query labels are not drawn because the query axis is downsampled; positions are shown instead.")
+        } else if droppedKeyLabels {
+            notes.append("Key labels are not drawn because the key axis is downsampled; positions are shown instead.")
+        }
         let scale = colorRange == .automatic ? "automatic range" : "fixed range"
         notes.append("Colour: viridis, linear from \(formatNumber(lower)) to \(formatNumber(upper)) (\(scale); values outside are clamped).")
         if panels.contains(where: { $0.values.contains(where: \.isNaN) }) {
@@ -218,7 +229,8 @@ public struct AttentionHeatmap: Sendable {
     public var colorBounds: (lower: Float, upper: Float) { (lower, upper) }
 
     /// Writes the SVG to a file, completely or not at all (through a temporary file in the
-    /// same directory that is renamed over `url`).
+    /// same directory that is renamed over `url`, so a symbolic link at `url` is replaced
+    /// rather than written through, and the file gets a new file's default permissions).
     ///
     /// - Parameter url: A file URL, conventionally ending in `.svg`; an existing file is replaced.
     /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be written;
@@ -263,7 +275,8 @@ public struct AttentionHeatmap: Sendable {
         let legendTop = gridTop + topGutter
         let legendHeight = max(120, min(320, rows * cell))
         let legendWidth = 90
-        let notesTop = gridTop + gridHeight + 8
+        // Below the grid and below the legend, which is taller than the grid of a short matrix.
+        let notesTop = max(gridTop + gridHeight, legendTop + legendHeight + margin) + 8
         let textWidth = ([title].map { Double($0.count) * 9.5 } + ([subtitle] + notes).map { Double($0.count) * charWidth })
             .max()! + Double(2 * margin)
         let width = max(legendLeft + legendWidth + margin, Int(textWidth.rounded(.up)))
@@ -349,7 +362,9 @@ public struct AttentionHeatmap: Sendable {
         out += "<text x=\(quoted(legendLeft)) y=\(quoted(legendTop - 10)) fill=\"#444444\">weight</text>\n"
         out += "<rect x=\(quoted(legendLeft)) y=\(quoted(legendTop)) width=\"14\" height=\(quoted(legendHeight)) fill=\"url(#viridis)\" stroke=\"#888888\" stroke-width=\"0.5\"/>\n"
         for value in legendTicks(lower: lower, upper: upper) {
-            let y = Double(legendTop + legendHeight) - Double(legendHeight) * Double((value - lower) / (upper - lower))
+            // In Double: upper − lower overflows Float for ranges wider than about 3.4e38.
+            let fraction = (Double(value) - Double(lower)) / (Double(upper) - Double(lower))
+            let y = Double(legendTop + legendHeight) - Double(legendHeight) * fraction
             out += "<line x1=\(quoted(legendLeft + 14)) y1=\(quoted(y)) x2=\(quoted(legendLeft + 18)) y2=\(quoted(y)) stroke=\"#444444\"/>"
             out += "<text x=\(quoted(legendLeft + 21)) y=\(quoted(y + 4))>\(formatNumber(value))</text>\n"
         }
@@ -390,8 +405,8 @@ func legendTicks(lower: Float, upper: Float) -> [Float] {
         n += 1
     }
     // Label the ends too when the nearest round value is more than a third of a step away.
-    if let first = ticks.first, Double(first - lower) > step / 3 { ticks.insert(lower, at: 0) }
-    if let last = ticks.last, Double(upper - last) > step / 3 { ticks.append(upper) }
+    if let first = ticks.first, Double(first) - Double(lower) > step / 3 { ticks.insert(lower, at: 0) }
+    if let last = ticks.last, Double(upper) - Double(last) > step / 3 { ticks.append(upper) }
     return ticks
 }
 

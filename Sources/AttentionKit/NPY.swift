@@ -23,13 +23,22 @@ extension Tensor where Element == Float {
     ///   rounded to the nearest `Float` (ties to even), as `numpy.ndarray.astype(np.float32)`
     ///   does, so the result equals what NumPy would convert; NaN stays NaN and ±infinity stays
     ///   ±infinity; a *finite* value that would round to infinity (magnitude above about
-    ///   3.4028235e38) is refused with an error instead of silently becoming infinite.
+    ///   3.4028235e38) is refused with an error instead of silently becoming infinite (convert
+    ///   with `a.astype(np.float32)`, which makes such values ±inf, or `np.clip` them first).
     ///   Values too small for `Float` become subnormals or ±0, as in NumPy.
+    ///
+    /// `=f4` and `=f8` (the writer's native byte order) are read as `<f4` and `<f8` on
+    /// little-endian machines. Fortran order is accepted when at most one dimension is longer
+    /// than 1, since the bytes are then the same as in C order.
     ///
     /// Arrays written by `numpy.save(path, a)` for a `float32` or `float64` array `a` read back
     /// as `Tensor<Float>` with `shape == list(a.shape)`; a 0-d array gives a rank-0 tensor.
     /// `numpy.save` stores a transposed (Fortran-contiguous) array in Fortran order, which is
     /// refused: save `numpy.ascontiguousarray(a)` instead.
+    ///
+    /// The header is read and checked first, and then at most the payload it describes and
+    /// one more byte, so a large file that is not `.npy` (or an endless source such as
+    /// `/dev/zero`) is refused after reading only its start.
     ///
     /// ```swift
     /// let q = try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: "q.npy"))   // [B, H, L, D]
@@ -40,12 +49,12 @@ extension Tensor where Element == Float {
     ///   `.npyFormat` when it is not a well-formed `.npy` file (magic, version, header, a
     ///   payload shorter or longer than the shape needs), `.npyUnsupported` for any other
     ///   data type (including `|b1`: read it as `Tensor<Bool>`), big-endian data or Fortran
-    ///   order, `.sizeOverflow` when the shape's element count overflows, and
-    ///   `.npyValueOutOfRange` for a float64 value beyond `Float`'s range. The message names
+    ///   order with more than one dimension longer than 1, `.sizeOverflow` when the shape's
+    ///   element count overflows, and `.npyValueOutOfRange` for a float64 value beyond
+    ///   `Float`'s range. The message names
     ///   the file and what was found. No tensor is made unless the whole file is valid.
     public init(contentsOfNPY url: URL) throws {
-        let bytes = try readWholeFile(url)
-        self = try bytes.withUnsafeBytes { try decodeNPY($0, as: Float.self, source: filePath(url)) }
+        self = try readNPYFile(url, as: Float.self)
     }
 
     /// Reads a tensor from the bytes of a NumPy `.npy` file, as `init(contentsOfNPY:)` does.
@@ -68,7 +77,11 @@ extension Tensor where Element == Float {
     /// Writes the tensor to a NumPy `.npy` file (`<f4`, C order; see `npyData()`).
     ///
     /// The file is written completely or not at all: the bytes go to a temporary file in the
-    /// same directory, which is renamed over `url` once it is complete.
+    /// same directory, which is renamed over `url` once it is complete. Because the file is
+    /// replaced rather than written into, a symbolic link at `url` is replaced by the new file
+    /// (its target is left as it was), hard links to the old file keep the old contents, and
+    /// the new file has the permissions of any newly created file (mode 0666 less the umask),
+    /// not those of the file it replaces.
     ///
     /// ```swift
     /// try output.write(toNPY: URL(fileURLWithPath: "out.npy"))   // numpy.load("out.npy")
@@ -86,8 +99,10 @@ extension Tensor where Element == Float {
 extension Tensor where Element == Bool {
     /// Reads a boolean tensor (a mask) from a NumPy `.npy` file of data type `|b1`.
     ///
-    /// Reads format versions 1.0, 2.0 and 3.0 in C order. Every byte of the payload must be
-    /// 0 (`false`) or 1 (`true`), as NumPy writes them.
+    /// Reads format versions 1.0, 2.0 and 3.0 in C order (or Fortran order when at most one
+    /// dimension is longer than 1). Every byte of the payload must be 0 (`false`) or 1
+    /// (`true`), as NumPy writes them. `<b1`, `>b1` and `=b1` are read as `|b1`: a one-byte
+    /// type has no byte order.
     ///
     /// ```swift
     /// let allowed = try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: "mask.npy"))
@@ -97,11 +112,11 @@ extension Tensor where Element == Bool {
     /// - Parameter url: A file URL.
     /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be read,
     ///   `.npyFormat` when it is malformed (including a byte other than 0 or 1),
-    ///   `.npyUnsupported` for any data type other than `|b1` or Fortran order, and
+    ///   `.npyUnsupported` for any other data type or Fortran order with more than one
+    ///   dimension longer than 1, and
     ///   `.sizeOverflow` when the shape's element count overflows.
     public init(contentsOfNPY url: URL) throws {
-        let bytes = try readWholeFile(url)
-        self = try bytes.withUnsafeBytes { try decodeNPY($0, as: Bool.self, source: filePath(url)) }
+        self = try readNPYFile(url, as: Bool.self)
     }
 
     /// Reads a boolean tensor from the bytes of a `.npy` file, as `init(contentsOfNPY:)` does.
@@ -120,6 +135,10 @@ extension Tensor where Element == Bool {
 
     /// Writes the tensor to a NumPy `.npy` file (`|b1`, C order), completely or not at all.
     ///
+    /// As for `Tensor<Float>`'s `write(toNPY:)`, the bytes go to a temporary file that is
+    /// renamed over `url`: a symbolic link at `url` is replaced rather than written through,
+    /// and the new file has the default permissions of a new file (0666 less the umask).
+    ///
     /// - Parameter url: A file URL; an existing file there is replaced.
     /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be written;
     ///   `url` is then unchanged.
@@ -131,11 +150,31 @@ extension Tensor where Element == Bool {
 
 // MARK: - Element types
 
-/// The data types AttentionKit reads and writes.
+/// The data types AttentionKit reads and writes; the raw value is the spelling it writes.
 enum NPYDataType: String {
     case float32 = "<f4"
     case float64 = "<f8"
     case bool = "|b1"
+
+    /// The type a header's `descr` names, or nil for types AttentionKit does not read.
+    ///
+    /// One-byte types have no byte order, so `<b1`, `>b1` and `=b1` are `|b1` under other
+    /// spellings; `=` (the writer's native order) means little-endian on little-endian hosts.
+    init?(descr: String) {
+        #if _endian(little)
+        let native: [String: NPYDataType] = ["=f4": .float32, "=f8": .float64]
+        #else
+        let native: [String: NPYDataType] = [:]
+        #endif
+        switch descr {
+        case "<f4": self = .float32
+        case "<f8": self = .float64
+        case "|b1", "<b1", ">b1", "=b1": self = .bool
+        default:
+            guard let type = native[descr] else { return nil }
+            self = type
+        }
+    }
 
     var itemSize: Int {
         switch self {
@@ -188,7 +227,8 @@ extension Float: NPYElement {
                 throw AttentionError(.npyValueOutOfRange,
                     "\(source): float64 value \(bad.value) at index \(describe(flatToIndex(bad.index, shape))) "
                     + "is too large for Float (largest \(Float.greatestFiniteMagnitude)); "
-                    + "AttentionKit rounds float64 to the nearest float32 and refuses finite values that would become infinite")
+                    + "AttentionKit rounds float64 to the nearest float32 and refuses finite values that would become infinite; "
+                    + "save a.astype(np.float32) to turn them into ±inf, or np.clip(a, -3.4e38, 3.4e38) to keep them finite")
             }
         case .bool:
             preconditionFailure("bool data is never decoded as Float")
@@ -276,16 +316,43 @@ func encodeNPY<Element: NPYElement>(_ tensor: Tensor<Element>) -> Data {
 
 // MARK: - Reading
 
-/// Decodes the bytes of a `.npy` file into a tensor, validating everything before the
-/// tensor is made.
-func decodeNPY<Element: NPYElement>(
-    _ bytes: UnsafeRawBufferPointer, as: Element.Type, source: String
-) throws -> Tensor<Element> {
+/// What the start of a `.npy` file (magic string, version, header) says about its payload.
+struct NPYLayout {
+    /// The data type as the header spells it (`'<f4'`, `'=f4'`, `'|b1'`…), for messages.
+    var descr: String
+    var type: NPYDataType
+    var shape: [Int]
+    var count: Int
+    /// The payload's exact length in bytes.
+    var byteCount: Int
+    /// Where the payload starts: the length of the magic string, version, length and header.
+    var payloadStart: Int
+}
+
+/// The result of looking at the first bytes of a `.npy` file.
+enum NPYPrefix {
+    /// The header is not complete yet: the first `n` bytes of the file are needed.
+    case needsBytes(Int)
+    /// Magic string, version and header are valid; the payload follows.
+    case complete(NPYLayout)
+}
+
+/// Parses the start of a `.npy` file: magic string, version, header length and header, and
+/// validates the data type, order and shape, without looking at the payload.
+///
+/// `bytes` are the first bytes of the file; `isWholeFile` says that the file has no more.
+/// When more bytes are needed to decide, returns `.needsBytes(n)` with `n > bytes.count`
+/// (never when `isWholeFile`). Errors are the same whether the file is given whole or in
+/// growing prefixes, because every "it ends inside…" check is made only on the whole file.
+func parseNPYPrefix<Element: NPYElement>(
+    _ bytes: UnsafeRawBufferPointer, isWholeFile: Bool, as: Element.Type, source: String
+) throws -> NPYPrefix {
     func malformed(_ reason: String) -> AttentionError {
         AttentionError(.npyFormat, "\(source): not a valid .npy file: \(reason)")
     }
 
     // Magic string and version.
+    if !isWholeFile && bytes.count < magic.count + 2 { return .needsBytes(magic.count + 2) }
     guard bytes.count >= magic.count, bytes.prefix(magic.count).elementsEqual(magic) else {
         let start = bytes.prefix(8).map { hexByte($0) }.joined(separator: " ")
         let zip = bytes.starts(with: [0x50, 0x4B, 0x03, 0x04]) ? " (this looks like a zip archive such as .npz: extract its arrays first)" : ""
@@ -302,9 +369,11 @@ func decodeNPY<Element: NPYElement>(
     // Header length and header.
     let lengthSize = major == 1 ? 2 : 4
     let headerStart = 8 + lengthSize
+    if !isWholeFile && bytes.count < headerStart { return .needsBytes(headerStart) }
     guard bytes.count >= headerStart else { throw malformed("it ends inside the header length") }
     var headerLength = 0
     for n in 0..<lengthSize { headerLength |= Int(bytes[8 + n]) << (8 * n) }
+    if !isWholeFile && bytes.count - headerStart < headerLength { return .needsBytes(headerStart + headerLength) }
     guard bytes.count - headerStart >= headerLength else {
         throw malformed("the header length field says \(headerLength) bytes but only \(bytes.count - headerStart) follow")
     }
@@ -313,7 +382,7 @@ func decodeNPY<Element: NPYElement>(
 
     // Data type, order and shape.
     let type: NPYDataType
-    switch NPYDataType(rawValue: header.descr) {
+    switch NPYDataType(descr: header.descr) {
     case let known? where Element.readableTypes.contains(known):
         type = known
     case let known?:
@@ -325,11 +394,13 @@ func decodeNPY<Element: NPYElement>(
             "\(source): data type \(describeDescr(header.descr)) is not supported; AttentionKit reads "
             + "'<f4' (float32), '<f8' (float64, converted to float32) and '|b1' (bool)")
     }
-    guard !header.fortranOrder else {
-        throw AttentionError(.npyUnsupported,
-            "\(source): the array is in Fortran (column-major) order; save numpy.ascontiguousarray(a) instead")
-    }
     let shape = header.shape
+    // With at most one dimension longer than 1, Fortran order lays the bytes out as C order does.
+    guard !header.fortranOrder || shape.filter({ $0 > 1 }).count <= 1 else {
+        throw AttentionError(.npyUnsupported,
+            "\(source): the array of shape \(describe(shape)) is in Fortran (column-major) order; "
+            + "save numpy.ascontiguousarray(a) instead")
+    }
     let count: Int
     do {
         count = try elementCount(of: shape)
@@ -338,21 +409,90 @@ func decodeNPY<Element: NPYElement>(
     }
     let (byteCount, overflow) = count.multipliedReportingOverflow(by: type.itemSize)
     guard !overflow else {
-        throw AttentionError(.sizeOverflow, "\(source): shape \(describe(shape)) of '\(type.rawValue)' has too many bytes")
+        throw AttentionError(.sizeOverflow, "\(source): shape \(describe(shape)) of '\(header.descr)' has too many bytes")
     }
+    return .complete(NPYLayout(descr: header.descr, type: type, shape: shape, count: count, byteCount: byteCount,
+                               payloadStart: headerStart + headerLength))
+}
 
-    // Payload: exactly as long as the shape needs.
-    let payloadStart = headerStart + headerLength
-    let available = bytes.count - payloadStart
-    guard available == byteCount else {
-        let needs = "shape \(describe(shape)) of '\(type.rawValue)' needs \(byteCount) bytes of data"
-        throw malformed(available < byteCount
-            ? "truncated: \(needs), the file has \(available)"
-            : "\(available - byteCount) bytes of unexpected data after the array (\(needs), the file has \(available))")
+/// Checks that the payload is exactly as long as the shape needs.
+///
+/// - Parameters:
+///   - available: The payload bytes found (after the header).
+///   - exact: Whether `available` is the whole rest of the file; `false` means that the
+///     file has at least that many bytes and only `byteCount + 1` were read.
+func checkNPYPayloadLength(_ layout: NPYLayout, available: Int, exact: Bool = true, source: String) throws {
+    guard available != layout.byteCount else { return }
+    let needs = "shape \(describe(layout.shape)) of '\(layout.descr)' needs \(layout.byteCount) bytes of data"
+    let reason: String
+    if available < layout.byteCount {
+        reason = "truncated: \(needs), the file has \(available)"
+    } else if exact {
+        reason = "\(available - layout.byteCount) bytes of unexpected data after the array (\(needs), the file has \(available))"
+    } else {
+        reason = "unexpected data after the array (\(needs), and more follow)"
     }
-    let payload = UnsafeRawBufferPointer(rebasing: bytes[payloadStart...])
-    let scalars = try Element.decode(payload, type: type, count: count, shape: shape, source: source)
-    return Tensor(validatedShape: shape, scalars: scalars)
+    throw AttentionError(.npyFormat, "\(source): not a valid .npy file: \(reason)")
+}
+
+/// Decodes the bytes of a whole `.npy` file into a tensor, validating everything before the
+/// tensor is made.
+func decodeNPY<Element: NPYElement>(
+    _ bytes: UnsafeRawBufferPointer, as: Element.Type, source: String
+) throws -> Tensor<Element> {
+    guard case .complete(let layout) = try parseNPYPrefix(bytes, isWholeFile: true, as: Element.self, source: source) else {
+        preconditionFailure("a whole file never needs more bytes")
+    }
+    try checkNPYPayloadLength(layout, available: bytes.count - layout.payloadStart, source: source)
+    let payload = UnsafeRawBufferPointer(rebasing: bytes[layout.payloadStart...])
+    return try decodeNPYPayload(payload, layout: layout, source: source)
+}
+
+/// Decodes a payload of exactly `layout.byteCount` bytes.
+func decodeNPYPayload<Element: NPYElement>(
+    _ payload: UnsafeRawBufferPointer, layout: NPYLayout, source: String
+) throws -> Tensor<Element> {
+    let scalars = try Element.decode(payload, type: layout.type, count: layout.count, shape: layout.shape, source: source)
+    return Tensor(validatedShape: layout.shape, scalars: scalars)
+}
+
+/// Reads a `.npy` file without ever holding more of it than its header promises: first the
+/// magic string and header, then (once they are valid) at most the payload and one more
+/// byte. A regular file's size is checked against the header before the payload is read, so
+/// a huge file that is not `.npy`, or whose header does not match its size, is refused after
+/// reading only its start; an endless source such as `/dev/zero` is refused the same way.
+func readNPYFile<Element: NPYElement>(_ url: URL, as: Element.Type) throws -> Tensor<Element> {
+    let file = try InputFile(url)
+    defer { file.close() }
+    let source = file.path
+    var prefix: [UInt8] = []
+    var wanted = magic.count + 2
+    var layout: NPYLayout
+    while true {
+        let atEnd = try file.read(into: &prefix, upTo: wanted)
+        switch try prefix.withUnsafeBytes({ try parseNPYPrefix($0, isWholeFile: atEnd, as: Element.self, source: source) }) {
+        case .needsBytes(let n):
+            precondition(n > prefix.count, "parseNPYPrefix asked for bytes it already has")
+            wanted = n
+            continue
+        case .complete(let complete):
+            layout = complete
+        }
+        break
+    }
+    precondition(prefix.count == layout.payloadStart)
+
+    // A regular file says how long it is: compare before reading anything more.
+    var payload: [UInt8] = []
+    if let size = file.regularFileSize, size >= layout.payloadStart {
+        try checkNPYPayloadLength(layout, available: size - layout.payloadStart, source: source)
+        payload.reserveCapacity(layout.byteCount + 1)
+    }
+    // One byte beyond the payload tells whether anything follows it.
+    let limit = layout.byteCount == Int.max ? Int.max : layout.byteCount + 1
+    let atEnd = try file.read(into: &payload, upTo: limit)
+    try checkNPYPayloadLength(layout, available: payload.count, exact: atEnd, source: source)
+    return try payload.withUnsafeBytes { try decodeNPYPayload($0, layout: layout, source: source) }
 }
 
 private func hexByte(_ byte: UInt8) -> String {

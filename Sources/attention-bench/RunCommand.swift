@@ -5,9 +5,10 @@ import Foundation
 /// `attention-bench run`: scaled dot-product attention on tensors read from NumPy `.npy`
 /// files, writing the output (and optionally the weights and an SVG heatmap of them).
 ///
-/// Everything is read, validated and computed before anything is written; the files are then
-/// written to temporary files next to their destinations and renamed into place, so an error
-/// leaves no file half-written.
+/// Everything is read, validated and computed before anything is written; every destination
+/// is checked, the files are written to temporary files next to their destinations and
+/// renamed into place, and a rename that still fails undoes the earlier ones, so an error
+/// leaves every destination as it was.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
@@ -29,7 +30,8 @@ struct Run: ParsableCommand {
 
             Errors in the inputs (a file that is missing or not a supported .npy,
             shapes that do not fit together, a mask that does not broadcast) print
-            one line and exit with status 1. Nothing is written unless every input
+            one line and exit with status 1; a malformed command line prints one
+            line and exits with status 64. Nothing is written unless every input
             is valid and every output can be written.
 
             Example, after numpy.save("q.npy", q) and the same for k and v:
@@ -60,7 +62,10 @@ struct Run: ParsableCommand {
                                valueName: "alignment"))
     var causal: CausalOption?
 
-    @Option(help: ArgumentHelp("Comma-separated key lengths, one per batch entry: keys at or beyond the length are excluded.",
+    // `.unconditional`: a value such as "-1" is the value, not an option, so it reaches the
+    // range check in parseKeyLengths.
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("Comma-separated key lengths, one per batch entry: keys at or beyond the length are excluded.",
                                valueName: "5,7"))
     var keyLengths: String?
 
@@ -168,9 +173,16 @@ struct Run: ParsableCommand {
         }
         if let heatmapPath = heatmap, let w = result.weights {
             let title = heatmapTitle ?? "Attention weights (\(URL(fileURLWithPath: query).lastPathComponent))"
+            // Grouped-query attention: each panel of the grid says which key/value head it shares.
+            var headLabels: [String]?
+            if heatmapHead == nil, w.rank == 4, k.rank == 4, k.shape[1] > 0, w.shape[1] > k.shape[1],
+               w.shape[1] % k.shape[1] == 0 {
+                let group = w.shape[1] / k.shape[1]
+                headLabels = (0..<w.shape[1]).map { "head \($0) · kv \($0 / group)" }
+            }
             let picture = try libraryCall {
                 try AttentionHeatmap(weights: w, batch: heatmapBatch, head: heatmapHead, title: title,
-                                     maximumCells: heatmapCells)
+                                     headLabels: headLabels, maximumCells: heatmapCells)
             }
             files.append((heatmapPath, Data(picture.svg().utf8)))
             let (rows, columns) = picture.cellCounts
@@ -236,17 +248,52 @@ private func describe(_ shape: [Int]) -> String {
     "[" + shape.map(String.init).joined(separator: ", ") + "]"
 }
 
-/// Writes every file or none: each goes to a temporary file in its destination's directory
-/// first, and only when all of them are complete are they renamed into place. A failure
-/// removes the temporary files and leaves the destinations as they were. (Should a rename
-/// itself fail after others succeeded, those files are complete, never partial.)
+/// Why `path` cannot be a destination for a new file, or nil when it can: it names a
+/// directory (or ends in `/`), its directory is missing or not a directory, or the directory
+/// cannot be written to.
+private func destinationProblem(_ path: String) -> String? {
+    if path.isEmpty { return "the path is empty" }
+    if path.hasSuffix("/") { return "the path ends in '/', so it names a directory, not a file" }
+    var info = stat()
+    if lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR { return "it is a directory" }
+    let parent = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    guard stat(parent, &info) == 0 else {
+        return "its directory \(parent) cannot be used: \(String(cString: strerror(errno)))"
+    }
+    guard (info.st_mode & S_IFMT) == S_IFDIR else { return "\(parent) is not a directory" }
+    guard access(parent, W_OK | X_OK) == 0 else {
+        return "no permission to create files in \(parent): \(String(cString: strerror(errno)))"
+    }
+    return nil
+}
+
+/// A fresh name for a temporary file next to `path`, ending in `suffix`.
+private func temporaryName(besides path: String, _ suffix: String) -> String {
+    let destination = URL(fileURLWithPath: path)
+    return destination.deletingLastPathComponent()
+        .appendingPathComponent(".\(destination.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).\(suffix)").path
+}
+
+/// Writes every file or none.
+///
+/// First every destination is checked (not a directory, its directory exists and can be
+/// written to); then each file goes to a temporary file in its destination's directory, and
+/// only when all of them are complete are they renamed into place. A destination that
+/// already exists is first hard-linked to a backup name, so that if a later rename fails,
+/// the renames already made are undone: replaced files get their old contents back and new
+/// ones are removed. Every failure leaves the destinations as they were and removes the
+/// temporary files.
 func writeAllOrNothing(_ files: [(path: String, data: Data)]) throws {
+    for file in files {
+        if let problem = destinationProblem(file.path) {
+            throw BenchFailure(description: "cannot write \(file.path): \(problem)")
+        }
+    }
+
     var temporaries: [String] = []
     func removeTemporaries() { for path in temporaries { unlink(path) } }
     for file in files {
-        let destination = URL(fileURLWithPath: file.path)
-        let temporary = destination.deletingLastPathComponent()
-            .appendingPathComponent(".\(destination.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp").path
+        let temporary = temporaryName(besides: file.path, "tmp")
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
         guard fd >= 0 else {
             let reason = String(cString: strerror(errno))
@@ -272,11 +319,52 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)]) throws {
             throw BenchFailure(description: "cannot write \(file.path): \(reason)")
         }
     }
+
+    // Rename into place, keeping a way back: `done` lists the destinations replaced so far,
+    // each with the backup of the file it replaced (nil when there was none).
+    var done: [(path: String, backup: String?)] = []
+    func rollBack() {
+        for (path, backup) in done.reversed() {
+            if let backup { rename(backup, path) } else { unlink(path) }
+        }
+    }
     for (file, temporary) in zip(files, temporaries) {
+        var backup: String?
+        var linked = false
+        var info = stat()
+        if lstat(file.path, &info) == 0 {
+            // Checked above, but the file system may have changed since: never move a
+            // directory aside or replace it.
+            guard (info.st_mode & S_IFMT) != S_IFDIR else {
+                rollBack()
+                removeTemporaries()
+                throw BenchFailure(description: "cannot write \(file.path): it is a directory")
+            }
+            let name = temporaryName(besides: file.path, "old")
+            // A hard link keeps the destination in place; where links are not possible, the
+            // old file is moved aside instead (and moved back if the rename fails).
+            linked = link(file.path, name) == 0
+            if linked || rename(file.path, name) == 0 {
+                backup = name
+            } else {
+                let reason = String(cString: strerror(errno))
+                rollBack()
+                removeTemporaries()
+                throw BenchFailure(description: "cannot write \(file.path): cannot keep a backup of it: \(reason)")
+            }
+        }
         guard rename(temporary, file.path) == 0 else {
             let reason = String(cString: strerror(errno))
+            if let backup {
+                // A linked backup is a second name of the file still in place; a moved-aside
+                // file goes back.
+                if linked { unlink(backup) } else { rename(backup, file.path) }
+            }
+            rollBack()
             removeTemporaries()
             throw BenchFailure(description: "cannot write \(file.path): \(reason)")
         }
+        done.append((file.path, backup))
     }
+    for case let (_, backup?) in done { unlink(backup) }
 }

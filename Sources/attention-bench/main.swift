@@ -151,6 +151,7 @@ and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
 */
 
 import ArgumentParser
+import Foundation
 
 /// The root command. With no subcommand it runs `suite`, so `attention-bench` and all of its
 /// options work as before; `run` computes attention on .npy files (RunCommand.swift); `layer`
@@ -168,4 +169,17 @@ struct AttentionBenchCommand: ParsableCommand {
         defaultSubcommand: Suite.self)
 }
 
-AttentionBenchCommand.main()
+// Like `AttentionBenchCommand.main()`, except that an error is one line on stderr: ArgumentParser
+// follows a parse error with a help line and the usage, which buries the message. Help
+// (`--help`, `help run`) is not an error and still prints the full help with status 0.
+do {
+    var command = try AttentionBenchCommand.parseAsRoot()
+    try command.run()
+} catch {
+    let status = AttentionBenchCommand.exitCode(for: error)
+    if status.isSuccess { AttentionBenchCommand.exit(withError: error) }
+    let message = AttentionBenchCommand.message(for: error)
+        .split(whereSeparator: \.isNewline).joined(separator: "; ")
+    if !message.isEmpty { FileHandle.standardError.write(Data("Error: \(message)\n".utf8)) }
+    exit(status.rawValue)
+}

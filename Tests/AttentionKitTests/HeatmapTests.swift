@@ -34,6 +34,11 @@ struct ParsedSVG {
     var texts: [String] = []
     var panelHeads: [Int?] = []
     var elementCount = 0
+    /// Every text's baseline `y` (nil for rotated texts placed by a transform), in order.
+    var textBaselines: [(text: String, y: Double?)] = []
+    /// The legend's colour bar, and the `y` of its tick marks.
+    var legendBar: (y: Double, height: Double)?
+    var legendTickYs: [Double] = []
 }
 
 struct SVGParseError: Error, CustomStringConvertible { let description: String }
@@ -44,6 +49,8 @@ private final class SVGCollector: NSObject, XMLParserDelegate {
     var inText = false
     var panel = -1
     var problems: [String] = []
+    var textY: Double?
+    var inLegend = false
 
     func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?,
                 qualifiedName: String?, attributes: [String: String] = [:]) {
@@ -69,6 +76,13 @@ private final class SVGCollector: NSObject, XMLParserDelegate {
         case "text":
             inText = true
             text = ""
+            textY = attributes["y"].flatMap(Double.init)
+        case "g" where attributes["data-legend"] != nil:
+            inLegend = true
+        case "rect" where inLegend && attributes["fill"] == "url(#viridis)":
+            parsed.legendBar = (Double(attributes["y"] ?? "") ?? .nan, Double(attributes["height"] ?? "") ?? .nan)
+        case "line" where inLegend:
+            parsed.legendTickYs.append(Double(attributes["y1"] ?? "") ?? .nan)
         default:
             break
         }
@@ -81,8 +95,10 @@ private final class SVGCollector: NSObject, XMLParserDelegate {
     func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
         if name == "text" {
             parsed.texts.append(text)
+            parsed.textBaselines.append((text, textY))
             inText = false
         }
+        if name == "g" { inLegend = false }
     }
 }
 
@@ -205,6 +221,64 @@ struct HeatmapTests {
         #expect(svg.texts.contains("Downsampled for display: 100×70 drawn as 30×30 cells, each the \(name) of 3–4 queries × 2–3 keys."))
         // Token labels are not drawn for downsampled rows; positions are.
         #expect(!svg.texts.contains("t5") && svg.texts.contains("0"))
+    }
+
+    @Test("token labels dropped by downsampling are mentioned in the notes")
+    func droppedLabelsNote() throws {
+        let weights = normalTensor([20, 10], seed: 6)
+        let queries = (0..<20).map { "q\($0)" }, keys = (0..<10).map { "k\($0)" }
+        func notes(_ heatmap: AttentionHeatmap) throws -> [String] {
+            try parseSVG(Data(heatmap.svg().utf8)).texts.filter { $0.contains("labels are not drawn") }
+        }
+        // Rows downsampled (20 > 12), columns not: the query labels go, the key labels stay.
+        let rowsOnly = try AttentionHeatmap(weights: weights, queryLabels: queries, keyLabels: keys, maximumCells: 12)
+        #expect(try notes(rowsOnly) == ["Query labels are not drawn because the query axis is downsampled; positions are shown instead."])
+        #expect(try parseSVG(Data(rowsOnly.svg().utf8)).texts.contains("k3"))
+        let both = try AttentionHeatmap(weights: weights, queryLabels: queries, keyLabels: keys, maximumCells: 8)
+        #expect(try notes(both) == ["Query and key labels are not drawn because both axes are downsampled; positions are shown instead."])
+        let keysOnly = try AttentionHeatmap(weights: weights, keyLabels: keys, maximumCells: 8)
+        #expect(try notes(keysOnly) == ["Key labels are not drawn because the key axis is downsampled; positions are shown instead."])
+        // Nothing dropped, or no labels given: no such note.
+        #expect(try notes(AttentionHeatmap(weights: weights, queryLabels: queries, keyLabels: keys)).isEmpty)
+        #expect(try notes(AttentionHeatmap(weights: weights, maximumCells: 8)).isEmpty)
+    }
+
+    @Test("the notes start below the legend, also for matrices shorter than the legend",
+          arguments: [[2, 2], [1, 7], [1, 1], [1, 4, 1, 9], [40, 40]] as [[Int]])
+    func notesBelowLegend(shape: [Int]) throws {
+        let weights = normalTensor(shape, seed: 7)
+        let svg = try parseSVG(Data(try AttentionHeatmap(weights: weights).svg().utf8))
+        let bar = try #require(svg.legendBar)
+        // The lowest legend label's baseline sits 4 px below its tick; a note's text rises
+        // about 11 px (the font size) above its baseline.
+        let legendBottom = max(bar.y + bar.height, (svg.legendTickYs.max() ?? 0) + 4)
+        let notes = svg.textBaselines.filter { $0.text.hasPrefix("Colour:") || $0.text.hasPrefix("Downsampled") }
+        #expect(!notes.isEmpty)
+        for note in notes {
+            let y = try #require(note.y)
+            #expect(y - 11 > legendBottom, "\(shape): note at \(y) overlaps the legend ending at \(legendBottom)")
+        }
+        // The document is tall enough to show the notes.
+        let height = try #require(svg.rootAttributes["height"].flatMap(Double.init))
+        #expect(notes.allSatisfy { $0.y! < height })
+    }
+
+    @Test("legend ticks are spread over the bar even for a range wider than Float can subtract")
+    func hugeLegendRange() throws {
+        let weights = try Tensor<Float>(shape: [2, 2], scalars: [-3e38, 0, 1e38, 3e38])
+        for range in [AttentionHeatmap.ColorRange.automatic, .fixed(lower: -3e38, upper: 3e38)] {
+            let svg = try parseSVG(Data(try AttentionHeatmap(weights: weights, colorRange: range).svg().utf8))
+            let bar = try #require(svg.legendBar)
+            let ys = svg.legendTickYs
+            #expect(ys.count >= 3, "\(ys)")
+            #expect(ys.allSatisfy { $0.isFinite && $0 >= bar.y - 0.01 && $0 <= bar.y + bar.height + 0.01 }, "\(ys)")
+            #expect(Set(ys).count == ys.count, "ticks coincide: \(ys)")
+            // -3e38 at the bottom, 3e38 at the top, 0 in the middle.
+            #expect(abs(ys.max()! - (bar.y + bar.height)) < 0.01 && abs(ys.min()! - bar.y) < 0.01, "\(ys)")
+            let middle = bar.y + bar.height / 2
+            #expect(svg.textBaselines.contains { $0.text == "0" && $0.y.map { abs($0 - 4 - middle) < 0.01 } == true },
+                    "no legend label 0 at the middle of the bar: \(ys)")
+        }
     }
 
     @Test("labels are escaped, odd values are drawn, the file write matches svg()")

@@ -149,6 +149,12 @@ struct NPYCommandLineTests {
              "name the same file"),
             ("missing directory", ["--query", q, "--key", k, "--value", v, "--weights", "w.npy", "--output",
                                    directory.appendingPathComponent("none/out.npy").path], "cannot write"),
+            // Command-line errors: one line too, not ArgumentParser's help and usage after it.
+            ("unknown option", ["--query", q, "--key", k, "--value", v, "--bogus"] + outputs, "Unknown option '--bogus'"),
+            ("missing option", ["--query", q, "--value", v] + outputs, "Missing expected argument '--key <k.npy>'"),
+            ("unknown kernel", ["--query", q, "--key", k, "--value", v, "--kernel", "fast"] + outputs, "'fast'"),
+            ("negative key length", ["--query", q, "--key", k, "--value", v, "--key-lengths", "-1"] + outputs,
+             "--key-lengths must be comma-separated non-negative integers such as 5,7; got '-1'"),
         ]
         for (name, arguments, phrase) in cases {
             let result = try runBench(["run"] + arguments, in: directory)
@@ -160,6 +166,76 @@ struct NPYCommandLineTests {
             #expect(names == ["out.npy"], "\(name): left \(names)")
             #expect(try Data(contentsOf: directory.appendingPathComponent("out.npy")) == Data("earlier".utf8))
         }
+    }
+
+    @Test("a destination that cannot be written stops the run before any file is written",
+          arguments: [false, true])
+    func unwritableDestination(earlierOutput: Bool) throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let manager = FileManager.default
+        try manager.createDirectory(at: directory.appendingPathComponent("adir"), withIntermediateDirectories: false)
+        try Data("a file".utf8).write(to: directory.appendingPathComponent("afile"))
+        let earlier = Data("earlier".utf8)
+        if earlierOutput { try earlier.write(to: directory.appendingPathComponent("out.npy")) }
+        let inputs = ["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                      "--value", try fixture("cli_v.npy"), "--output", "out.npy"]
+        // Each bad destination comes after --output, whose file would be renamed into place first.
+        let cases: [(String, [String], String)] = [
+            ("weights onto a directory", ["--weights", "adir"], "cannot write adir: it is a directory"),
+            ("heatmap onto a directory", ["--weights", "w.npy", "--heatmap", "adir"], "it is a directory"),
+            ("trailing slash", ["--heatmap", "adir/"], "ends in '/'"),
+            ("trailing slash, no such directory", ["--heatmap", "bdir/"], "ends in '/'"),
+            ("parent is a file", ["--weights", "afile/w.npy"], "is not a directory"),
+            ("parent missing", ["--weights", "w.npy", "--heatmap", "none/w.svg"], "none"),
+        ]
+        for (name, options, phrase) in cases {
+            let result = try runBench(inputs + options, in: directory)
+            #expect(result.status != 0, "\(name): status 0")
+            #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(phrase),
+                    "\(name): '\(result.stderr)' lacks '\(phrase)'")
+            let names = try manager.contentsOfDirectory(atPath: directory.path).sorted()
+            #expect(names == (earlierOutput ? ["adir", "afile", "out.npy"] : ["adir", "afile"]), "\(name): left \(names)")
+            if earlierOutput {
+                #expect(try Data(contentsOf: directory.appendingPathComponent("out.npy")) == earlier, "\(name): out.npy changed")
+            }
+            #expect(try manager.contentsOfDirectory(atPath: directory.appendingPathComponent("adir").path).isEmpty)
+        }
+    }
+
+    @Test("--help prints the full help and exits 0; it is not an error")
+    func help() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for arguments in [["run", "--help"], ["help", "run"]] {
+            let result = try runBench(arguments, in: directory)
+            #expect(result.status == 0, "\(arguments): status \(result.status), \(result.stderr)")
+            #expect(result.stderr.isEmpty, "\(arguments): \(result.stderr)")
+            #expect(result.stdout.contains("USAGE: attention-bench run") && result.stdout.contains("--heatmap-cells")
+                    && result.stdout.split(separator: "\n").count > 20, "\(arguments): \(result.stdout)")
+        }
+    }
+
+    @Test("the heatmap of a grouped-query run labels each head with its key/value head")
+    func groupedQueryHeadLabels() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // cli_q has Hq = 4 heads, cli_k Hkv = 2: heads 0 and 1 share kv head 0, heads 2 and 3 kv head 1.
+        let result = try runBench(["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                                   "--value", try fixture("cli_v.npy"), "--output", "out.npy", "--heatmap", "w.svg"],
+                                  in: directory)
+        #expect(result.status == 0, "\(result.stderr)")
+        let svg = try parseSVG(Data(contentsOf: directory.appendingPathComponent("w.svg")))
+        for label in ["head 0 · kv 0", "head 1 · kv 0", "head 2 · kv 1", "head 3 · kv 1"] {
+            #expect(svg.texts.contains(label), "\(label) missing: \(svg.texts)")
+        }
+        // One head asked for: no grid, no labels of that kind.
+        let single = try runBench(["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                                   "--value", try fixture("cli_v.npy"), "--output", "out.npy", "--heatmap", "h.svg",
+                                   "--heatmap-head", "2"], in: directory)
+        #expect(single.status == 0, "\(single.stderr)")
+        let one = try parseSVG(Data(contentsOf: directory.appendingPathComponent("h.svg")))
+        #expect(!one.texts.contains { $0.contains("· kv") })
     }
 
     @Test("attention-bench with no subcommand still runs the suite with its options")

@@ -219,8 +219,8 @@ struct NPYTests {
             ("not a dict", header("['descr', '<f4']"), .npyFormat, "expected '{'"),
             ("version 3 not UTF-8", notUTF8, .npyFormat, "UTF-8"),
             ("little-endian int", header("{'descr': '<i4', 'fortran_order': False, 'shape': (2,)}"), .npyUnsupported, "'<i4' (int32)"),
-            ("native-order float", header("{'descr': '=f4', 'fortran_order': False, 'shape': (2,)}"), .npyUnsupported, "'=f4'"),
-            ("Fortran order", header("{'descr': '<f4', 'fortran_order': True, 'shape': (2,)}"), .npyUnsupported, "Fortran"),
+            ("native-order float16", header("{'descr': '=f2', 'fortran_order': False, 'shape': (2,)}"), .npyUnsupported, "'=f2'"),
+            ("Fortran order", header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2)}"), .npyUnsupported, "Fortran"),
         ]
         for (name, data, code, phrase) in cases {
             guard let error = attentionError(name, { try Tensor<Float>(npyData: data) }) else { continue }
@@ -362,4 +362,142 @@ private func payloadMatches(_ tensor: Tensor<Float>, _ bytes: [UInt8]) -> Bool {
         return value.bitPattern == tensor.scalars[i].bitPattern || (value.isNaN && tensor.scalars[i].isNaN)
     }
     return as32 || as64
+}
+
+// MARK: - Other writers' spellings, and sources that are not small .npy files
+
+/// The bytes of `values` as little-endian float32 or float64.
+private func littleEndianBytes(_ values: [Double], size: Int) -> [UInt8] {
+    values.flatMap { value -> [UInt8] in
+        let bits = size == 4 ? UInt64(Float(value).bitPattern) : value.bitPattern
+        return (0..<size).map { UInt8(truncatingIfNeeded: bits >> (8 * UInt64($0))) }
+    }
+}
+
+@Suite("NumPy .npy interop and large sources")
+struct NPYSourceTests {
+    // The expected values below were checked against numpy.load of the same bytes.
+    @Test("<b1, >b1 and =b1 are bool; =f4 and =f8 are little-endian floats on little-endian machines")
+    func otherSpellings() throws {
+        for descr in ["|b1", "<b1", ">b1", "=b1"] {
+            let data = npyBytes(header: "{'descr': '\(descr)', 'fortran_order': False, 'shape': (2, 2), }", payload: [1, 0, 0, 1])
+            let mask = try Tensor<Bool>(npyData: data)
+            #expect(mask.shape == [2, 2] && mask.scalars == [true, false, false, true], "\(descr)")
+            let asFloat = attentionError(descr) { try Tensor<Float>(npyData: data) }
+            #expect(asFloat?.code == .npyUnsupported && asFloat?.message.contains("read it as Tensor<Bool>") == true, "\(descr)")
+        }
+        #if _endian(little)
+        for (descr, size) in [("=f4", 4), ("=f8", 8)] {
+            let data = npyBytes(header: "{'descr': '\(descr)', 'fortran_order': False, 'shape': (3,), }",
+                                payload: littleEndianBytes([1.5, -2, 0.1], size: size))
+            let tensor = try Tensor<Float>(npyData: data)
+            #expect(tensor.shape == [3] && tensor.scalars == [1.5, -2, Float(0.1)], "\(descr): \(tensor.scalars)")
+        }
+        #endif
+        // Everything else is still refused.
+        for (descr, kind) in [("|f4", "float"), (">f8", "float"), ("=f2", "float"), ("=i4", "float"), ("<b2", "bool"),
+                              ("|u1", "bool"), ("b1", "bool"), ("f4", "float")] {
+            let data = npyBytes(header: "{'descr': '\(descr)', 'fortran_order': False, 'shape': (2,), }",
+                                payload: [UInt8](repeating: 0, count: 8))
+            let error = kind == "bool"
+                ? attentionError(descr) { try Tensor<Bool>(npyData: data) }
+                : attentionError(descr) { try Tensor<Float>(npyData: data) }
+            #expect(error?.code == .npyUnsupported, "\(descr): \(String(describing: error))")
+            #expect(error?.message.contains("'\(descr)'") == true, "\(descr): \(String(describing: error))")
+        }
+    }
+
+    @Test("Fortran order is read when at most one dimension is longer than 1, refused otherwise")
+    func fortranOrder() throws {
+        for (shape, text) in [([3], "(3,)"), ([1, 3], "(1, 3)"), ([3, 1], "(3, 1)"), ([1, 1, 3], "(1, 1, 3)"),
+                              ([], "()"), ([0, 5], "(0, 5)")] as [([Int], String)] {
+            let count = shape.reduce(1, *)
+            let data = npyBytes(header: "{'descr': '<f4', 'fortran_order': True, 'shape': \(text), }",
+                                payload: littleEndianBytes((0..<count).map(Double.init), size: 4))
+            let tensor = try Tensor<Float>(npyData: data)
+            #expect(tensor.shape == shape && tensor.scalars == (0..<count).map(Float.init), "\(text)")
+            let bools = npyBytes(header: "{'descr': '|b1', 'fortran_order': True, 'shape': \(text), }",
+                                 payload: (0..<count).map { UInt8($0 % 2) })
+            #expect(try Tensor<Bool>(npyData: bools).scalars == (0..<count).map { $0 % 2 == 1 }, "\(text)")
+        }
+        for text in ["(2, 3)", "(1, 2, 2)", "(2, 1, 2)"] {
+            let data = npyBytes(header: "{'descr': '<f4', 'fortran_order': True, 'shape': \(text), }",
+                                payload: [UInt8](repeating: 0, count: 24))
+            let error = attentionError(text) { try Tensor<Float>(npyData: data) }
+            #expect(error?.code == .npyUnsupported && error?.message.contains("Fortran") == true, "\(text): \(String(describing: error))")
+        }
+    }
+
+    @Test("a float64 value beyond Float's range: the error says how to convert it")
+    func overflowAdvice() throws {
+        let url = try npyFixtureURL("f8_overflow.npy")
+        let error = attentionError("f8_overflow.npy") { try Tensor<Float>(contentsOfNPY: url) }
+        #expect(error?.code == .npyValueOutOfRange)
+        #expect(error?.message.contains("a.astype(np.float32)") == true && error?.message.contains("np.clip") == true,
+                "\(String(describing: error))")
+    }
+
+    @Test("an endless source (/dev/zero) is refused after its first bytes, not read to the end",
+          .enabled(if: FileManager.default.fileExists(atPath: "/dev/zero")))
+    func endlessSource() throws {
+        let url = URL(fileURLWithPath: "/dev/zero")
+        let error = attentionError("/dev/zero") { try Tensor<Float>(contentsOfNPY: url) }
+        #expect(error?.code == .npyFormat)
+        #expect(error?.message.contains("/dev/zero") == true && error?.message.contains("magic string") == true,
+                "\(String(describing: error))")
+        #expect(attentionError("/dev/zero as bool") { try Tensor<Bool>(contentsOfNPY: url) }?.code == .npyFormat)
+    }
+
+    @Test("a pipe is read up to the payload and one byte more",
+          .enabled(if: FileManager.default.fileExists(atPath: "/dev/fd")))
+    func pipeSource() throws {
+        let tensor = try Tensor<Float>(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6])
+        for extra in [0, 1, 100] {
+            let pipe = Pipe()
+            try pipe.fileHandleForWriting.write(contentsOf: tensor.npyData() + Data(repeating: 7, count: extra))
+            try pipe.fileHandleForWriting.close()
+            let url = URL(fileURLWithPath: "/dev/fd/\(pipe.fileHandleForReading.fileDescriptor)")
+            if extra == 0 {
+                #expect(try Tensor<Float>(contentsOfNPY: url) == tensor)
+            } else {
+                let error = attentionError("pipe with \(extra) extra bytes") { try Tensor<Float>(contentsOfNPY: url) }
+                #expect(error?.code == .npyFormat)
+                #expect(error?.message.contains("unexpected data after the array") == true, "\(String(describing: error))")
+            }
+            try pipe.fileHandleForReading.close()
+        }
+    }
+
+    @Test("a huge file is refused after reading its start: not .npy, or a header that does not match its size")
+    func hugeFiles() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let size: UInt64 = 8 << 30                   // 8 GiB, sparse: no disk space is used
+        func sparseFile(_ name: String, startingWith start: Data) throws -> URL {
+            let url = directory.appendingPathComponent(name)
+            try start.write(to: url)
+            let handle = try FileHandle(forWritingTo: url)
+            try handle.truncate(atOffset: size)
+            try handle.close()
+            return url
+        }
+        let notNPY = try sparseFile("huge.bin", startingWith: Data("just some text".utf8))
+        let header = try Tensor<Float>(shape: [2], scalars: [1, 2]).npyData()
+        let npyWithTail = try sparseFile("huge.npy", startingWith: header)
+
+        let clock = ContinuousClock()
+        let start = clock.now
+        let first = attentionError("8 GiB of text") { try Tensor<Float>(contentsOfNPY: notNPY) }
+        #expect(first?.code == .npyFormat && first?.message.contains("magic string") == true, "\(String(describing: first))")
+        let second = attentionError("8 GiB after a 2-element array") { try Tensor<Float>(contentsOfNPY: npyWithTail) }
+        let tail = Int(size) - header.count
+        #expect(second?.code == .npyFormat, "\(String(describing: second))")
+        #expect(second?.message.contains("\(tail) bytes of unexpected data after the array") == true,
+                "\(String(describing: second))")
+        let third = attentionError("8 GiB as bool") { try Tensor<Bool>(contentsOfNPY: npyWithTail) }
+        #expect(third?.code == .npyUnsupported)
+        // Reading 8 GiB would take seconds and that much memory; the start takes microseconds.
+        let elapsed = clock.now - start
+        #expect(elapsed < .seconds(1), "took \(elapsed)")
+    }
 }

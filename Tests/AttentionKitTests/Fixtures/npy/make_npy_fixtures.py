@@ -83,10 +83,14 @@ failing("object.npy", np.array([1, "a", None], dtype=object), "float", "npyUnsup
 failing("b1_as_float.npy", np.ones((2, 2), dtype=bool), "float", "npyUnsupported", "Tensor<Bool>")
 failing("f4_as_bool.npy", np.ones((2, 2), dtype=f32), "bool", "npyUnsupported", "Tensor<Float>")
 failing("u1_as_bool.npy", np.array([0, 1, 2], dtype=np.uint8), "bool", "npyUnsupported", "uint8")
+# A fixed timestamp and attributes, so that rerunning the script rewrites the same bytes.
 with zipfile.ZipFile("archive.npz", "w") as z:
     buffer = io.BytesIO()
     np.save(buffer, np.ones(3, dtype=f32))
-    z.writestr("a.npy", buffer.getvalue())
+    member = zipfile.ZipInfo("a.npy", date_time=(2026, 11, 25, 0, 0, 0))
+    member.create_system = 3                 # Unix, whatever the machine
+    member.external_attr = 0o644 << 16       # -rw-r--r--
+    z.writestr(member, buffer.getvalue())
 manifest["files"].append({"file": "archive.npz", "kind": "float", "error": "npyFormat", "contains": "zip archive"})
 
 # attention-bench run inputs: B=2, Hq=4, Hkv=2 (grouped-query), L=5, S=7, Dk=8, Dv=6.
