@@ -35,7 +35,7 @@ The Swift side is `attention-bench layer --format json --no-check` (it warms up 
 untimed rep), run as a subprocess; the two sides alternate in rounds (Swift, PyTorch, Swift,
 ...), each round timing --reps repetitions on each side. The table gives each side's median
 over all rounds and PyTorch time / AttentionKit time (> 1: AttentionKit is faster), plus
-the bandwidth the generation loop streams against the machine's copy and read bandwidth
+the rate at which the generation loop reads its weights and K/V (bytes / time; part comes from the L3) against the machine's copy and read bandwidth
 (`attention-bench layer --workload bandwidth`).
 """
 import argparse
@@ -284,7 +284,7 @@ def layer(args):
             E, Hkv, D, T = 2048, 8, 64, args.tokens
             weights = 4 * (E * E + E + 2 * (Hkv * D * E + Hkv * D) + E * E + E)
             bytes_per_loop = T * weights + 4 * 2 * Hkv * D * T * (T + 1) // 2
-            print(f"{'':>7}  {'  streamed bandwidth':<40} {bytes_per_loop / s / 1e9:8.2f} GB/s {bytes_per_loop / t / 1e9:8.2f} GB/s"
+            print(f"{'':>7}  {'  weights + K/V read per second':<40} {bytes_per_loop / s / 1e9:8.2f} GB/s {bytes_per_loop / t / 1e9:8.2f} GB/s"
                   f"   machine: copy {bw['copy_gb_per_s']:.1f} GB/s (read+write), read {bw['read_gb_per_s']:.1f} GB/s")
 
 

@@ -19,10 +19,12 @@ struct LayerBench: ParsableCommand {
               generate   GQA layer E=2048, 32 query heads, 8 kv heads (Dk=64),
                          batch 1: --tokens (256) decode steps of one token each,
                          from an empty cache (default capacity, geometric growth).
-                         One rep is the whole loop. Reports tokens/s and the memory
-                         bandwidth the loop achieves: bytes it must stream per rep =
+                         One rep is the whole loop. Reports tokens/s and the rate
+                         at which the loop reads what it must read per rep =
                          tokens * projection weights and biases (41.9 MB/token,
-                         more than the 32 MiB L3) + the cached K/V it reads.
+                         more than the 32 MiB L3) + the cached K/V: bytes / time,
+                         served from DRAM or, for the part still cached from
+                         the previous token, the L3; not DRAM traffic alone.
               bandwidth  the machine's copy bandwidth: memcpy of a 512 MiB buffer
                          split over the thread count, median of 7, counted as
                          read + write bytes (STREAM's convention); and read
@@ -268,7 +270,7 @@ struct LayerResult {
         if let tokens { line += String(format: "  %6.1f tokens/s", Double(tokens) / median) }
         if let bytes {
             let rate = bytes / median
-            line += String(format: "  %5.2f GB/s streamed", rate / 1e9)
+            line += String(format: "  %5.2f GB/s of weights + K/V", rate / 1e9)
             if let copyBandwidth { line += String(format: " (%.0f%% of copy", 100 * rate / copyBandwidth) }
             if let readBandwidth { line += String(format: ", %.0f%% of read)", 100 * rate / readBandwidth) }
         }
