@@ -56,10 +56,12 @@ public struct KVCache: Sendable {
 
     /// Makes room for `newCount` positions: at least doubles the capacity when it grows,
     /// copying each head's `count` cached rows into the new storage.
-    mutating func reserve(_ newCount: Int) throws {
+    /// With `exactly`, a first allocation takes exactly `newCount` positions (a cache of
+    /// projected encoder output, which never grows, is then read in place).
+    mutating func reserve(_ newCount: Int, exactly: Bool = false) throws {
         guard newCount > capacity else { return }
         let newCapacity = capacity == 0
-            ? max(newCount, requestedCapacity, 8)              // requestedCapacity ≥ 0: decode checked it
+            ? (exactly ? newCount : max(newCount, requestedCapacity, 8))   // requestedCapacity ≥ 0: decode checked it
             : max(newCount, capacity.multipliedReportingOverflow(by: 2).partialValue)
         let keyShape = [batch, kvHeads, newCapacity, headDim]
         let valueShape = [batch, kvHeads, newCapacity, valueHeadDim]
@@ -91,6 +93,33 @@ public struct KVCache: Sendable {
             }
         }
         return Tensor(validatedShape: shape, scalars: scalars)          // [B, Hkv, newCapacity, D]
+    }
+
+    /// The cached keys and values as contiguous `[B, Hkv, count, D]` tensors: the storage
+    /// itself when it is exactly full, else a copy of each head's first `count` rows (the
+    /// core attention takes contiguous tensors).
+    func cachedTensors() -> (keys: Tensor<Float>, values: Tensor<Float>) {
+        let keyShape = [batch, kvHeads, count, headDim], valueShape = [batch, kvHeads, count, valueHeadDim]
+        if count == capacity && capacity > 0 {
+            return (Tensor(validatedShape: keyShape, scalars: keys.scalars),
+                    Tensor(validatedShape: valueShape, scalars: values.scalars))
+        }
+        func compact(_ storage: Tensor<Float>, width D: Int, shape: [Int]) -> Tensor<Float> {
+            var scalars = [Float](repeating: 0, count: batch * kvHeads * count * D)
+            if count > 0 && D > 0 {
+                storage.withUnsafeBufferPointer { src in
+                    scalars.withUnsafeMutableBufferPointer { dst in
+                        let (src, dst) = (nonNull(src.baseAddress), nonNull(dst.baseAddress))
+                        for unit in 0..<(batch * kvHeads) {
+                            // [count, D] rows of head (b, h): stride capacity·D → count·D
+                            (dst + unit * count * D).update(from: src + unit * capacity * D, count: count * D)
+                        }
+                    }
+                }
+            }
+            return Tensor(validatedShape: shape, scalars: scalars)                 // [B, Hkv, count, D]
+        }
+        return (compact(keys, width: headDim, shape: keyShape), compact(values, width: valueHeadDim, shape: valueShape))
     }
 
     /// Writes `rows[b·n + t, h·D ..< (h+1)·D]` (a projection's `[B·n, Hkv·D]` output) to
@@ -242,5 +271,158 @@ extension MultiHeadAttention {
                                                       mask: mask, kernel: .automatic)      // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
         return Tensor(validatedShape: outputShape, scalars: output.scalars)                   // [B, n, E_out] or [n, E_out]
+    }
+}
+
+// MARK: - Cross-attention: project the encoder's output once
+
+extension MultiHeadAttention {
+    /// Projects keys and values once into a cache that later calls attend to without
+    /// projecting them again: the encoder's output (the "memory") of encoder-decoder
+    /// attention, which every decoding step of a generation attends to unchanged.
+    ///
+    /// ```
+    /// key [B, S, kdim], value [B, S, vdim]
+    /// cache.keys   = heads(key · W_kᵀ + b_k)     [B, Hkv, S, Dk]
+    /// cache.values = heads(value · W_vᵀ + b_v)   [B, Hkv, S, Dv]
+    /// ```
+    ///
+    /// ```swift
+    /// let cross = try MultiHeadAttention(modelDim: 512, heads: 8, keyDim: 768, valueDim: 768, seed: 2)
+    /// let encoded = try cross.makeCache(key: memory, value: memory)   // memory [B, S, 768], projected once
+    /// for step in 0..<steps {
+    ///     let y = try cross.attend(decoderStates, to: encoded, mask: .keyLengths(memoryLengths))  // [B, n, 512]
+    /// }
+    /// ```
+    ///
+    /// The storage is allocated for exactly S positions, so ``attend(_:to:mask:)`` reads it
+    /// in place. ``decode(_:cache:)`` could append to such a cache like any other, but its
+    /// causal mask is meant for self-attention.
+    ///
+    /// - Parameters:
+    ///   - key: `[B, S, kdim]`, or `[S, kdim]` for batch 1: the layer's key width.
+    ///   - value: `[B, S, vdim]`, or `[S, vdim]`: the layer's value width, same B and S.
+    /// - Returns: A cache holding the S projected positions (``KVCache/count`` = S) for
+    ///   this layer and batch size B.
+    /// - Throws: ``AttentionError`` before anything is computed: `.invalidRank` unless both
+    ///   are rank 3 (or both rank 2), `.inputWidth` when a width does not match its
+    ///   projection, `.batchMismatch`, `.sequenceLengthMismatch` when their lengths differ,
+    ///   `.sizeOverflow`, or `.threadCount`.
+    public func makeCache(key: Tensor<Float>, value: Tensor<Float>) throws -> KVCache {
+        let shapes = "key \(describe(key.shape)), value \(describe(value.shape))"
+        guard (2...3).contains(key.rank), key.rank == value.rank else {
+            throw AttentionError(.invalidRank, "key and value must both be rank 3 [B, S, E] or both rank 2 [S, E]; got \(shapes)")
+        }
+        for (name, shape, width, projection) in [("key", key.shape, keyDim, keyProjection),
+                                                 ("value", value.shape, valueDim, valueProjection)] {
+            guard shape.last! == width else {
+                throw AttentionError(.inputWidth,
+                    "\(name) \(describe(shape)) has width \(shape.last!) but the \(name) projection takes \(width) "
+                    + "(weight \(describe(projection.weight.shape))); \(shapes)")
+            }
+        }
+        let rank = key.rank
+        let B = rank == 3 ? key.shape[0] : 1
+        guard rank == 2 || value.shape[0] == B else {
+            throw AttentionError(.batchMismatch, "batch sizes differ: key \(B), value \(value.shape[0]) (\(shapes))")
+        }
+        let S = key.shape[rank - 2]
+        guard value.shape[rank - 2] == S else {
+            throw AttentionError(.sequenceLengthMismatch,
+                "key length \(S) does not match value length \(value.shape[rank - 2]) (\(shapes))")
+        }
+        try checkSizes(batch: B, queryLength: 0, keyLength: S, what: shapes)
+        let threads = try AttentionThreads.count()
+
+        var cache = makeCache(batch: B)
+        try cache.reserve(S, exactly: true)
+        guard S > 0 else { return cache }
+        // One projection each over all B·S rows, then into the per-head storage.
+        let kWidth = kvHeads * headDim, vWidth = kvHeads * valueHeadDim
+        let keys = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * S * kWidth))      // [B·S, Hkv·Dk]
+        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * S * vWidth))    // [B·S, Hkv·Dv]
+        defer { keys.deallocate(); values.deallocate() }
+        if B > 0 {
+            key.withUnsafeBufferPointer { k in
+            value.withUnsafeBufferPointer { v in
+                BLAS.withThreads(threads) {
+                    keyProjection.apply(rows: B * S, input: nonNull(k.baseAddress), inputStride: keyDim,
+                                        output: keys, outputStride: kWidth)                   // [B·S, Hkv·Dk]
+                    valueProjection.apply(rows: B * S, input: nonNull(v.baseAddress), inputStride: valueDim,
+                                          output: values, outputStride: vWidth)               // [B·S, Hkv·Dv]
+                }
+            }
+            }
+        }
+        cache.append(keys: keys, values: values, tokens: S)                                   // cache[b, h, t, :]
+        return cache
+    }
+
+    /// Attends new queries to every position in `cache`, without appending anything: the
+    /// decoder side of encoder-decoder attention over a cache from
+    /// ``makeCache(key:value:)``.
+    ///
+    /// ```
+    /// Q = heads(tokens · W_qᵀ + b_q)                                     [B, Hq, n, Dk]
+    /// output = concat_h(softmax(Q_h · K_gᵀ/√Dk + mask) · V_g) · W_oᵀ + b_o  [B, n, E_out]
+    /// ```
+    ///
+    /// with K and V the cache's S = ``KVCache/count`` positions, so the result equals
+    /// `self(query: tokens, key: key, value: value, mask: mask)` for the key and value the
+    /// cache was made from (up to float rounding), at the cost of the query and output
+    /// projections only.
+    ///
+    /// - Parameters:
+    ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1.
+    ///   - cache: A cache from this layer (``makeCache(key:value:)``, or
+    ///     ``makeCache(batch:capacity:)`` advanced by ``decode(_:cache:)``, whose storage is
+    ///     then copied to S rows first) for batch B.
+    ///   - mask: Over the scores `[B, Hq, n, S]`: `.keyLengths` for padded memory, say.
+    /// - Returns: `[B, n, E_out]` (`[n, E_out]` for rank-2 tokens).
+    /// - Throws: ``AttentionError`` before anything is computed: `.invalidRank` for tokens
+    ///   not of rank 2 or 3, `.inputWidth` when their width is not E, `.cacheMismatch` when
+    ///   the cache comes from another layer or batch size, `.maskShape`/`.keyLengths` for a
+    ///   mask that does not fit the scores, `.sizeOverflow`, or `.threadCount`.
+    public func attend(_ tokens: Tensor<Float>, to cache: KVCache, mask: AttentionMask = .none) throws -> Tensor<Float> {
+        let shape = tokens.shape
+        guard shape.count == 2 || shape.count == 3 else {
+            throw AttentionError(.invalidRank, "attend takes tokens [B, n, E] or [n, E]; got \(describe(shape))")
+        }
+        guard shape.last! == modelDim else {
+            throw AttentionError(.inputWidth,
+                "tokens \(describe(shape)) have width \(shape.last!) but the layer's model width is \(modelDim) "
+                + "(query weight \(describe(queryProjection.weight.shape)))")
+        }
+        guard cache.layer == identity, cache.kvHeads == kvHeads, cache.headDim == headDim,
+              cache.valueHeadDim == valueHeadDim else {
+            throw AttentionError(.cacheMismatch,
+                "the cache was made by another layer (\(cache.kvHeads) kv heads of width \(cache.headDim)/\(cache.valueHeadDim)); "
+                + "this layer has \(kvHeads) kv heads of width \(headDim)/\(valueHeadDim): make one with makeCache(key:value:)")
+        }
+        let B = shape.count == 3 ? shape[0] : 1
+        let n = shape[shape.count - 2]
+        guard cache.batch == B else {
+            throw AttentionError(.cacheMismatch,
+                "the cache was made for batch \(cache.batch) but tokens \(describe(shape)) have batch \(B)")
+        }
+        let S = cache.count
+        try checkSizes(batch: B, queryLength: n, keyLength: S, what: "tokens \(describe(shape))")
+        // Everything the core would reject is checked here, before any arithmetic.
+        let problem = try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, S, headDim],
+                                           value: [B, kvHeads, S, valueHeadDim])
+        _ = try ResolvedMask(mask, problem: problem)
+        let threads = try AttentionThreads.count()
+        let outputShape = shape.count == 3 ? [B, n, outputDim] : [n, outputDim]
+        guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]
+
+        let (keys, values) = cache.cachedTensors()                                       // [B, Hkv, S, D]
+        let scratch = Scratch()
+        defer { scratch.free() }
+        let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim,
+                             threads: threads, scratch: scratch)                        // [B, Hq, n, Dk]
+        let attention = try scaledDotProductAttention(query: q, key: keys, value: values,
+                                                      mask: mask, kernel: .automatic)    // [B, Hq, n, Dv]
+        let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
+        return Tensor(validatedShape: outputShape, scalars: output.scalars)               // [B, n, E_out] or [n, E_out]
     }
 }
