@@ -14,7 +14,8 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     /// units hold them.
     case tiled
     /// Picks the kernel for the call: ``tiled``, or ``blas`` when the weights are returned
-    /// (both then materialise them the same way).
+    /// (both then materialise them the same way) or when there are at most 32 keys (one
+    /// small tile, where the BLAS kernel measured 6–20 % faster).
     case automatic
 }
 
@@ -117,12 +118,31 @@ public func automaticKernel(query: [Int], key: [Int], value: [Int]) throws -> At
     return chooseKernel(problem, wantWeights: false, threads: try AttentionThreads.count())
 }
 
-/// What ``AttentionKernel/automatic`` picks. The tiled kernel does the same work as the BLAS
-/// kernel on short keys (one tile per row) and less memory traffic on long ones; when the
-/// weights are wanted, both materialise them the same way.
+/// What ``AttentionKernel/automatic`` picks: the BLAS kernel when the weights are wanted
+/// (both kernels then materialise them the same way) or when there are at most
+/// `automaticBLASMaximumKeys` keys, else the tiled kernel.
+///
+/// Measured on 2026-11-26 (AMD EPYC Zen 3, 2 cores, OpenBLAS 0.3.21; five rounds alternating
+/// `attention-bench --kernels blas` and `--kernels tiled` runs per shape, the median of the
+/// per-round ratios blas time / tiled time, one thread / two threads; above 1 tiled is faster):
+/// - S ≤ 32, where both kernels do the same work on one tile and tiled's score bounds and
+///   per-call setup are a visible share: B1 H8 L16 0.90 / 0.80, B64 H8 L16 0.92 / 0.86,
+///   B1 H8 L32 0.94 / 1.00. So these go to blas.
+/// - Longer keys: B8 H8 L64 1.17 / 0.89, B32 H8 L128 1.11 / 1.10, B4 H12 L197 1.14 / 1.19,
+///   B1 H8 L512 1.37 / 1.17 (causal 1.06 / 1.08), B1 H8 L2048 1.18 / 1.25.
+/// - Decoding (L = 1, D = 128): H32 S256 3.66 / 4.17, H32 S4096 2.70 / 2.45, H32/8 S4096
+///   2.23 / 1.75, H8/1 S16384 0.87 / 1.72 (one key/value head with eight query heads: on one
+///   thread the tiled kernel runs sgemm on each 512-key tile for the group's eight rows),
+///   H8 L4 S4096 causal 1.15 / 1.10.
+/// The one loss beyond S ≤ 32 (eight-row decode blocks on one thread) is left to tiled,
+/// which wins the same shape on two threads by splitting the keys.
 func chooseKernel(_ problem: AttentionProblem, wantWeights: Bool, threads: Int) -> AttentionKernel {
-    wantWeights ? .blas : .tiled
+    wantWeights || problem.keyLength <= automaticBLASMaximumKeys ? .blas : .tiled
 }
+
+/// Key lengths up to which ``AttentionKernel/automatic`` runs the BLAS kernel (see
+/// `chooseKernel`).
+let automaticBLASMaximumKeys = 32
 
 /// Validates the arguments, allocates the results and hands raw pointers to a kernel.
 func runAttention(

@@ -128,7 +128,7 @@ struct Suite: ParsableCommand {
 
     @Option(help: ArgumentHelp("""
         Comma-separated kernels to run, always in the order naive, blas, tiled, automatic \
-        (automatic picks tiled, or blas when weights are wanted).
+        (automatic picks tiled, or blas when weights are wanted or S ≤ 32).
         """, valueName: "list"))
     var kernels: KernelList = .all
 

@@ -72,7 +72,7 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Multiplies query · keyᵀ (default 1/√Dk).", valueName: "x"))
     var scale: Float?
 
-    @Option(help: ArgumentHelp("Kernel: naive, blas, tiled or automatic (tiled, or blas when --weights or --heatmap needs the weights).",
+    @Option(help: ArgumentHelp("Kernel: naive, blas, tiled or automatic (tiled, or blas when --weights or --heatmap needs the weights or S ≤ 32).",
                                valueName: "kernel"))
     var kernel: BenchKernel = .automatic
 

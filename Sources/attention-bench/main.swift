@@ -57,7 +57,7 @@ The kernels, and why each exists:
   once with prefetching instead of sgemm, and split-KV across threads when there are too
   few blocks. Added to beat PyTorch's CPU SDPA on long and decode shapes;
   measured against it by Benchmarks/compare-pytorch.py (README, "Against PyTorch").
-- automatic: what callers get by default: tiled, or blas when weights are returned. Timed
+- automatic: what callers get by default: tiled, or blas when weights are returned or S <= 32. Timed
   separately so that a dispatch rule that picks badly shows up here.
 - GEMM-only (SPI, `@_spi(Benchmarking) attentionGEMMOnly`): only a kernel's matrix
   products (its BLAS calls; for tiled's decode blocks, its row-wise products) on the same

@@ -382,3 +382,16 @@ struct TiledTests {
     }
 }
 
+@Suite("Kernel dispatch")
+struct DispatchTests {
+    /// `.automatic` runs the BLAS kernel up to 32 keys and when the weights are wanted, the
+    /// tiled kernel otherwise (the measured thresholds in `chooseKernel`).
+    @Test func automaticThresholds() throws {
+        let problem = { (S: Int) in try AttentionProblem(query: [1, 8, 16, 64], key: [1, 8, S, 64], value: [1, 8, S, 64]) }
+        #expect(chooseKernel(try problem(16), wantWeights: false, threads: 2) == .blas)
+        #expect(chooseKernel(try problem(32), wantWeights: false, threads: 2) == .blas)
+        #expect(chooseKernel(try problem(33), wantWeights: false, threads: 2) == .tiled)
+        #expect(chooseKernel(try problem(4096), wantWeights: false, threads: 1) == .tiled)
+        #expect(chooseKernel(try problem(4096), wantWeights: true, threads: 1) == .blas)
+    }
+}
