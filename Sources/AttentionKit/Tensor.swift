@@ -149,13 +149,16 @@ func elementCount(of shape: [Int]) throws -> Int {
 /// allocation in the message.
 func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> String) throws {
     let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
-    let memory = ProcessInfo.processInfo.physicalMemory
+    let memory = physicalMemory
     guard !overflow, UInt64(bytes) <= memory else {
         let need = overflow ? "more bytes than an Int can count" : formatBytes(Double(bytes))
         throw AttentionError(.sizeOverflow,
             "\(what()) would need \(need), more than this machine's \(formatBytes(Double(memory))) of memory")
     }
 }
+
+/// The machine's physical memory in bytes, asked of the system once per process.
+let physicalMemory: UInt64 = ProcessInfo.processInfo.physicalMemory
 
 /// Bytes for messages: "8.0 TiB", "512.0 MiB".
 func formatBytes(_ bytes: Double) -> String {

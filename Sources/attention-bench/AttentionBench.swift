@@ -56,7 +56,7 @@ struct Suite: ParsableCommand {
                           tiles, its BLAS calls or, for tiled's decode blocks
                           of ≤ 4 rows, its row-wise Swift products, no
                           mask/softmax) / (the kernel's time), the two timed
-                          alternately rep by rep; "?" marks a share above 1 or
+                          alternately rep by rep; "?" marks a share above 1.05 or
                           spread over more than 0.3 across reps (noisy).
               × N thr     with --scaling-baseline N only: the median over reps
                           of (the kernel's time on N threads / its time on

@@ -31,7 +31,7 @@ L128 D64, ViT B4 H12 L197 D64, decode GQA B1 Hq32 Hkv8 L1 S4096 D128):
    2·B·Hq·L·S·(Dk+Dv) (masked problems are counted dense too; softmax not counted),
    speed-up = median naive / median kernel, and for blas/tiled/automatic the GEMM share =
    median over reps of attentionGEMMOnly time / kernel time, the two timed alternately rep
-   by rep so drift in the machine's speed hits both alike (a share above 1, or per-rep
+   by rep so drift in the machine's speed hits both alike (a share above 1.05, or per-rep
    shares spread over more than 0.3, is marked "?" with a note: the machine changed speed).
    Times are wall time of one library call on ContinuousClock (monotonic), including
    argument validation and allocating the zeroed output.
