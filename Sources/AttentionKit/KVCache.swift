@@ -70,6 +70,9 @@ public struct KVCache: Sendable {
         guard newCapacity <= BLAS.maximumDimension else {
             throw AttentionError(.sizeOverflow, "a KV cache of \(newCapacity) positions exceeds BLAS's 32-bit sizes")
         }
+        let (total, overflow) = keyCount.addingReportingOverflow(valueCount)
+        try checkAllocation(count: overflow ? .max : total, of: Float.self,
+                            "a KV cache of \(newCapacity) positions (keys \(describe(keyShape)), values \(describe(valueShape)))")
         keys = grow(keys, to: keyShape, count: keyCount, width: headDim, newCapacity: newCapacity)
         values = grow(values, to: valueShape, count: valueCount, width: valueHeadDim, newCapacity: newCapacity)
         if capacity > 0 { reallocations += 1 }
@@ -241,6 +244,11 @@ extension MultiHeadAttention {
         let threads = try AttentionThreads.count()
         let outputShape = shape.count == 3 ? [B, n, outputDim] : [n, outputDim]
         guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]
+        // The core's checks on the step's attention (S = the positions after the step; the
+        // storage it reads is checked when it grows), before anything is cached.
+        try checkCore(try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, total, headDim],
+                                           value: [B, kvHeads, total, valueHeadDim]),
+                      wantWeights: false, what: "tokens \(describe(shape)), \(total) positions")
 
         try cache.reserve(total)
         let P = cache.count
@@ -411,6 +419,7 @@ extension MultiHeadAttention {
         let problem = try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, S, headDim],
                                            value: [B, kvHeads, S, valueHeadDim])
         _ = try ResolvedMask(mask, problem: problem)
+        try checkCore(problem, wantWeights: false, what: "tokens \(describe(shape)), \(S) cached positions")
         let threads = try AttentionThreads.count()
         let outputShape = shape.count == 3 ? [B, n, outputDim] : [n, outputDim]
         guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]

@@ -337,6 +337,10 @@ enum NPYPrefix {
     case complete(NPYLayout)
 }
 
+/// The longest `.npy` header AttentionKit reads: 1 MiB, a hundred times NumPy's own default
+/// limit (`max_header_size`, 10 000 bytes).
+let maximumNPYHeaderLength = 1 << 20
+
 /// Parses the start of a `.npy` file: magic string, version, header length and header, and
 /// validates the data type, order and shape, without looking at the payload.
 ///
@@ -373,6 +377,13 @@ func parseNPYPrefix<Element: NPYElement>(
     guard bytes.count >= headerStart else { throw malformed("it ends inside the header length") }
     var headerLength = 0
     for n in 0..<lengthSize { headerLength |= Int(bytes[8 + n]) << (8 * n) }
+    // NumPy writes headers of a few hundred bytes (its reader refuses more than 10 000 by
+    // default); a length field in the megabytes or gigabytes means a damaged file, and
+    // reading that far before saying so would take as long as reading the file.
+    guard headerLength <= maximumNPYHeaderLength else {
+        throw malformed("the header length field says \(headerLength) bytes; .npy headers are a few hundred "
+                        + "bytes, and AttentionKit reads none longer than \(maximumNPYHeaderLength)")
+    }
     if !isWholeFile && bytes.count - headerStart < headerLength { return .needsBytes(headerStart + headerLength) }
     guard bytes.count - headerStart >= headerLength else {
         throw malformed("the header length field says \(headerLength) bytes but only \(bytes.count - headerStart) follow")

@@ -137,6 +137,17 @@ struct MultiHeadAttentionErrorTests {
         #expect(cache.count == 0 && crossCache.count == 0, "a failed decode must not change the cache")
     }
 
+    /// A reserved capacity larger than the machine's memory throws on the first decode
+    /// instead of trapping in the allocator, and leaves the cache as it was.
+    @Test func cacheBeyondMemory() throws {
+        let layer = try MultiHeadAttention(modelDim: 64, heads: 8)               // 8 kv heads of width 8
+        var cache = layer.makeCache(batch: 1, capacity: 1 << 30)                 // 2 × 2³⁰ × 64 floats: 512 GiB
+        expectError(.sizeOverflow, mentions: ["KV cache of 1073741824 positions", "of memory"]) {
+            _ = try layer.decode(self.t([1, 1, 64]), cache: &cache)
+        }
+        #expect(cache.count == 0 && cache.capacity == 0)
+    }
+
     @Test func cacheOfAnotherLayerOrBatch() throws {
         let layer = try MultiHeadAttention(modelDim: 8, heads: 4, kvHeads: 2)
         let twin = try MultiHeadAttention(modelDim: 8, heads: 4, kvHeads: 2)      // same shapes, other weights

@@ -199,6 +199,8 @@ struct NPYTests {
             ("version 4.0", header(good, version: 4), .npyFormat, "version 4.0"),
             ("cut in the length", Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, 0x76]), .npyFormat, "header length"),
             ("length past the end", Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, 0xFF, 0xFF, 0x7B]), .npyFormat, "65535 bytes but only 1"),
+            ("header of 64 MiB", Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 2, 0, 0, 0, 0, 4, 0x7B]), .npyFormat, "67108864 bytes; .npy headers"),
+            ("header of 4 GiB", Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 3, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x7B]), .npyFormat, "4294967295 bytes"),
             ("missing key", header("{'descr': '<f4', 'shape': (2,), }"), .npyFormat, "missing 'fortran_order'"),
             ("extra key", header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}"), .npyFormat, "unexpected 'x'"),
             ("duplicate key", header("{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (2,)}"), .npyFormat, "twice"),

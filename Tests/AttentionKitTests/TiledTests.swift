@@ -99,33 +99,70 @@ struct TiledTests {
         }
     }
 
+    /// The key splits of a decode step are laid over the keys some row may see, not over the
+    /// whole storage: a cache of 3000 positions holding 1100, on two threads, splits those
+    /// 1100 keys (four splits of 512 keys, the last two cut short or empty, would leave one
+    /// thread with nearly all the work). Also with a causal mask alone and no mask.
+    @Test func splitsCoverTheKeysInUse() throws {
+        func schedule(_ mask: AttentionMask, query: [Int], key: [Int], threads: Int) throws -> TiledSchedule {
+            let problem = try AttentionProblem(query: query, key: key, value: key)
+            let dummy = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+            defer { dummy.deallocate() }
+            return withMaskRows(try ResolvedMask(mask, problem: problem)) { rows in
+                TiledSchedule(KernelArguments(problem: problem, query: dummy, key: dummy, value: dummy, output: dummy,
+                                              weights: nil, mask: rows, scale: 1, dropout: nil, threads: threads))
+            }
+        }
+        let cache = try schedule([.causal(.lowerRight), .keyLengths([1100])], query: [1, 8, 1, 128], key: [1, 1, 3000, 128], threads: 2)
+        #expect(cache.activeKeys == 1100 && cache.plan.splits > 1)
+        #expect(cache.keysPerSplit * (cache.plan.splits - 1) < 1100 && cache.keysPerSplit * cache.plan.splits >= 1100,
+                "\(cache.plan.splits) splits of \(cache.keysPerSplit) keys for 1100 keys in use")
+        let decodeStep = try schedule(AttentionMask.causalToKeyLengths([700, 1100]), query: [2, 1, 3, 64], key: [2, 1, 4096, 64], threads: 2)
+        #expect(decodeStep.activeKeys == 1100)
+        let causal = try schedule(.causal(.upperLeft), query: [1, 1, 10, 64], key: [1, 1, 3000, 64], threads: 1)
+        #expect(causal.activeKeys == 10 && causal.keysPerSplit >= 10)
+        let open = try schedule(.none, query: [1, 1, 10, 64], key: [1, 1, 3000, 64], threads: 1)
+        #expect(open.activeKeys == 3000 && open.keysPerSplit * open.plan.splits >= 3000)
+    }
+
     /// When only some (batch, key/value head) units have rows that the base-2 path cannot
     /// compute (here unit 2 of 4, whose values of 2e36 overflow its lazily rescaled partial
-    /// output), only those are computed again, and every unit matches the reference with
-    /// the tolerance of its own values.
-    @Test func onlySuspectUnitsRecomputed() throws {
+    /// output), only those are computed again: every unit matches the reference with the
+    /// tolerance of its own values, the other units are bit for bit what the tiled path
+    /// computed without any recomputation, and unit 2 is not. With one query head per
+    /// key/value head and with two (GQA), on one and two threads.
+    @Test(arguments: [2, 4]) func onlySuspectUnitsRecomputed(_ queryHeads: Int) throws {
         let (B, H, L, S) = (2, 2, 8, 80)
-        let q = try Tensor<Float>(shape: [B, H, L, 2], scalars: Array(repeating: 1, count: B * H * L * 2))
+        let g = queryHeads / H
+        let q = try Tensor<Float>(shape: [B, queryHeads, L, 2], scalars: Array(repeating: 1, count: B * queryHeads * L * 2))
         // 16 keys at score 0, then 64 whose base-2 scores sit 7.9 above them (as in scoresBeyondBase2).
         let unitKeys: [Float] = (0..<S).flatMap { $0 < 16 ? [Float(0), 0] : [Float(7.9 / 1.4426950408889634), 0] }
         let k = try Tensor<Float>(shape: [B, H, S, 2], scalars: Array(repeating: unitKeys, count: B * H).flatMap { $0 })
         var v = normalTensor([B, H, S, 3], seed: 52)
         v.withUnsafeMutableBufferPointer { p in
-            for i in (2 * S * 3)..<(3 * S * 3) { p[i] = 2e36 * (1 + 0.1 * p[i]) }       // unit 2: b = 1, head 0
+            for i in (2 * S * 3)..<(3 * S * 3) { p[i] = 2e36 * (1 + 0.1 * p[i]) }       // unit 2: b = 1, kv head 0
         }
         let want = referenceAttention(query: q, key: k, value: v, scale: 1)
-        for tiles in [TileSizes(queryBlock: 8, keyBlock: 16), TileSizes(queryBlock: 4, keyBlock: 16, splits: 2)] {
-            let out = try AttentionThreads.withCount(1) {
-                try runAttention(query: q, key: k, value: v, mask: .none, scale: 1, dropout: nil,
-                                 kernel: .tiled, wantWeights: false, tiles: tiles).output
+        for (tiles, threads) in [(TileSizes(queryBlock: 8, keyBlock: 16), 1), (TileSizes(queryBlock: 4, keyBlock: 16, splits: 2), 1),
+                                 (TileSizes(queryBlock: 8, keyBlock: 16), 2), (TileSizes(queryBlock: 5, keyBlock: 16, splits: 3), 2)] {
+            func run(recompute: Bool) throws -> Tensor<Float> {
+                var tiles = tiles
+                tiles.recomputeSuspectRows = recompute
+                return try AttentionThreads.withCount(threads) {
+                    try runAttention(query: q, key: k, value: v, mask: .none, scale: 1, dropout: nil,
+                                     kernel: .tiled, wantWeights: false, tiles: tiles).output
+                }
             }
-            let unitSize = L * 3
+            let out = try run(recompute: true), tiledOnly = try run(recompute: false)
+            let unitSize = g * L * 3                                    // g query heads × L rows × Dv
             for unit in 0..<(B * H) {
                 let range = (unit * unitSize)..<((unit + 1) * unitSize)
-                let got = try Tensor<Float>(shape: [L, 3], scalars: Array(out.scalars[range]))
+                let got = try Tensor<Float>(shape: [g * L, 3], scalars: Array(out.scalars[range]))
                 let unitValues = try Tensor<Float>(shape: [S, 3], scalars: Array(v.scalars[(unit * S * 3)..<((unit + 1) * S * 3)]))
-                assertClose(got, Array(want.output[range]), shape: [L, 3], absolute: outputTolerance(unitValues),
-                            "unit \(unit), \(tiles)")
+                assertClose(got, Array(want.output[range]), shape: [g * L, 3], absolute: outputTolerance(unitValues),
+                            "unit \(unit), \(tiles), \(threads) threads")
+                let same = zip(out.scalars[range], tiledOnly.scalars[range]).allSatisfy { $0.bitPattern == $1.bitPattern }
+                #expect(same == (unit != 2), "unit \(unit) \(same ? "kept" : "replaced") the tiled path's result, \(tiles), \(threads) threads")
             }
         }
     }

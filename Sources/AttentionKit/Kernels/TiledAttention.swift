@@ -64,20 +64,10 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     let (L, S, Dk, Dv, g) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim, p.group)
     let unitRows = g * L
     let units = p.batch * p.kvHeads
-    // Keys that any row may see. Causal masks and key lengths only cut a row's end, and that
-    // end never falls as the query index grows, so the last query of each batch entry sees
-    // the most. Tiles and key splits are laid over these keys, not over all S: a KV cache
-    // passes its whole allocated storage with key lengths, and splitting that evenly would
-    // leave the splits beyond the cached keys with nothing to do.
-    var activeKeys = 0
-    if L > 0 {
-        for b in 0..<p.batch { activeKeys = max(activeKeys, a.mask.rowEnd(batch: b, query: L - 1, keyLength: S)) }
-    }
-    let plan = TilePlan(unitRows: unitRows, units: units, keyLength: activeKeys, threads: a.threads, override: a.tiles)
+    let schedule = TiledSchedule(a)
+    let (plan, keysPerSplit) = (schedule.plan, schedule.keysPerSplit)
     let (Rq, Sk, splits) = (plan.queryBlock, plan.keyBlock, plan.splits)
     let blocksPerUnit = (unitRows + Rq - 1) / Rq
-    let tilesPerSplit = ((activeKeys + Sk - 1) / Sk + splits - 1) / splits
-    let keysPerSplit = tilesPerSplit * Sk
     let items = units * blocksPerUnit * splits
     // Scores in base 2: s = log₂e · scale · q·k (+ log₂e · bias), so the softmax uses 2ˣ.
     let alpha = a.scale * log2e
@@ -302,6 +292,32 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
             }
             blasAttention(a, units: redo)
         }
+    }
+}
+
+/// How the tiled kernel lays out one call: the tile plan and the key range of each split.
+struct TiledSchedule {
+    /// Keys that any row may see. Causal masks and key lengths only cut a row's end, and that
+    /// end never falls as the query index grows, so the last query of each batch entry sees
+    /// the most. Tiles and key splits are laid over these keys, not over all S: a KV cache
+    /// passes its whole allocated storage with key lengths, and splitting that evenly would
+    /// leave the splits beyond the cached keys with nothing to do.
+    var activeKeys = 0
+    var plan: TilePlan
+    /// Split `s` covers keys `s · keysPerSplit ..< (s + 1) · keysPerSplit` (cut at each
+    /// block's last allowed key): whole tiles, together covering `activeKeys`.
+    var keysPerSplit: Int
+
+    init(_ a: KernelArguments) {
+        let p = a.problem
+        let L = p.queryLength
+        if L > 0 {
+            for b in 0..<p.batch { activeKeys = max(activeKeys, a.mask.rowEnd(batch: b, query: L - 1, keyLength: p.keyLength)) }
+        }
+        plan = TilePlan(unitRows: p.group * L, units: p.batch * p.kvHeads, keyLength: activeKeys,
+                        threads: a.threads, override: a.tiles)
+        let tilesPerSplit = ((activeKeys + plan.keyBlock - 1) / plan.keyBlock + plan.splits - 1) / plan.splits
+        keysPerSplit = tilesPerSplit * plan.keyBlock
     }
 }
 
