@@ -4,7 +4,7 @@ import Testing
 
 // The code of README.md's "Multi-head attention" section, compiled and run here. Each test
 // holds one README snippet verbatim between the `README` markers; what comes before the
-// first marker supplies the inputs the README leaves to the reader (xs, ms, prompt, the
+// first marker supplies the inputs the README leaves to the reader (xs, ms, decoderStates, prompt, the
 // PyTorch tensors). If you edit a snippet, edit it in both places.
 
 /// Deterministic stand-in data for the README's inputs.
@@ -48,6 +48,40 @@ struct READMEExamplesTests {
         print(attended.shape)                                                // [2, 10, 512]
         // README end
         #expect(attended.shape == [2, 10, 512])
+    }
+
+    @Test("cross-attention over a memory projected once")
+    func crossCache() throws {
+        let x = try Tensor<Float>(shape: [2, 10, 512], scalars: data(2 * 10 * 512, seed: 11))
+        let ms = data(2 * 30 * 768, seed: 12)
+        let cross = try MultiHeadAttention(modelDim: 512, heads: 8, keyDim: 768, valueDim: 768, seed: 2)
+        let memory = try Tensor<Float>(shape: [2, 30, 768], scalars: ms)
+        // Step t's decoder state of each batch entry: row t of x.
+        func decoderStates(_ t: Int) -> [Float] {
+            (0..<2).flatMap { b in x.scalars[((b * 10 + t) * 512)..<((b * 10 + t + 1) * 512)] }
+        }
+        // README: cross-attention over a cached memory
+        let encoded = try cross.makeCache(key: memory, value: memory)       // K, V projected once: 30 positions
+        var outputs: [Tensor<Float>] = []
+        for step in 0..<3 {
+            let states = try Tensor<Float>(shape: [2, 1, 512], scalars: decoderStates(step))   // [B, 1, E]
+            outputs.append(try cross.attend(states, to: encoded, mask: .keyLengths([30, 21]))) // [2, 1, 512] each
+        }
+        // README end
+        // The steps' rows equal the full call's rows 0, 1, 2.
+        let full = try cross(query: x, key: memory, value: memory, mask: .keyLengths([30, 21]))
+        let scale = full.scalars.map { Swift.abs($0) }.max()!
+        for (t, output) in outputs.enumerated() {
+            let y = output.scalars
+            #expect(output.shape == [2, 1, 512])
+            let want = decoderRows(full, t)
+            let worst = zip(y, want).map { Swift.abs($0 - $1) }.max()!
+            #expect(worst <= 1e-5 * max(1, scale), "step \(t): max difference \(worst)")
+        }
+        #expect(encoded.count == 30)
+        func decoderRows(_ t: Tensor<Float>, _ row: Int) -> [Float] {
+            (0..<2).flatMap { b in t.scalars[((b * 10 + row) * 512)..<((b * 10 + row + 1) * 512)] }
+        }
     }
 
     @Test("incremental decoding with the KV cache")
@@ -126,7 +160,7 @@ struct READMEExamplesTests {
                 current = []
             }
         }
-        #expect(blocks.count == 5 && snippets.count == 5, "\(blocks.count) README blocks, \(snippets.count) test snippets")
+        #expect(blocks.count == 6 && snippets.count == 6, "\(blocks.count) README blocks, \(snippets.count) test snippets")
         for (block, snippet) in zip(blocks, snippets) {
             #expect(block == snippet, "README block differs from its test:\n\(block)\n---\n\(snippet)")
         }
