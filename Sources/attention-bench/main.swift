@@ -148,6 +148,14 @@ and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
   0.56 ns per score in a micro-benchmark; alternating rounds against v5 in a slow phase of
   the machine: paired speed-ups 1.040 (L2048), 1.029 (causal), 1.043 (L8192), GEMM share
   0.792 -> 0.836, 0.803 -> 0.831, 0.784 -> 0.824.
+- v7 (2026-11-26): tiled lays its tiles and key splits over the keys some row may see (a
+  KV cache's key lengths), not over all S, and recomputes in natural units only the
+  (batch, kv head) units with a suspect row; automatic runs blas for S <= 32, where five
+  alternating rounds per shape measured blas/tiled time ratios of 0.80-0.94 (B1 H8 L16,
+  B64 H8 L16, B1 H8 L32 on one and two threads; tiled faster from S = 64 on, except
+  eight-row decode blocks on one thread, 0.87 at H8/1 S16384). The comparison shapes run
+  the same code as v6 (two runs against PyTorch: geometric means 1.24 and 1.30 on one
+  thread, 1.30 and 1.30 on two).
 */
 
 import ArgumentParser
