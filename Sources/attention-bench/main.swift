@@ -152,8 +152,9 @@ and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
   KV cache's key lengths), not over all S, and recomputes in natural units only the
   (batch, kv head) units with a suspect row; automatic runs blas for S <= 32, where five
   alternating rounds per shape measured blas/tiled time ratios of 0.80-0.94 (B1 H8 L16,
-  B64 H8 L16, B1 H8 L32 on one and two threads; tiled faster from S = 64 on, except
-  eight-row decode blocks on one thread, 0.87 at H8/1 S16384). The comparison shapes run
+  B64 H8 L16, B1 H8 L32 on one and two threads, 1.00 once); at S = 64 the two split
+  (B8 H8: 1.17 on one thread, 0.89 on two) and from S = 128 tiled is faster, except
+  eight-row decode blocks on one thread (0.87 at H8/1 S16384). The comparison shapes run
   the same code as v6 (two runs against PyTorch: geometric means 1.24 and 1.30 on one
   thread, 1.30 and 1.30 on two).
 */
