@@ -38,7 +38,8 @@ let package = Package(
         ),
         .testTarget(
             name: "AttentionKitTests",
-            dependencies: ["AttentionKit"],
+            // attention-bench for its all-or-nothing file writing (RunCommandWriteTests).
+            dependencies: ["AttentionKit", "attention-bench"],
             resources: [.copy("Fixtures")]
         ),
     ]

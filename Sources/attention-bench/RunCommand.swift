@@ -283,7 +283,11 @@ private func temporaryName(besides path: String, _ suffix: String) -> String {
 /// the renames already made are undone: replaced files get their old contents back and new
 /// ones are removed. Every failure leaves the destinations as they were and removes the
 /// temporary files.
-func writeAllOrNothing(_ files: [(path: String, data: Data)]) throws {
+///
+/// `moveIntoPlace` renames a finished temporary file onto its destination (`rename(2)`;
+/// tests pass one that fails, to exercise the undoing).
+func writeAllOrNothing(_ files: [(path: String, data: Data)],
+                       moveIntoPlace: (String, String) -> Int32 = { rename($0, $1) }) throws {
     for file in files {
         if let problem = destinationProblem(file.path) {
             throw BenchFailure(description: "cannot write \(file.path): \(problem)")
@@ -353,7 +357,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)]) throws {
                 throw BenchFailure(description: "cannot write \(file.path): cannot keep a backup of it: \(reason)")
             }
         }
-        guard rename(temporary, file.path) == 0 else {
+        guard moveIntoPlace(temporary, file.path) == 0 else {
             let reason = String(cString: strerror(errno))
             if let backup {
                 // A linked backup is a second name of the file still in place; a moved-aside
