@@ -84,6 +84,30 @@ struct AttentionProblem: Sendable {
         valueDim = v.d
     }
 
+    /// Checks what computing this problem needs, before anything is allocated, and returns
+    /// the element counts of the output (and of the weights, 0 unless `wantWeights`) and
+    /// whether there is anything to compute.
+    ///
+    /// A dimension of size 0 makes any other size valid, so the counts are checked here
+    /// (`.sizeOverflow` when one overflows). With something to compute, BLAS's 32-bit limits
+    /// apply (`checkBLASLimits`); an empty output and no weights, no query rows, or no keys
+    /// (zeros) need no BLAS call. The results are checked against the machine's memory,
+    /// since tiny or empty inputs can describe an output of terabytes. `shapes` names the
+    /// caller's inputs in messages.
+    func checkResults(wantWeights: Bool, _ shapes: @autoclosure () -> String) throws -> (output: Int, weights: Int, hasWork: Bool) {
+        let output = try elementCount(of: outputShape)
+        let weights = wantWeights ? try elementCount(of: scoreShape) : 0
+        let hasWork = try (output > 0 || weights > 0)
+            && elementCount(of: [batch, queryHeads, queryLength]) > 0
+            && keyLength > 0
+        if hasWork { try checkBLASLimits(shapes()) }
+        try checkAllocation(count: output.addingReportingOverflow(weights).overflow ? .max : output + weights,
+                            of: Float.self,
+                            wantWeights ? "the output \(describe(outputShape)) and weights \(describe(scoreShape)) (\(shapes()))"
+                                        : "the output \(describe(outputShape)) (\(shapes()))")
+        return (output, weights, hasWork)
+    }
+
     /// Throws `.sizeOverflow` when a size the kernels pass to BLAS exceeds its 32-bit
     /// integers: L, S, Dk, Dv, and the `g·L` rows of a group of query heads. Checked only
     /// for problems with something to compute: an empty result needs no BLAS call.

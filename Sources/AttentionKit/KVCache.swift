@@ -246,9 +246,9 @@ extension MultiHeadAttention {
         guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]
         // The core's checks on the step's attention (S = the positions after the step; the
         // storage it reads is checked when it grows), before anything is cached.
-        try checkCore(try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, total, headDim],
-                                           value: [B, kvHeads, total, valueHeadDim]),
-                      wantWeights: false, what: "tokens \(describe(shape)), \(total) positions")
+        _ = try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, total, headDim],
+                                 value: [B, kvHeads, total, valueHeadDim])
+            .checkResults(wantWeights: false, "tokens \(describe(shape)), \(total) positions")
 
         try cache.reserve(total)
         let P = cache.count
@@ -419,7 +419,7 @@ extension MultiHeadAttention {
         let problem = try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, S, headDim],
                                            value: [B, kvHeads, S, valueHeadDim])
         _ = try ResolvedMask(mask, problem: problem)
-        try checkCore(problem, wantWeights: false, what: "tokens \(describe(shape)), \(S) cached positions")
+        _ = try problem.checkResults(wantWeights: false, "tokens \(describe(shape)), \(S) cached positions")
         let threads = try AttentionThreads.count()
         let outputShape = shape.count == 3 ? [B, n, outputDim] : [n, outputDim]
         guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]

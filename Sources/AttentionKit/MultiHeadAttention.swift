@@ -287,20 +287,6 @@ extension MultiHeadAttention {
         _ = try elementCount(of: [keyRows, kvHeads * max(headDim, valueHeadDim)])
     }
 
-    /// The core attention's own size checks, made before the projections so that a call the
-    /// core would refuse computes nothing: BLAS's 32-bit sizes (when there is work) and the
-    /// output (and weights) against the machine's memory.
-    func checkCore(_ problem: AttentionProblem, wantWeights: Bool, what: String) throws {
-        let p = problem
-        let output = try elementCount(of: p.outputShape)
-        let weights = wantWeights ? try elementCount(of: p.scoreShape) : 0
-        if try (output > 0 || weights > 0) && elementCount(of: [p.batch, p.queryHeads, p.queryLength]) > 0 && p.keyLength > 0 {
-            try p.checkBLASLimits(what)
-        }
-        try checkAllocation(count: output.addingReportingOverflow(weights).overflow ? .max : output + weights,
-                            of: Float.self, "the attention of \(what)")
-    }
-
     func forward(query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
                  mask: AttentionMask, dropout: Dropout?, wantWeights: Bool
     ) throws -> (output: Tensor<Float>, weights: Tensor<Float>?) {
@@ -312,7 +298,8 @@ extension MultiHeadAttention {
         let problem = try AttentionProblem(query: [B, heads, L, headDim], key: [B, kvHeads, S, headDim],
                                            value: [B, kvHeads, S, valueHeadDim])
         _ = try ResolvedMask(mask, problem: problem)
-        try checkCore(problem, wantWeights: wantWeights, what: "query \(describe(query.shape)), key \(describe(key.shape))")
+        // The core's own checks on sizes and memory, before the projections compute anything.
+        _ = try problem.checkResults(wantWeights: wantWeights, "query \(describe(query.shape)), key \(describe(key.shape))")
         let threads = try AttentionThreads.count()
 
         // One scratch buffer serves every head split and the merge. It, the projected heads

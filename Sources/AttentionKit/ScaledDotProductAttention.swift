@@ -151,29 +151,15 @@ func runAttention(
     kernel: AttentionKernel, wantWeights: Bool, gemmOnly: Bool = false, tiles: TileSizes? = nil
 ) throws -> (output: Tensor<Float>, weights: Tensor<Float>?) {
     let problem = try AttentionProblem(query: query.shape, key: key.shape, value: value.shape)
+    func shapes() -> String { "query \(describe(query.shape)), key \(describe(key.shape)), value \(describe(value.shape))" }
     if let scale, !scale.isFinite {
-        throw AttentionError(.invalidScale,
-            "scale must be finite, got \(scale) (query \(describe(query.shape)), key \(describe(key.shape)), value \(describe(value.shape)))")
+        throw AttentionError(.invalidScale, "scale must be finite, got \(scale) (\(shapes()))")
     }
     let resolvedScale = scale ?? (problem.keyDim > 0 ? 1 / Float(problem.keyDim).squareRoot() : 1)
     let resolvedMask = try ResolvedMask(mask, problem: problem)
     let threads = try AttentionThreads.count()
 
-    // A dimension of size 0 makes any other size valid, so the counts are checked here, and
-    // what the results need is checked against the machine's memory before it is allocated
-    // (tiny or empty inputs can describe an output of terabytes).
-    let outputCount = try elementCount(of: problem.outputShape)
-    let weightCount = wantWeights ? try elementCount(of: problem.scoreShape) : 0
-    let shapes = "query \(describe(query.shape)), key \(describe(key.shape)), value \(describe(value.shape))"
-    // Nothing to compute: an empty output and no weights, no query rows, or no keys (zeros).
-    let hasWork = try (outputCount > 0 || weightCount > 0)
-        && elementCount(of: [problem.batch, problem.queryHeads, problem.queryLength]) > 0
-        && problem.keyLength > 0
-    if hasWork { try problem.checkBLASLimits(shapes) }
-    try checkAllocation(count: outputCount.addingReportingOverflow(weightCount).overflow ? .max : outputCount + weightCount,
-                        of: Float.self,
-                        wantWeights ? "the output \(describe(problem.outputShape)) and weights \(describe(problem.scoreShape)) (\(shapes))"
-                                    : "the output \(describe(problem.outputShape)) (\(shapes))")
+    let (outputCount, weightCount, hasWork) = try problem.checkResults(wantWeights: wantWeights, shapes())
     var output = Tensor<Float>(validatedShape: problem.outputShape,
                                scalars: [Float](repeating: 0, count: outputCount))
     var weights = wantWeights
