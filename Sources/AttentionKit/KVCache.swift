@@ -73,56 +73,38 @@ public struct KVCache: Sendable {
         let (total, overflow) = keyCount.addingReportingOverflow(valueCount)
         try checkAllocation(count: overflow ? .max : total, of: Float.self,
                             "a KV cache of \(newCapacity) positions (keys \(describe(keyShape)), values \(describe(valueShape)))")
-        keys = grow(keys, to: keyShape, count: keyCount, width: headDim, newCapacity: newCapacity)
-        values = grow(values, to: valueShape, count: valueCount, width: valueHeadDim, newCapacity: newCapacity)
+        keys = relaid(keys, width: headDim, rows: newCapacity)
+        values = relaid(values, width: valueHeadDim, rows: newCapacity)
         if capacity > 0 { reallocations += 1 }
         capacity = newCapacity
     }
 
-    /// New storage of `shape` with the first `count` rows of every head copied over; the
-    /// rest is zero.
-    private func grow(_ old: Tensor<Float>, to shape: [Int], count total: Int, width: Int, newCapacity: Int) -> Tensor<Float> {
-        var scalars = [Float](repeating: 0, count: total)
+    /// `storage` (`[B, Hkv, capacity, D]`) re-laid with `rows` positions per head: the first
+    /// `count` rows of every head copied over, the rest zero. Growing the cache and compacting
+    /// it for ``MultiHeadAttention/attend(_:to:mask:)`` both use it.
+    private func relaid(_ storage: Tensor<Float>, width: Int, rows: Int) -> Tensor<Float> {
         let units = batch * kvHeads
+        var scalars = [Float](repeating: 0, count: units * rows * width)
         if count > 0, units > 0, width > 0 {
-            old.withUnsafeBufferPointer { src in
+            storage.withUnsafeBufferPointer { src in
                 scalars.withUnsafeMutableBufferPointer { dst in
                     let (src, dst) = (nonNull(src.baseAddress), nonNull(dst.baseAddress))
                     for unit in 0..<units {
-                        // [count, D] rows of head (b, h): old stride capacity·D, new newCapacity·D
-                        (dst + unit * newCapacity * width).update(from: src + unit * capacity * width, count: count * width)
+                        // [count, D] rows of head (b, h): stride capacity·D → rows·D
+                        (dst + unit * rows * width).update(from: src + unit * capacity * width, count: count * width)
                     }
                 }
             }
         }
-        return Tensor(validatedShape: shape, scalars: scalars)          // [B, Hkv, newCapacity, D]
+        return Tensor(validatedShape: [batch, kvHeads, rows, width], scalars: scalars)    // [B, Hkv, rows, D]
     }
 
     /// The cached keys and values as contiguous `[B, Hkv, count, D]` tensors: the storage
     /// itself when it is exactly full, else a copy of each head's first `count` rows (the
     /// core attention takes contiguous tensors).
     func cachedTensors() -> (keys: Tensor<Float>, values: Tensor<Float>) {
-        let keyShape = [batch, kvHeads, count, headDim], valueShape = [batch, kvHeads, count, valueHeadDim]
-        if count == capacity && capacity > 0 {
-            return (Tensor(validatedShape: keyShape, scalars: keys.scalars),
-                    Tensor(validatedShape: valueShape, scalars: values.scalars))
-        }
-        func compact(_ storage: Tensor<Float>, width D: Int, shape: [Int]) -> Tensor<Float> {
-            var scalars = [Float](repeating: 0, count: batch * kvHeads * count * D)
-            if count > 0 && D > 0 {
-                storage.withUnsafeBufferPointer { src in
-                    scalars.withUnsafeMutableBufferPointer { dst in
-                        let (src, dst) = (nonNull(src.baseAddress), nonNull(dst.baseAddress))
-                        for unit in 0..<(batch * kvHeads) {
-                            // [count, D] rows of head (b, h): stride capacity·D → count·D
-                            (dst + unit * count * D).update(from: src + unit * capacity * D, count: count * D)
-                        }
-                    }
-                }
-            }
-            return Tensor(validatedShape: shape, scalars: scalars)                 // [B, Hkv, count, D]
-        }
-        return (compact(keys, width: headDim, shape: keyShape), compact(values, width: valueHeadDim, shape: valueShape))
+        if count == capacity && capacity > 0 { return (keys, values) }     // [B, Hkv, count, D] already
+        return (relaid(keys, width: headDim, rows: count), relaid(values, width: valueHeadDim, rows: count))
     }
 
     /// Writes `rows[b·n + t, h·D ..< (h+1)·D]` (a projection's `[B·n, Hkv·D]` output) to
@@ -206,36 +188,19 @@ extension MultiHeadAttention {
     ///   or `.threadCount`.
     public func decode(_ tokens: Tensor<Float>, cache: inout KVCache) throws -> Tensor<Float> {
         let shape = tokens.shape
-        guard shape.count == 2 || shape.count == 3 else {
-            throw AttentionError(.invalidRank, "decode takes tokens [B, n, E] or [n, E]; got \(describe(shape))")
-        }
-        guard shape.last! == modelDim else {
-            throw AttentionError(.inputWidth,
-                "tokens \(describe(shape)) have width \(shape.last!) but the layer's model width is \(modelDim) "
-                + "(query weight \(describe(queryProjection.weight.shape)))")
-        }
+        let (B, n) = try tokenSizes(shape, caller: "decode")
         guard keyDim == modelDim, valueDim == modelDim else {
             throw AttentionError(.inputWidth,
                 "decode projects the tokens as keys and values too, so the key and value widths must equal the model width "
                 + "\(modelDim); this layer has keyDim \(keyDim), valueDim \(valueDim)")
         }
-        guard cache.layer == identity, cache.kvHeads == kvHeads, cache.headDim == headDim,
-              cache.valueHeadDim == valueHeadDim else {
-            throw AttentionError(.cacheMismatch,
-                "the cache was made by another layer (\(cache.kvHeads) kv heads of width \(cache.headDim)/\(cache.valueHeadDim)); "
-                + "this layer has \(kvHeads) kv heads of width \(headDim)/\(valueHeadDim): make one with makeCache(batch:)")
-        }
+        try checkOwner(of: cache, remedy: "makeCache(batch:)")
         guard cache.batch >= 0, cache.requestedCapacity >= 0 else {
             throw AttentionError(.cacheMismatch,
                 "the cache was made with batch \(cache.batch) and capacity \(cache.requestedCapacity); "
                 + "makeCache(batch:capacity:) needs both at least 0")
         }
-        let B = shape.count == 3 ? shape[0] : 1
-        let n = shape[shape.count - 2]
-        guard cache.batch == B else {
-            throw AttentionError(.cacheMismatch,
-                "the cache was made for batch \(cache.batch) but tokens \(describe(shape)) have batch \(B)")
-        }
+        try checkBatch(of: cache, batch: B, tokens: shape)
         let (total, overflow) = cache.count.addingReportingOverflow(n)
         guard !overflow, total <= BLAS.maximumDimension else {
             throw AttentionError(.sizeOverflow, "\(cache.count) cached positions plus \(n) tokens exceed BLAS's 32-bit sizes")
@@ -279,6 +244,42 @@ extension MultiHeadAttention {
                                                       mask: mask, kernel: .automatic)      // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
         return Tensor(validatedShape: outputShape, scalars: output.scalars)                   // [B, n, E_out] or [n, E_out]
+    }
+}
+
+extension MultiHeadAttention {
+    /// B and n of tokens `[B, n, E]` (or `[n, E]`, B = 1) for `decode` and `attend`, which
+    /// `caller` names in messages: `.invalidRank` for other ranks, `.inputWidth` when the
+    /// width is not the model width.
+    func tokenSizes(_ shape: [Int], caller: String) throws -> (batch: Int, count: Int) {
+        guard shape.count == 2 || shape.count == 3 else {
+            throw AttentionError(.invalidRank, "\(caller) takes tokens [B, n, E] or [n, E]; got \(describe(shape))")
+        }
+        guard shape.last! == modelDim else {
+            throw AttentionError(.inputWidth,
+                "tokens \(describe(shape)) have width \(shape.last!) but the layer's model width is \(modelDim) "
+                + "(query weight \(describe(queryProjection.weight.shape)))")
+        }
+        return (shape.count == 3 ? shape[0] : 1, shape[shape.count - 2])
+    }
+
+    /// `.cacheMismatch` unless this layer (or a copy) made `cache`; `remedy` names the call
+    /// that makes a fitting one.
+    func checkOwner(of cache: KVCache, remedy: String) throws {
+        guard cache.layer == identity, cache.kvHeads == kvHeads, cache.headDim == headDim,
+              cache.valueHeadDim == valueHeadDim else {
+            throw AttentionError(.cacheMismatch,
+                "the cache was made by another layer (\(cache.kvHeads) kv heads of width \(cache.headDim)/\(cache.valueHeadDim)); "
+                + "this layer has \(kvHeads) kv heads of width \(headDim)/\(valueHeadDim): make one with \(remedy)")
+        }
+    }
+
+    /// `.cacheMismatch` unless `cache` was made for the batch size B of `tokens`.
+    func checkBatch(of cache: KVCache, batch B: Int, tokens shape: [Int]) throws {
+        guard cache.batch == B else {
+            throw AttentionError(.cacheMismatch,
+                "the cache was made for batch \(cache.batch) but tokens \(describe(shape)) have batch \(B)")
+        }
     }
 }
 
@@ -393,26 +394,9 @@ extension MultiHeadAttention {
     ///   mask that does not fit the scores, `.sizeOverflow`, or `.threadCount`.
     public func attend(_ tokens: Tensor<Float>, to cache: KVCache, mask: AttentionMask = .none) throws -> Tensor<Float> {
         let shape = tokens.shape
-        guard shape.count == 2 || shape.count == 3 else {
-            throw AttentionError(.invalidRank, "attend takes tokens [B, n, E] or [n, E]; got \(describe(shape))")
-        }
-        guard shape.last! == modelDim else {
-            throw AttentionError(.inputWidth,
-                "tokens \(describe(shape)) have width \(shape.last!) but the layer's model width is \(modelDim) "
-                + "(query weight \(describe(queryProjection.weight.shape)))")
-        }
-        guard cache.layer == identity, cache.kvHeads == kvHeads, cache.headDim == headDim,
-              cache.valueHeadDim == valueHeadDim else {
-            throw AttentionError(.cacheMismatch,
-                "the cache was made by another layer (\(cache.kvHeads) kv heads of width \(cache.headDim)/\(cache.valueHeadDim)); "
-                + "this layer has \(kvHeads) kv heads of width \(headDim)/\(valueHeadDim): make one with makeCache(key:value:)")
-        }
-        let B = shape.count == 3 ? shape[0] : 1
-        let n = shape[shape.count - 2]
-        guard cache.batch == B else {
-            throw AttentionError(.cacheMismatch,
-                "the cache was made for batch \(cache.batch) but tokens \(describe(shape)) have batch \(B)")
-        }
+        let (B, n) = try tokenSizes(shape, caller: "attend")
+        try checkOwner(of: cache, remedy: "makeCache(key:value:)")
+        try checkBatch(of: cache, batch: B, tokens: shape)
         let S = cache.count
         try checkSizes(batch: B, queryLength: n, keyLength: S, what: "tokens \(describe(shape))")
         // Everything the core would reject is checked here, before any arithmetic.
