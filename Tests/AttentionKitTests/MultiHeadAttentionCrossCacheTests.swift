@@ -6,14 +6,6 @@ import Testing
 /// same memory, checked against the float64 reference.
 @Suite("Cross-attention cache")
 struct MultiHeadAttentionCrossCacheTests {
-    /// Rows `range` of a `[B, T, E]` tensor, as `[B, range.count, E]`.
-    func slice(_ x: Tensor<Float>, _ range: Range<Int>) -> Tensor<Float> {
-        let (B, T, E) = (x.shape[0], x.shape[1], x.shape[2])
-        var scalars: [Float] = []
-        for b in 0..<B { scalars += x.scalars[((b * T + range.lowerBound) * E)..<((b * T + range.upperBound) * E)] }
-        return try! Tensor(shape: [B, range.count, E], scalars: scalars)
-    }
-
     /// Decoder states attend, a few rows per step, to a memory with its own key and value
     /// widths and padding; MHA, GQA and MQA, batch 2.
     @Test(arguments: [(4, 4), (4, 2), (4, 1)])

@@ -8,14 +8,6 @@ import Testing
 /// `layerTolerance`, and with the library's own full causal pass within the same bound.
 @Suite("KV cache decoding")
 struct MultiHeadAttentionDecodeTests {
-    /// Rows `range` of a `[B, T, E]` tensor, as `[B, range.count, E]`.
-    func slice(_ x: Tensor<Float>, _ range: Range<Int>) -> Tensor<Float> {
-        let (B, T, E) = (x.shape[0], x.shape[1], x.shape[2])
-        var scalars: [Float] = []
-        for b in 0..<B { scalars += x.scalars[((b * T + range.lowerBound) * E)..<((b * T + range.upperBound) * E)] }
-        return try! Tensor(shape: [B, range.count, E], scalars: scalars)
-    }
-
     /// Concatenates `[B, n_i, E]` pieces along the sequence.
     func concat(_ parts: [Tensor<Float>], batch B: Int, width E: Int) -> Tensor<Float> {
         let total = parts.map { $0.shape[1] }.reduce(0, +)

@@ -135,31 +135,12 @@ struct READMEExamplesTests {
 
     @Test("README.md's multi-head attention snippets are exactly the code of these tests")
     func readmeMatches() throws {
-        let testFile = URL(fileURLWithPath: #filePath)
-        let readme = testFile.deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("README.md")
-        let readmeText = try String(contentsOf: readme, encoding: .utf8)
-        let testText = try String(contentsOf: testFile, encoding: .utf8)
-
-        // The ```swift blocks of the "## Multi-head attention" section.
-        let section = try #require(readmeText.components(separatedBy: "\n## Multi-head attention\n").dropFirst().first)
+        let readme = try readmeText(besides: #filePath)
+        // The ```swift blocks of the "## Multi-head attention" section, and this file's snippets.
+        let section = try #require(readme.components(separatedBy: "\n## Multi-head attention\n").dropFirst().first)
             .components(separatedBy: "\n## ").first!
-        let blocks = section.components(separatedBy: "```swift\n").dropFirst()
-            .map { $0.components(separatedBy: "\n```").first! }
-        // The regions between "// README: <name>" and "// README end" here, de-indented.
-        var snippets: [String] = []
-        var current: [Substring]?
-        for line in testText.split(separator: "\n", omittingEmptySubsequences: false) {
-            let trimmed = line.drop { $0 == " " }
-            if trimmed.hasPrefix("// README end") {
-                snippets.append(current!.map { String($0.dropFirst(8)) }.joined(separator: "\n"))
-                current = nil
-            } else if current != nil {
-                current!.append(line)
-            } else if trimmed.hasPrefix("// README: ") {
-                current = []
-            }
-        }
+        let blocks = swiftBlocks(section)
+        let snippets = try readmeSnippets(in: #filePath).map(\.code)
         #expect(blocks.count == 6 && snippets.count == 6, "\(blocks.count) README blocks, \(snippets.count) test snippets")
         for (block, snippet) in zip(blocks, snippets) {
             #expect(block == snippet, "README block differs from its test:\n\(block)\n---\n\(snippet)")

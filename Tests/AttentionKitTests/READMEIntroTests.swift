@@ -30,19 +30,10 @@ struct READMEIntroTests {
 
     @Test("README.md's first block is exactly the code of the test above")
     func readmeMatches() throws {
-        let testFile = URL(fileURLWithPath: #filePath)
-        let readme = testFile.deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("README.md")
-        let readmeText = try String(contentsOf: readme, encoding: .utf8)
-        let testText = try String(contentsOf: testFile, encoding: .utf8)
-        let block = try #require(readmeText.components(separatedBy: "```swift\n").dropFirst().first)
-            .components(separatedBy: "\n```").first!
+        let block = try #require(swiftBlocks(try readmeText(besides: #filePath)).first)
         #expect(block.hasPrefix("import AttentionKit\n\n"), "the README's first block starts with the import")
         let body = String(block.dropFirst("import AttentionKit\n\n".count))
-        let lines = testText.split(separator: "\n", omittingEmptySubsequences: false)
-        let start = try #require(lines.firstIndex { $0.trimmingCharacters(in: .whitespaces) == "// README: introduction" })
-        let end = try #require(lines[start...].firstIndex { $0.trimmingCharacters(in: .whitespaces) == "// README end" })
-        let snippet = lines[(start + 1)..<end].map { String($0.dropFirst(8)) }.joined(separator: "\n")
+        let snippet = try #require(try readmeSnippets(in: #filePath).first { $0.name == "introduction" }).code
         #expect(body == snippet, "README's first block differs from its test:\n\(body)\n---\n\(snippet)")
     }
 }

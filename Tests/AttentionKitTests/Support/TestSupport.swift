@@ -99,3 +99,12 @@ func expectError(_ code: AttentionError.Code, mentions: [String],
 let allKernels: [AttentionKernel] = AttentionKernel.allCases
 
 import Foundation
+
+/// Positions `range` of a sequence tensor `[B, T, E]`, as `[B, range.count, E]` (the
+/// decoding and cross-attention tests feed a sequence to a cache piece by piece).
+func slice(_ x: Tensor<Float>, _ range: Range<Int>) -> Tensor<Float> {
+    let (B, T, E) = (x.shape[0], x.shape[1], x.shape[2])
+    var scalars: [Float] = []
+    for b in 0..<B { scalars += x.scalars[((b * T + range.lowerBound) * E)..<((b * T + range.upperBound) * E)] }
+    return try! Tensor(shape: [B, range.count, E], scalars: scalars)
+}
