@@ -147,18 +147,22 @@ struct ResolvedMask: Sendable {
                 causalOffset = min(causalOffset ?? offset, offset)
             case .keyLengths(let lengths):
                 try Self.validate(lengths, name: "keyLengths", problem: p)
-                keyLengths = keyLengths.map { zip($0, lengths).map { min($0, $1) } } ?? lengths
+                keyLengths = Self.tightest(keyLengths, lengths)
             case .causalToKeyLengths(let lengths):
                 try Self.validate(lengths, name: "causalToKeyLengths", problem: p)
-                keyLengths = keyLengths.map { zip($0, lengths).map { min($0, $1) } } ?? lengths
-                let offsets = lengths.map { $0 - p.queryLength }
-                batchCausalOffsets = batchCausalOffsets.map { zip($0, offsets).map { min($0, $1) } } ?? offsets
+                keyLengths = Self.tightest(keyLengths, lengths)
+                batchCausalOffsets = Self.tightest(batchCausalOffsets, lengths.map { $0 - p.queryLength })
             case .boolean(let tensor):
                 booleans.append((tensor, try broadcastStrides(tensor.shape, kind: "boolean mask", problem: p)))
             case .additive(let tensor):
                 additives.append((tensor, try broadcastStrides(tensor.shape, kind: "additive bias", problem: p)))
             }
         }
+    }
+
+    /// The entry-wise smaller of two per-batch limits (`limits` itself when there is none yet).
+    private static func tightest(_ current: [Int]?, _ limits: [Int]) -> [Int] {
+        current.map { zip($0, limits).map { min($0, $1) } } ?? limits
     }
 
     /// Checks per-batch key lengths: one per batch entry, each in `0...S`.

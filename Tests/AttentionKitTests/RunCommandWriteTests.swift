@@ -21,18 +21,12 @@ struct RunCommandWriteTests {
         }
     }
 
-    func directory() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("ak-write-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        return url
-    }
-
     func contents(_ url: URL) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []).sorted()
     }
 
     @Test(arguments: [2, 3]) func laterRenameFails(_ failAt: Int) throws {
-        let dir = try directory()
+        let dir = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let out = dir.appendingPathComponent("out.npy").path
         let weights = dir.appendingPathComponent("w.npy").path
@@ -51,7 +45,7 @@ struct RunCommandWriteTests {
     }
 
     @Test func everyRenameSucceeds() throws {
-        let dir = try directory()
+        let dir = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let out = dir.appendingPathComponent("out.npy").path
         try Data("old output".utf8).write(to: URL(fileURLWithPath: out))
