@@ -218,19 +218,7 @@ extension MultiHeadAttention {
         try cache.reserve(total)
         let P = cache.count
 
-        // New keys and values: one projection each over all B·n rows, then into the cache.
-        let kWidth = kvHeads * headDim, vWidth = kvHeads * valueHeadDim
-        let newKeys = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * n * kWidth))     // [B·n, Hkv·Dk]
-        let newValues = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * n * vWidth))   // [B·n, Hkv·Dv]
-        defer { newKeys.deallocate(); newValues.deallocate() }
-        tokens.withUnsafeBufferPointer { x in
-            let x = nonNull(x.baseAddress)                                                     // [B·n, E]
-            BLAS.withThreads(threads) {
-                keyProjection.apply(rows: B * n, input: x, inputStride: modelDim, output: newKeys, outputStride: kWidth)       // [B·n, Hkv·Dk]
-                valueProjection.apply(rows: B * n, input: x, inputStride: modelDim, output: newValues, outputStride: vWidth)   // [B·n, Hkv·Dv]
-            }
-        }
-        cache.append(keys: newKeys, values: newValues, tokens: n)    // cache[b, h, P + t, :]
+        appendProjected(key: tokens, value: tokens, batch: B, tokens: n, to: &cache, threads: threads)   // cache[b, h, P + t, :]
 
         let scratch = Scratch()                                                              // only used when n > 1
         defer { scratch.free() }
@@ -261,6 +249,28 @@ extension MultiHeadAttention {
                 + "(query weight \(describe(queryProjection.weight.shape)))")
         }
         return (shape.count == 3 ? shape[0] : 1, shape[shape.count - 2])
+    }
+
+    /// Projects `key` `[B·n, keyDim]` and `value` `[B·n, valueDim]` (one projection each over
+    /// all B·n rows) and appends them to `cache` as n positions of each batch entry; the
+    /// cache has room for them.
+    func appendProjected(key: Tensor<Float>, value: Tensor<Float>, batch B: Int, tokens n: Int,
+                         to cache: inout KVCache, threads: Int) {
+        let kWidth = kvHeads * headDim, vWidth = kvHeads * valueHeadDim
+        let keys = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * n * kWidth))      // [B·n, Hkv·Dk]
+        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * n * vWidth))    // [B·n, Hkv·Dv]
+        defer { keys.deallocate(); values.deallocate() }
+        key.withUnsafeBufferPointer { k in
+            value.withUnsafeBufferPointer { v in
+                BLAS.withThreads(threads) {
+                    keyProjection.apply(rows: B * n, input: nonNull(k.baseAddress), inputStride: keyDim,
+                                        output: keys, outputStride: kWidth)                   // [B·n, Hkv·Dk]
+                    valueProjection.apply(rows: B * n, input: nonNull(v.baseAddress), inputStride: valueDim,
+                                          output: values, outputStride: vWidth)               // [B·n, Hkv·Dv]
+                }
+            }
+        }
+        cache.append(keys: keys, values: values, tokens: n)                                   // cache[b, h, P + t, :]
     }
 
     /// `.cacheMismatch` unless this layer (or a copy) made `cache`; `remedy` names the call
@@ -322,14 +332,8 @@ extension MultiHeadAttention {
         guard (2...3).contains(key.rank), key.rank == value.rank else {
             throw AttentionError(.invalidRank, "key and value must both be rank 3 [B, S, E] or both rank 2 [S, E]; got \(shapes)")
         }
-        for (name, shape, width, projection) in [("key", key.shape, keyDim, keyProjection),
-                                                 ("value", value.shape, valueDim, valueProjection)] {
-            guard shape.last! == width else {
-                throw AttentionError(.inputWidth,
-                    "\(name) \(describe(shape)) has width \(shape.last!) but the \(name) projection takes \(width) "
-                    + "(weight \(describe(projection.weight.shape))); \(shapes)")
-            }
-        }
+        try checkInputWidths([("key", key.shape, keyDim, keyProjection), ("value", value.shape, valueDim, valueProjection)],
+                             shapes)
         let rank = key.rank
         let B = rank == 3 ? key.shape[0] : 1
         guard rank == 2 || value.shape[0] == B else {
@@ -346,24 +350,7 @@ extension MultiHeadAttention {
         var cache = makeCache(batch: B)
         try cache.reserve(S, exactly: true)
         guard S > 0 else { return cache }
-        // One projection each over all B·S rows, then into the per-head storage.
-        let kWidth = kvHeads * headDim, vWidth = kvHeads * valueHeadDim
-        let keys = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * S * kWidth))      // [B·S, Hkv·Dk]
-        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * S * vWidth))    // [B·S, Hkv·Dv]
-        defer { keys.deallocate(); values.deallocate() }
-        if B > 0 {
-            key.withUnsafeBufferPointer { k in
-            value.withUnsafeBufferPointer { v in
-                BLAS.withThreads(threads) {
-                    keyProjection.apply(rows: B * S, input: nonNull(k.baseAddress), inputStride: keyDim,
-                                        output: keys, outputStride: kWidth)                   // [B·S, Hkv·Dk]
-                    valueProjection.apply(rows: B * S, input: nonNull(v.baseAddress), inputStride: valueDim,
-                                          output: values, outputStride: vWidth)               // [B·S, Hkv·Dv]
-                }
-            }
-            }
-        }
-        cache.append(keys: keys, values: values, tokens: S)                                   // cache[b, h, t, :]
+        appendProjected(key: key, value: value, batch: B, tokens: S, to: &cache, threads: threads)   // cache[b, h, t, :]
         return cache
     }
 

@@ -249,15 +249,8 @@ extension MultiHeadAttention {
             throw AttentionError(.invalidRank,
                 "query, key and value must all be rank 3 [B, L, E] or all rank 2 [L, E]; got \(shapes)")
         }
-        for (name, shape, width, projection) in [("query", query, modelDim, queryProjection),
-                                                 ("key", key, keyDim, keyProjection),
-                                                 ("value", value, valueDim, valueProjection)] {
-            guard shape.last! == width else {
-                throw AttentionError(.inputWidth,
-                    "\(name) \(describe(shape)) has width \(shape.last!) but the \(name) projection takes \(width) "
-                    + "(weight \(describe(projection.weight.shape))); \(shapes)")
-            }
-        }
+        try checkInputWidths([("query", query, modelDim, queryProjection), ("key", key, keyDim, keyProjection),
+                              ("value", value, valueDim, valueProjection)], shapes)
         let rank = query.count
         let batch = rank == 3 ? query[0] : 1
         if rank == 3 {
@@ -272,6 +265,16 @@ extension MultiHeadAttention {
                 "key length \(keyLength) does not match value length \(value[rank - 2]) (\(shapes))")
         }
         return Geometry(rank: rank, batch: batch, queryLength: queryLength, keyLength: keyLength)
+    }
+
+    /// `.inputWidth` for the first input whose last dimension is not the width its projection
+    /// takes; `shapes` names all of the call's inputs in the message.
+    func checkInputWidths(_ inputs: [(name: String, shape: [Int], width: Int, projection: Linear)], _ shapes: String) throws {
+        for (name, shape, width, projection) in inputs where shape.last! != width {
+            throw AttentionError(.inputWidth,
+                "\(name) \(describe(shape)) has width \(shape.last!) but the \(name) projection takes \(width) "
+                + "(weight \(describe(projection.weight.shape))); \(shapes)")
+        }
     }
 
     /// Checks that every intermediate of a call with `rows` query rows and `keyRows` key
