@@ -1,7 +1,8 @@
 /// `log₂ e`, the factor between natural and base-2 exponents.
 let log2e: Float = 1.44269504088896341
 
-/// Vectorised `exp` for the softmax layer, on the domain the softmax needs: x ≤ 0.
+/// Vectorised `exp` for the softmax layer in natural units (the BLAS kernel when its scale or
+/// biases are too large for base 2), on the domain the softmax needs: x ≤ 0.
 ///
 /// Swift's SIMD types have no transcendental functions, and calling `Foundation.exp` per
 /// element costs more than the two GEMMs of attention at small head dimensions, so the
@@ -57,9 +58,9 @@ func exponential(_ x: Float) -> Float {
     exponential(SIMD8<Float>(repeating: x))[0]
 }
 
-/// Vectorised `2ˣ` for the tiled kernel's base-2 online softmax, for x ≤ 125.
+/// Vectorised `2ˣ` for the base-2 softmax of the BLAS and tiled kernels, for x ≤ 125.
 ///
-/// The tiled kernel folds `log₂ e` into the GEMM's alpha, so its scores are already in
+/// Those kernels fold `log₂ e` into the GEMM's alpha, so their scores are already in
 /// base 2 and the range reduction is a plain subtraction, with no `log₂ e` multiply and no
 /// two-part `ln 2`:
 ///

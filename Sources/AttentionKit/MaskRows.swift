@@ -19,8 +19,8 @@ struct MaskRows: @unchecked Sendable {
 
     /// Adds the biases and applies the boolean masks to `row[0..<count]`, the scores of
     /// query `i` of head `h` in batch entry `b` for keys `keyOffset ..< keyOffset + count`
-    /// (vectorised). Biases are multiplied by `biasFactor` first (the tiled kernel's base-2
-    /// scores pass `log₂ e`).
+    /// (vectorised). Biases are multiplied by `biasFactor` first (the BLAS and tiled kernels'
+    /// base-2 scores pass `log₂ e`).
     @inline(__always)
     func apply(_ row: UnsafeMutablePointer<Float>, count: Int, batch b: Int, head h: Int, query i: Int,
                keyOffset: Int = 0, biasFactor: Float = 1) {
@@ -35,8 +35,8 @@ struct MaskRows: @unchecked Sendable {
     }
 
     /// The sum over the additive tensors of each one's largest finite magnitude (0 without
-    /// biases; infinities and NaN are skipped). The tiled kernel, whose scores are in base 2,
-    /// checks it against the range that survives multiplying by `log₂ e`.
+    /// biases; infinities and NaN are skipped). The BLAS and tiled kernels, whose scores are
+    /// in base 2, check it against the range that survives multiplying by `log₂ e`.
     func finiteBiasMagnitude() -> Float {
         var total: Float = 0
         for (tensor, _) in resolved.additives {

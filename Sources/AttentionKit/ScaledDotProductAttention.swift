@@ -4,14 +4,16 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     case naive
     /// Two `cblas_sgemm` calls per block of query rows around a vectorised Swift
     /// mask + softmax layer, parallel over blocks. Materialises one block of scores per thread.
+    /// Its scores are kept in base 2 (a cheaper exponential), in natural units when the scale
+    /// or additive biases exceed 1e38 in magnitude or when a row overflows base 2's range.
     case blas
     /// Streams key tiles through an online softmax (flash-attention style) on sgemm, in
     /// memory proportional to L·D rather than L·S. Blocks of up to four query rows
     /// (decoding) use streaming matrix–vector products in Swift instead of sgemm, and long
     /// key ranges are split across threads when there are few queries. Its scores are kept
     /// in base 2; a call whose scale or additive biases exceed 1e38 in magnitude (such as a
-    /// float32 "masked" bias of −3.4e38) runs the ``blas`` kernel's code instead, whose natural
-    /// units hold them.
+    /// float32 "masked" bias of −3.4e38) runs the ``blas`` kernel's code instead, which takes
+    /// such calls in natural units.
     case tiled
     /// Picks the kernel for the call: ``tiled``, or ``blas`` when the weights are returned
     /// (both then materialise them the same way) or when there are at most 32 keys (one

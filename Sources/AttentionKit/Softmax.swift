@@ -19,8 +19,8 @@ func store(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
 }
 
 /// `row[j] += factor · bias[j · stride]` for `j < count`; `stride` is 0 (one bias for the
-/// whole row) or 1. `factor` is 1 except in the tiled kernel, whose scores are in base 2
-/// (`log₂ e`); multiplying by 1 is exact, so the other kernels add the bias unchanged.
+/// whole row) or 1. `factor` is `log₂ e` for base-2 scores (the BLAS and tiled kernels) and
+/// 1 in natural units; multiplying by 1 is exact, so the bias is then added unchanged.
 @inline(__always)
 func addBias(_ row: UnsafeMutablePointer<Float>, count: Int, bias: UnsafePointer<Float>, stride: Int,
              factor: Float = 1) {
@@ -142,23 +142,29 @@ func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtract
 ///
 ///     m = max_j s_j,   p_j = exp(s_j − m) / Σ_k exp(s_k − m)
 ///
+/// With `base2`, the row holds base-2 scores (the natural ones times `log₂ e`, as the BLAS
+/// kernel computes them when it can) and `p_j = 2^(s_j − m) / Σ_k 2^(s_k − m)`, the same
+/// weights through the cheaper ``exponential2(_:clamped:)``.
 /// A row whose entries are all −∞ (or `end == 0`) becomes all zeros rather than NaN.
 /// With `normalize: false` the row is left as `exp(s_j − m)` and the caller divides later
 /// (the BLAS kernel scales the output row instead, which is `Dv` multiplies, not `S`).
-/// Returns the sum Σ exp(s_j − m), or 0 for an all-excluded row.
+/// Returns the sum Σ exp(s_j − m) (0 for an all-excluded row) and the maximum `m`.
 @discardableResult
 @inline(__always)
-func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normalize: Bool = true) -> Float {
+func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normalize: Bool = true,
+                base2: Bool = false) -> (sum: Float, maximum: Float) {
     let m = rowMaximum(row, count: end)
     guard m != -.infinity else {
         // Every key excluded: a zero row, as PyTorch ≥ 2.5 does.
         row.update(repeating: 0, count: count)
-        return 0
+        return (0, m)
     }
-    let sum = exponentiateAndSum(row, count: end, subtracting: m)
+    let sum = base2
+        ? exponentiateAndSum(row, count: end, subtracting: m, base2: true)
+        : exponentiateAndSum(row, count: end, subtracting: m)
     if normalize { scaleRow(row, count: end, by: 1 / sum) }
     if end < count { (row + end).update(repeating: 0, count: count - end) }
-    return sum
+    return (sum, m)
 }
 
 /// How far above a row's reference maximum (in base-2 exponent units) the tiled kernel lets

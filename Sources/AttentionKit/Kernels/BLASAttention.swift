@@ -6,21 +6,34 @@
 /// their rows form one `[g·L, Dk]` matrix and each item multiplies against K and V once for
 /// all of them, without copying K or V. For each item:
 ///
-///     scores[R, S']  = scale · Q[R, Dk] · K[S', Dk]ᵀ     (sgemm, scale folded into alpha)
-///     scores[r, :]   = softmax(mask(scores[r, :]))        (Swift, SIMD, row by row)
-///     out[R, Dv]     = scores[R, S'] · V[S', Dv]          (sgemm)
+///     scores[R, S']  = log₂e · scale · Q[R, Dk] · K[S', Dk]ᵀ   (sgemm, log₂e · scale in alpha)
+///     scores[r, :]   = softmax₂(mask(scores[r, :]))             (Swift, SIMD, row by row)
+///     out[R, Dv]     = scores[R, S'] · V[S', Dv]                (sgemm)
 ///
 /// where `S' ≤ S` stops at the last key any row of the item may see: keys excluded for the
 /// whole item by a causal mask or key lengths are never multiplied. Scores go straight into
 /// the caller's weights tensor when it wants them, else into a per-thread scratch buffer.
 /// Items run on `threads` threads with OpenBLAS held to one thread.
 ///
+/// The scores are in base 2, as in the tiled kernel: `log₂ e` is folded into alpha and
+/// multiplied into additive biases, and `softmax₂` is `2^(s − m) / Σ 2^(s − m)`, the same
+/// weights as `exp(s′ − m′) / Σ exp(s′ − m′)` on the natural scores, through the cheaper
+/// ``exponential2(_:clamped:)`` (16 vector instructions per 4 lanes at the SSE2 baseline
+/// against 27). At B1 H8 L512 D64 on one thread that moved the share of the time in sgemm
+/// from 0.70–0.71 to 0.78–0.80 (see attention-bench's header). Base 2 holds natural
+/// values only up to about 2.4e38, so the kernel works in natural units when the scale or
+/// the finite biases exceed ``base2ScoreLimit`` (or with `naturalUnits`), and a block with
+/// a row whose base-2 maximum is +∞, or whose allowed scores are all −∞ without a boolean or
+/// additive tensor that could exclude them, is computed again in natural units before
+/// anything reaches the output (natural scores finite but beyond base 2's range).
+///
 /// With `gemmOnly`, the softmax layer is skipped and only the two sgemm calls run, on the
 /// same items; attention-bench uses this to report the GEMM share of the kernel's time.
 /// With `units`, only those (batch, key/value head) units (`b · Hkv + kvHead`) are computed,
 /// into output rows the caller has zeroed: the tiled kernel's second pass for rows it could
-/// not compute in base 2.
-func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected: [Int]? = nil) {
+/// not compute in base 2, which also passes `naturalUnits`.
+func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected: [Int]? = nil,
+                   naturalUnits: Bool = false) {
     let p = a.problem
     let (L, S, Dk, Dv, g) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim, p.group)
     let unitRows = g * L                                       // rows sharing one K/V head
@@ -31,6 +44,11 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
     // Without weights or dropout to return, P need not be normalised before P·V: dividing
     // the [R, Dv] output rows is cheaper than the [R, S'] score rows.
     let deferNormalization = a.weights == nil && a.dropout == nil
+    // Scores in base 2 (log₂e folded into alpha and into the biases) make the softmax's
+    // exponential a cheaper 2ˣ; not when the scale or biases could overflow there, nor for
+    // the tiled kernel's second pass, which exists for rows that base 2 could not hold.
+    let base2 = !naturalUnits && Swift.abs(a.scale) <= base2ScoreLimit
+        && a.mask.finiteBiasMagnitude() <= base2ScoreLimit
 
     BLAS.singleThreaded {
         parallelWork(threads: a.threads, items: items) { claim in
@@ -60,28 +78,38 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                 let out = a.output + firstRow * Dv             // [R, Dv]
                 let scores = a.weights.map { $0 + firstRow * S } ?? scratch!   // [R, S], ld S
 
-                // scores[R, S'] = scale · Q[R, Dk] · K[S', Dk]ᵀ
-                // beta = 1 on zeros (the weights tensor starts zeroed; the scratch is zeroed
-                // by memset): OpenBLAS's beta = 0 pass zeroes C column by column, slower.
-                if a.weights == nil {
-                    for r in 0..<rows { (scores + r * S).update(repeating: 0, count: blockEnd) }
-                }
-                BLAS.sgemm(m: rows, n: blockEnd, k: Dk, alpha: a.scale,
-                           a: q, lda: Dk, b: k, ldb: Dk, transposeB: true,
-                           beta: 1, c: scores, ldc: S)
-
-                if !gemmOnly {
+                // The scores and their softmax, in base 2 when the call allows it; false when
+                // a row shows that base 2 overflowed (see `blasAttention`), before anything
+                // is accumulated into the output.
+                func softmaxScores(base2: Bool, again: Bool) -> Bool {
+                    // scores[R, S'] = scale · Q[R, Dk] · K[S', Dk]ᵀ   (times log₂e in base 2)
+                    // beta = 1 on zeros (the weights tensor starts zeroed, and is zeroed again
+                    // for a second pass; the scratch is zeroed by memset): OpenBLAS's beta = 0
+                    // pass zeroes C column by column, slower.
+                    if a.weights == nil || again {
+                        for r in 0..<rows { (scores + r * S).update(repeating: 0, count: blockEnd) }
+                    }
+                    BLAS.sgemm(m: rows, n: blockEnd, k: Dk, alpha: base2 ? a.scale * log2e : a.scale,
+                               a: q, lda: Dk, b: k, ldb: Dk, transposeB: true,
+                               beta: 1, c: scores, ldc: S)
+                    if gemmOnly { return true }
                     for r in 0..<rows {
                         let h = kvHead * g + (r0 + r) / L
                         let i = (r0 + r) % L
                         let row = scores + r * S
                         let end = a.mask.rowEnd(batch: b, query: i, keyLength: S)
-                        a.mask.apply(row, count: end, batch: b, head: h, query: i)
-                        let sum = softmaxRow(row, end: end, count: blockEnd, normalize: !deferNormalization)
+                        a.mask.apply(row, count: end, batch: b, head: h, query: i, biasFactor: base2 ? log2e : 1)
+                        let (sum, m) = softmaxRow(row, end: end, count: blockEnd,
+                                                  normalize: !deferNormalization, base2: base2)
+                        if base2 && (m == .infinity || (m == -.infinity && end > 0 && !a.mask.hasTensors)) {
+                            return false
+                        }
                         inverseSums[r] = sum == 0 ? 0 : 1 / sum        // NaN stays NaN
                         a.dropout?.apply(row, count: end, rowIndex: firstRow + r)
                     }
+                    return true
                 }
+                if !softmaxScores(base2: base2, again: false) { _ = softmaxScores(base2: false, again: true) }
 
                 // out[R, Dv] = P[R, S'] · V[S', Dv]   (beta = 1: the output starts zeroed)
                 BLAS.sgemm(m: rows, n: Dv, k: blockEnd, alpha: 1,

@@ -41,12 +41,12 @@
 /// Dropout is applied to the tile after its sum enters `l` (the denominator is that of the
 /// undropped softmax, as in the other kernels), with the same per-(row, key) decisions.
 /// When the caller asks for the weights, an L×S tensor is needed anyway and the kernel
-/// computes them as the BLAS kernel does; so it does, in natural units, when the scale or the
-/// additive biases are too large for base 2 (beyond `base2ScoreLimit`), and, after the fact,
-/// when an output row comes out NaN, infinite, or without weight although keys were allowed
-/// (scores beyond base 2's range, or partial outputs overflowing under lazy rescaling; NaN
-/// inputs also take this second, BLAS, pass), for the (batch, key/value head) units with
-/// such a row only.
+/// computes them as the BLAS kernel does; so it does when the scale or the additive biases
+/// are too large for base 2 (beyond `base2ScoreLimit`; the BLAS kernel then works in natural
+/// units), and, after the fact, in natural units, when an output row comes out NaN,
+/// infinite, or without weight although keys were allowed (scores beyond base 2's range, or
+/// partial outputs overflowing under lazy rescaling; NaN inputs also take this second, BLAS,
+/// pass), for the (batch, key/value head) units with such a row only.
 ///
 /// With `gemmOnly`, only the products run (same tiles, no softmax): attention-bench's
 /// roofline reference.
@@ -54,7 +54,8 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     // Base-2 scores are the natural ones times log₂e ≈ 1.44: a finite scale or bias beyond
     // about 2.4e38 would overflow to ±∞ and, for example, turn a row of −3.4e38 biases (the
     // "masked" value of float32 additive masks) from a uniform average into an excluded row.
-    // Such calls, and calls that want the weights, go to the BLAS kernel, in natural units.
+    // Such calls go to the BLAS kernel, which takes them in natural units; so do calls that
+    // want the weights (in base 2 when they allow it).
     if a.weights != nil || !(Swift.abs(a.scale) <= base2ScoreLimit)
         || a.mask.finiteBiasMagnitude() > base2ScoreLimit {
         blasAttention(a, gemmOnly: gemmOnly)
@@ -290,7 +291,7 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 let b = unit / p.kvHeads, kvHead = unit % p.kvHeads
                 (a.output + (b * p.queryHeads + kvHead * g) * L * Dv).update(repeating: 0, count: unitRows * Dv)  // [g·L, Dv]
             }
-            blasAttention(a, units: redo)
+            blasAttention(a, units: redo, naturalUnits: true)
         }
     }
 }
