@@ -4,8 +4,9 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     case naive
     /// Two `cblas_sgemm` calls per block of query rows around a vectorised Swift
     /// mask + softmax layer, parallel over blocks. Materialises one block of scores per thread.
-    /// Its scores are kept in base 2 (a cheaper exponential), in natural units when the scale
-    /// or additive biases exceed 1e38 in magnitude or when a row overflows base 2's range.
+    /// Its scores are kept in base 2 (a cheaper exponential) where a bound on them shows that
+    /// base 2 holds them, and in natural units elsewhere (scale or additive biases beyond
+    /// 1e38 in magnitude, inputs so large that scores could pass about 2.4e38, NaN or ±∞).
     case blas
     /// Streams key tiles through an online softmax (flash-attention style) on sgemm, in
     /// memory proportional to L·D rather than L·S. Blocks of up to four query rows

@@ -104,7 +104,7 @@ func rowMaximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
 }
 
 /// `row[j] = exp(row[j] − m)` for `j < count`, in place (`2^(row[j] − m)` with `base2`, for
-/// the tiled kernel's base-2 scores); returns the sum of the results. Needs `row[j] ≤ m`
+/// the base-2 scores of the BLAS and tiled kernels); returns the sum of the results. Needs `row[j] ≤ m`
 /// (`row[j] ≤ m + 120` with `base2`), so that every argument is in the polynomial's domain;
 /// `clamped: false` (base 2 only) also needs `row[j] − m ≥ −126` (see
 /// ``exponential2(_:clamped:)``). `base2` and `clamped` are constants at each call site and
@@ -146,25 +146,25 @@ func exponentiateAndSum(_ row: UnsafeMutablePointer<Float>, count: Int, subtract
 /// kernel computes them when it can) and `p_j = 2^(s_j − m) / Σ_k 2^(s_k − m)`, the same
 /// weights through the cheaper ``exponential2(_:clamped:)``.
 /// A row whose entries are all −∞ (or `end == 0`) becomes all zeros rather than NaN.
-/// With `normalize: false` the row is left as `exp(s_j − m)` and the caller divides later
-/// (the BLAS kernel scales the output row instead, which is `Dv` multiplies, not `S`).
-/// Returns the sum Σ exp(s_j − m) (0 for an all-excluded row) and the maximum `m`.
+/// With `normalize: false` the row is left as `exp(s_j − m)` (`2^(s_j − m)`) and the caller
+/// divides later (the BLAS kernel scales the output row instead, which is `Dv` multiplies,
+/// not `S`). Returns the sum Σ exp(s_j − m) (Σ 2^(s_j − m)), or 0 for an all-excluded row.
 @discardableResult
 @inline(__always)
 func softmaxRow(_ row: UnsafeMutablePointer<Float>, end: Int, count: Int, normalize: Bool = true,
-                base2: Bool = false) -> (sum: Float, maximum: Float) {
+                base2: Bool = false) -> Float {
     let m = rowMaximum(row, count: end)
     guard m != -.infinity else {
         // Every key excluded: a zero row, as PyTorch ≥ 2.5 does.
         row.update(repeating: 0, count: count)
-        return (0, m)
+        return 0
     }
     let sum = base2
         ? exponentiateAndSum(row, count: end, subtracting: m, base2: true)
         : exponentiateAndSum(row, count: end, subtracting: m)
     if normalize { scaleRow(row, count: end, by: 1 / sum) }
     if end < count { (row + end).update(repeating: 0, count: count - end) }
-    return (sum, m)
+    return sum
 }
 
 /// How far above a row's reference maximum (in base-2 exponent units) the tiled kernel lets

@@ -225,43 +225,6 @@ struct AttentionTests {
         }
     }
 
-    /// The BLAS kernel's scores are in base 2 (log₂e folded into alpha) when the scale and the
-    /// biases allow it; a block with a row that shows base 2 overflowing (a score of +∞, or
-    /// every allowed score −∞ with no mask tensor that could have excluded them) is computed
-    /// again in natural units. Natural scores that are finite but beyond base 2's range (about
-    /// 2.4e38): scale 1e38 with one q·k of 3 (all weight on that key), scale 1e38 with every
-    /// q·k = −3 (a uniform average), scale 1 with q·k = 3e38 from q = 1e19 and k = 3e19, and
-    /// the first again under an additive bias of 0 (a mask tensor present). Output and weights,
-    /// the output also without weights (its normalisation is deferred to the output rows).
-    @Test(arguments: ["one score beyond", "every score beyond", "huge inputs", "one beyond, with a bias"])
-    func blasScoresBeyondBase2(_ name: String) throws {
-        let L = 8, S = 20
-        var qs = [Float](repeating: 1, count: L * 2), ks: [Float], scale: Float = 1e38
-        var mask: [MaskSpec] = []
-        switch name {
-        case "every score beyond":
-            ks = Array(repeating: -1.5, count: S * 2)
-        case "huge inputs":
-            scale = 1
-            qs = (0..<L).flatMap { _ in [Float(1e19), 0] }
-            ks = (0..<S).flatMap { $0 == 11 ? [Float(3e19), 0] : [Float(Double($0) / 10), 1] }
-        default:
-            ks = (0..<S).flatMap { $0 == 7 ? [Float(1.5), 1.5] : [Float(0), 0] }
-            if name.hasSuffix("bias") { mask = [.additive(shape: [S], data: [Float](repeating: 0, count: S))] }
-        }
-        let q = try Tensor<Float>(shape: [1, 1, L, 2], scalars: qs)
-        let k = try Tensor<Float>(shape: [1, 1, S, 2], scalars: ks)
-        let v = normalTensor([1, 1, S, 3], seed: 52)
-        let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: Double(scale))
-        let libraryMask = AttentionMask(mask.map(\.library))
-        let (out, weights) = try scaledDotProductAttentionWithWeights(
-            query: q, key: k, value: v, mask: libraryMask, scale: scale, kernel: .blas)
-        assertClose(out, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(name) output")
-        assertClose(weights, want.weights, shape: [1, 1, L, S], absolute: 2e-5, "\(name) weights")
-        let alone = try scaledDotProductAttention(query: q, key: k, value: v, mask: libraryMask, scale: scale, kernel: .blas)
-        assertClose(alone, want.output, shape: [1, 1, L, 3], absolute: outputTolerance(v), "\(name) output without weights")
-    }
-
     /// Keys masked with −3.4e38 next to keys with a 0 bias get zero weight, on every kernel:
     /// the common float32 additive padding mask.
     @Test func float32MinimumBiasMasksKeys() throws {

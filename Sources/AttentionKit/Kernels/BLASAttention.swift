@@ -15,23 +15,31 @@
 /// the caller's weights tensor when it wants them, else into a per-thread scratch buffer.
 /// Items run on `threads` threads with OpenBLAS held to one thread.
 ///
-/// The scores are in base 2, as in the tiled kernel: `log₂ e` is folded into alpha and
-/// multiplied into additive biases, and `softmax₂` is `2^(s − m) / Σ 2^(s − m)`, the same
-/// weights as `exp(s′ − m′) / Σ exp(s′ − m′)` on the natural scores, through the cheaper
-/// ``exponential2(_:clamped:)`` (16 vector instructions per 4 lanes at the SSE2 baseline
-/// against 27). At B1 H8 L512 D64 on one thread that moved the share of the time in sgemm
-/// from 0.70–0.71 to 0.78–0.80 (see attention-bench's header). Base 2 holds natural
-/// values only up to about 2.4e38, so the kernel works in natural units when the scale or
-/// the finite biases exceed ``base2ScoreLimit`` (or with `naturalUnits`), and a block with
-/// a row whose base-2 maximum is +∞, or whose allowed scores are all −∞ without a boolean or
-/// additive tensor that could exclude them, is computed again in natural units before
-/// anything reaches the output (natural scores finite but beyond base 2's range).
+/// The scores are in base 2, as in the tiled kernel, where that cannot change the result:
+/// `log₂ e` is folded into alpha and multiplied into additive biases, and `softmax₂` is
+/// `2^(s − m) / Σ 2^(s − m)`, the same weights as `exp(s′ − m′) / Σ exp(s′ − m′)` on the
+/// natural scores, through the cheaper ``exponential2(_:clamped:)`` (16 vector instructions
+/// per 4 lanes at the SSE2 baseline against 27). At B1 H8 L512 D64 on one thread that moved
+/// the share of the time in sgemm from 0.70–0.71 to 0.78–0.80 (see attention-bench's header).
+/// Base 2 holds natural values only up to about 2.4e38, so a block is computed in base 2
+/// only when Cauchy–Schwarz proves that none of its scores, biases added, can leave float's
+/// range there:
+///
+///     |log₂e · scale| · ‖Q_block‖ · ‖K_unit‖ · 1.01  +  log₂e · Σ max|bias|  ≤  0.9 · Float.greatestFiniteMagnitude
+///
+/// with Frobenius norms (each ‖q_r‖ · ‖k_j‖ is at most their product; a loose bound, but one
+/// pass over contiguous memory, and ordinary inputs sit dozens of orders of magnitude below
+/// it), `K_unit` the keys any row of the unit may see, in Double; the 1 % covers the
+/// rounding of the GEMM and of the norms. Other blocks (huge or non-finite inputs, NaN),
+/// calls whose scale or biases exceed ``base2ScoreLimit``, units of fewer than
+/// ``blasBase2MinimumRows`` rows and `naturalUnits` calls work in natural units, as before.
 ///
 /// With `gemmOnly`, the softmax layer is skipped and only the two sgemm calls run, on the
 /// same items; attention-bench uses this to report the GEMM share of the kernel's time.
 /// With `units`, only those (batch, key/value head) units (`b · Hkv + kvHead`) are computed,
 /// into output rows the caller has zeroed: the tiled kernel's second pass for rows it could
-/// not compute in base 2, which also passes `naturalUnits`.
+/// not compute in base 2, which also passes `naturalUnits`. `gemmOnly` multiplies with the
+/// natural alpha (the products cost the same).
 func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected: [Int]? = nil,
                    naturalUnits: Bool = false) {
     let p = a.problem
@@ -45,10 +53,27 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
     // the [R, Dv] output rows is cheaper than the [R, S'] score rows.
     let deferNormalization = a.weights == nil && a.dropout == nil
     // Scores in base 2 (log₂e folded into alpha and into the biases) make the softmax's
-    // exponential a cheaper 2ˣ; not when the scale or biases could overflow there, nor for
-    // the tiled kernel's second pass, which exists for rows that base 2 could not hold.
-    let base2 = !naturalUnits && Swift.abs(a.scale) <= base2ScoreLimit
-        && a.mask.finiteBiasMagnitude() <= base2ScoreLimit
+    // exponential a cheaper 2ˣ, for the blocks whose scores provably stay in range (above).
+    let base2Alpha = a.scale * log2e
+    var biasMagnitude: Float = 0
+    let base2Call = !naturalUnits && !gemmOnly && unitRows >= (a.tiles?.blasBase2MinimumRows ?? blasBase2MinimumRows)
+        && Swift.abs(a.scale) <= base2ScoreLimit && {
+            biasMagnitude = a.mask.finiteBiasMagnitude()
+            return biasMagnitude <= base2ScoreLimit
+        }()
+    let biasRange = Double(biasMagnitude) * Double(log2e)
+    // ‖K‖ per unit over the keys its rows may see (NaN when a key holds NaN).
+    let keyNorms = UnsafeMutablePointer<Double>.allocate(capacity: max(1, unitCount))
+    defer { keyNorms.deallocate() }
+    if base2Call {
+        parallelWork(threads: a.threads, items: unitCount) { claim in
+            while let index = claim() {
+                let unit = selected?[index] ?? index
+                let seen = L > 0 ? a.mask.rowEnd(batch: unit / p.kvHeads, query: L - 1, keyLength: S) : 0
+                keyNorms[index] = sumOfSquares(a.key + unit * S * Dk, count: seen * Dk).squareRoot()   // [S', Dk]
+            }
+        }
+    }
 
     BLAS.singleThreaded {
         parallelWork(threads: a.threads, items: items) { claim in
@@ -78,38 +103,36 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                 let out = a.output + firstRow * Dv             // [R, Dv]
                 let scores = a.weights.map { $0 + firstRow * S } ?? scratch!   // [R, S], ld S
 
-                // The scores and their softmax, in base 2 when the call allows it; false when
-                // a row shows that base 2 overflowed (see `blasAttention`), before anything
-                // is accumulated into the output.
-                func softmaxScores(base2: Bool, again: Bool) -> Bool {
-                    // scores[R, S'] = scale · Q[R, Dk] · K[S', Dk]ᵀ   (times log₂e in base 2)
-                    // beta = 1 on zeros (the weights tensor starts zeroed, and is zeroed again
-                    // for a second pass; the scratch is zeroed by memset): OpenBLAS's beta = 0
-                    // pass zeroes C column by column, slower.
-                    if a.weights == nil || again {
-                        for r in 0..<rows { (scores + r * S).update(repeating: 0, count: blockEnd) }
-                    }
-                    BLAS.sgemm(m: rows, n: blockEnd, k: Dk, alpha: base2 ? a.scale * log2e : a.scale,
-                               a: q, lda: Dk, b: k, ldb: Dk, transposeB: true,
-                               beta: 1, c: scores, ldc: S)
-                    if gemmOnly { return true }
+                // Base 2 when no score of the block can leave float's range there (above).
+                var base2 = false
+                if base2Call {
+                    let queryNorm = sumOfSquares(q, count: rows * Dk).squareRoot()             // [R, Dk]
+                    let bound = Double(Swift.abs(base2Alpha)) * queryNorm * keyNorms[item / blocksPerUnit] * 1.01 + biasRange
+                    base2 = bound <= 0.9 * Double(Float.greatestFiniteMagnitude)      // false for NaN
+                }
+
+                // scores[R, S'] = scale · Q[R, Dk] · K[S', Dk]ᵀ   (times log₂e in base 2)
+                // beta = 1 on zeros (the weights tensor starts zeroed; the scratch is zeroed
+                // here): OpenBLAS's beta = 0 pass zeroes C column by column, slower.
+                if a.weights == nil {
+                    for r in 0..<rows { (scores + r * S).update(repeating: 0, count: blockEnd) }
+                }
+                BLAS.sgemm(m: rows, n: blockEnd, k: Dk, alpha: base2 ? base2Alpha : a.scale,
+                           a: q, lda: Dk, b: k, ldb: Dk, transposeB: true,
+                           beta: 1, c: scores, ldc: S)
+
+                if !gemmOnly {
                     for r in 0..<rows {
                         let h = kvHead * g + (r0 + r) / L
                         let i = (r0 + r) % L
                         let row = scores + r * S
                         let end = a.mask.rowEnd(batch: b, query: i, keyLength: S)
                         a.mask.apply(row, count: end, batch: b, head: h, query: i, biasFactor: base2 ? log2e : 1)
-                        let (sum, m) = softmaxRow(row, end: end, count: blockEnd,
-                                                  normalize: !deferNormalization, base2: base2)
-                        if base2 && (m == .infinity || (m == -.infinity && end > 0 && !a.mask.hasTensors)) {
-                            return false
-                        }
+                        let sum = softmaxRow(row, end: end, count: blockEnd, normalize: !deferNormalization, base2: base2)
                         inverseSums[r] = sum == 0 ? 0 : 1 / sum        // NaN stays NaN
                         a.dropout?.apply(row, count: end, rowIndex: firstRow + r)
                     }
-                    return true
                 }
-                if !softmaxScores(base2: base2, again: false) { _ = softmaxScores(base2: false, again: true) }
 
                 // out[R, Dv] = P[R, S'] · V[S', Dv]   (beta = 1: the output starts zeroed)
                 BLAS.sgemm(m: rows, n: Dv, k: blockEnd, alpha: 1,
@@ -140,4 +163,25 @@ func blasRowBlock(unitRows: Int, units: Int, keyLength: Int, threads: Int) -> In
         block = max(16, min(block, (unitRows + perUnit - 1) / perUnit))
     }
     return max(1, min(block, unitRows))
+}
+
+/// The smallest number of query rows per (batch, key/value head) for which the BLAS kernel
+/// computes its scores in base 2. Below it the cheaper exponential saves less than the range
+/// check costs: it reads each key once per unit, `S·Dk` values, against `rows · S`
+/// exponentials saved (about 0.4 ns each at B1 H8 L512 D64).
+let blasBase2MinimumRows = 32
+
+/// `‖x‖²` of `count` contiguous floats: float sums of squares over chunks of 4096 (relative
+/// rounding below 1e-5 each), added in Double. +∞ when a chunk's sum overflows float (or `x`
+/// holds ±∞), NaN when `x` holds NaN; tiny values may underflow to 0, which only lowers an
+/// upper bound where nothing can overflow.
+func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double {
+    var total = 0.0
+    var start = 0
+    while start < count {
+        let n = min(4096, count - start)
+        total += Double(dot(x + start, x + start, count: n))
+        start += n
+    }
+    return total
 }

@@ -356,7 +356,8 @@ func squaredNorm(_ v: UnsafePointer<Float>, count: Int) -> Double {
     return sum
 }
 
-/// The largest scale, and sum of finite bias magnitudes, that the tiled kernel takes in base 2:
+/// The largest scale, and sum of finite bias magnitudes, that the BLAS and tiled kernels take
+/// in base 2:
 /// `Float.greatestFiniteMagnitude / log₂ e` would be the edge; half of it leaves room for the
 /// scores themselves.
 let base2ScoreLimit: Float = 1e38
@@ -372,6 +373,10 @@ struct TileSizes: Sendable {
     /// computing their heads again with the BLAS kernel: tests use it to see what the tiled
     /// path itself computed.
     var recomputeSuspectRows = true
+    /// For the BLAS kernel: the smallest unit (rows per batch and key/value head) that may take
+    /// its base-2 path, instead of ``blasBase2MinimumRows``; tests pass 1 to run small cases
+    /// through it.
+    var blasBase2MinimumRows: Int? = nil
 }
 
 /// Block sizes and key splitting for the tiled kernel.
