@@ -168,7 +168,12 @@ func blasRowBlock(unitRows: Int, units: Int, keyLength: Int, threads: Int) -> In
 /// The smallest number of query rows per (batch, key/value head) for which the BLAS kernel
 /// computes its scores in base 2. Below it the cheaper exponential saves less than the range
 /// check costs: it reads each key once per unit, `S·Dk` values, against `rows · S`
-/// exponentials saved (about 0.4 ns each at B1 H8 L512 D64).
+/// exponentials saved (about 0.4 ns each at B1 H8 L512 D64). Measured 2026-11-26 with builds
+/// that always and never take base 2 (one thread, eight alternating rounds of
+/// attention-bench, medians; GEMM share, base 2 → natural): 8 rows (B1 H8 L8 S512) 0.78 →
+/// 0.83 and 16 rows (B64 H8 L16 S16) 0.71 → 0.74, natural better; 32 rows (B1 H8 L32 S32)
+/// 0.78 → 0.75 (0.091 against 0.112 ms) and 64 rows (B8 H8 L64 S64) 0.70 → 0.68 (1.81 against
+/// 2.02 ms), base 2 better.
 let blasBase2MinimumRows = 32
 
 /// `‖x‖²` of `count` contiguous floats: float sums of squares over chunks of 4096 (relative
