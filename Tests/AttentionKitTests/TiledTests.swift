@@ -272,24 +272,42 @@ struct TiledTests {
     /// of 3 (score 3e38, all weight on that key); scale 1e38 with every q·k = −3 (a uniform
     /// average); scale 1 with q·k = 3e38 from q = 1e19, k = 3e19; and values of 2e36 under
     /// 64 keys whose base-2 scores sit 7.9 above the row's reference (partial sums reach
-    /// about 3e40, the result is 2e36).
-    @Test(arguments: ["one score beyond", "every score beyond", "huge inputs", "partial overflow"])
+    /// about 3e40, the result is 2e36). With boolean or additive tensors a row may end with
+    /// no weight legitimately, so those calls are checked before the fact (norms for sgemm
+    /// blocks, the scores themselves for row-wise blocks): every score beyond under an
+    /// additive bias of 0 and under an all-true boolean mask, huge inputs with that key's
+    /// bias −∞ (+∞ + −∞ would be NaN), and natural scores −2.5e38 and −2e38 with biases 1e38
+    /// and 0 (the first is −∞ in base 2, yet the larger natural score).
+    @Test(arguments: ["one score beyond", "every score beyond", "huge inputs", "partial overflow",
+                      "every beyond, bias 0", "every beyond, all true", "huge inputs, -inf bias",
+                      "-inf overflow lifted by a bias"])
     func scoresBeyondBase2(_ name: String) throws {
         let L = 8, S: Int
         var qs: [Float], ks: [Float], scale: Float = 1e38, valueScale: Float = 1
+        var mask: [MaskSpec] = []
         switch name {
         case "one score beyond":
             S = 20
             qs = Array(repeating: 1, count: L * 2)
             ks = (0..<S).flatMap { $0 == 7 ? [Float(1.5), 1.5] : [Float(0), 0] }
-        case "every score beyond":
+        case "every score beyond", "every beyond, bias 0", "every beyond, all true":
             S = 20
             qs = Array(repeating: 1, count: L * 2)
             ks = Array(repeating: -1.5, count: S * 2)
-        case "huge inputs":
+            if name.hasSuffix("bias 0") { mask = [.additive(shape: [S], data: Array(repeating: 0, count: S))] }
+            if name.hasSuffix("all true") { mask = [.boolean(shape: [S], data: Array(repeating: true, count: S))] }
+        case "huge inputs", "huge inputs, -inf bias":
             S = 20; scale = 1
             qs = (0..<L).flatMap { _ in [Float(1e19), 0] }
             ks = (0..<S).flatMap { $0 == 11 ? [Float(3e19), 0] : [Float(Double($0) / 10), 1] }
+            if name.hasSuffix("bias") {
+                mask = [.additive(shape: [S], data: (0..<S).map { $0 == 11 ? -.infinity : 0 })]
+            }
+        case "-inf overflow lifted by a bias":
+            S = 20; scale = 1
+            qs = (0..<L).flatMap { _ in [Float(1e19), 0] }
+            ks = (0..<S).flatMap { $0 == 3 ? [Float(-2.5e19), 0] : [Float(-2e19), 0] }
+            mask = [.additive(shape: [S], data: (0..<S).map { $0 == 3 ? 1e38 : 0 })]
         default:                                        // 16 keys at score 0, then 64 at 7.9 / log₂e
             S = 80; scale = 1; valueScale = 2e36
             qs = Array(repeating: 1, count: L * 2)
@@ -302,9 +320,10 @@ struct TiledTests {
             v.withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] = valueScale * (1 + 0.1 * p[i]) } }
         }
         try expectTilingsMatchReference(
-            query: q, key: k, value: v, scale: scale,
+            query: q, key: k, value: v, mask: mask, scale: scale,
             tilings: [TileSizes(), TileSizes(queryBlock: 8, keyBlock: 16, splits: 1),
-                      TileSizes(queryBlock: 8, keyBlock: 16, splits: 2), TileSizes(queryBlock: 1, keyBlock: 16)],
+                      TileSizes(queryBlock: 8, keyBlock: 16, splits: 2), TileSizes(queryBlock: 1, keyBlock: 16),
+                      TileSizes(queryBlock: 4, keyBlock: 8, splits: 2)],
             name)
     }
 

@@ -46,7 +46,11 @@
 /// units), and, after the fact, in natural units, when an output row comes out NaN,
 /// infinite, or without weight although keys were allowed (scores beyond base 2's range, or
 /// partial outputs overflowing under lazy rescaling; NaN inputs also take this second, BLAS,
-/// pass), for the (batch, key/value head) units with such a row only.
+/// pass), for the (batch, key/value head) units with such a row only. With boolean or
+/// additive tensors a weightless row can be legitimate, so such calls are checked before the
+/// fact as well: sgemm blocks by the BLAS kernel's Frobenius-norm bound, row-wise (decoding)
+/// blocks by the largest magnitude among their scores; a block whose scores, biases added,
+/// could leave float's range in base 2 marks its unit for the second pass.
 ///
 /// With `gemmOnly`, only the products run (same tiles, no softmax): attention-bench's
 /// roofline reference.
@@ -56,8 +60,8 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     // "masked" value of float32 additive masks) from a uniform average into an excluded row.
     // Such calls go to the BLAS kernel, which takes them in natural units; so do calls that
     // want the weights (in base 2 when they allow it).
-    if a.weights != nil || !(Swift.abs(a.scale) <= base2ScoreLimit)
-        || a.mask.finiteBiasMagnitude() > base2ScoreLimit {
+    let biasMagnitude = a.mask.finiteBiasMagnitude()
+    if a.weights != nil || !(Swift.abs(a.scale) <= base2ScoreLimit) || biasMagnitude > base2ScoreLimit {
         blasAttention(a, gemmOnly: gemmOnly)
         return
     }
@@ -72,6 +76,12 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     let items = units * blocksPerUnit * splits
     // Scores in base 2: s = log₂e · scale · q·k (+ log₂e · bias), so the softmax uses 2ˣ.
     let alpha = a.scale * log2e
+    // With boolean or additive tensors, a row can legitimately end with no weight, so base-2
+    // overflow (natural scores beyond about 2.4e38 turning into ±∞, or biases pushing them
+    // there) is checked before it can hide: scores (biases added) must stay within
+    // `scoreRange` in magnitude, else the item is suspect and its unit is computed again.
+    let guarded = !gemmOnly && a.mask.hasTensors
+    let scoreRange = 0.9 * Double(Float.greatestFiniteMagnitude) - Double(biasMagnitude) * Double(log2e)
 
     // Split-KV partials: per item, O [Rq, Dv] then m [Rq] and l [Rq].
     let partialStride = Rq * (Dv + 2)
@@ -127,6 +137,14 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                     out = a.output + firstRow * Dv                      // zero-initialised
                 }
                 let perRow = rows <= plan.rowwiseLimit
+                if guarded && !perRow {
+                    // Cauchy–Schwarz with Frobenius norms, as in the BLAS kernel: one pass over
+                    // the block's queries and the item's keys, small next to the GEMMs.
+                    let bound = Double(Swift.abs(alpha)) * 1.01
+                        * sumOfSquares(q, count: rows * Dk).squareRoot()                               // [R, Dk]
+                        * sumOfSquares(k + keyStart * Dk, count: max(0, keyStop - keyStart) * Dk).squareRoot()   // [n, Dk]
+                    if !(bound <= scoreRange) { suspect[item] = true }              // NaN: suspect
+                }
                 // Score bounds (Cauchy–Schwarz) for the sgemm blocks of unmasked rows, so the
                 // exponential can skip its clamp: |s| ≤ |alpha|·‖q‖·max‖k‖.
                 let bounded = !perRow && !gemmOnly && !a.mask.hasTensors
@@ -145,6 +163,14 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                         rowwiseScores(query: q, rows: rows, keys: kTile, count: n, dim: Dk,
                                       alpha: alpha, scores: scores, scoreStride: Sk)
                         for r in 0..<rows { offsets[r] = 0 }
+                        // Decoding blocks are bound by reading K and V, so their scores are
+                        // checked directly (a few rows of a tile, in L1) instead of by norms,
+                        // which would read the keys twice.
+                        if guarded && !suspect[item] {
+                            for r in 0..<rows where !(Double(largestMagnitude(scores + r * Sk, count: n)) <= scoreRange) {
+                                suspect[item] = true
+                            }
+                        }
                     } else {
                         // beta = 1 on a tile that starts at −c per row, c the row's reference
                         // maximum (0 until it has one): the scores arrive as s − c, and the
@@ -337,6 +363,22 @@ func rowLooksRight(_ row: UnsafePointer<Float>, count: Int, sum: Float, allowed:
     var tail: Float = 0
     while j < count { tail += row[j] * 0; j += 1 }
     return (bad.sum() + tail) == 0
+}
+
+/// `max_j |x[j]|` over `count` floats (0 for none), ignoring NaN; +∞ when one is ±∞.
+@inline(__always)
+func largestMagnitude(_ x: UnsafePointer<Float>, count: Int) -> Float {
+    var vmax = SIMD8<Float>()
+    var j = 0
+    while j + lanes <= count {
+        let v = load(x + j)
+        let magnitude = v.replacing(with: -v, where: v .< 0)
+        vmax.replace(with: magnitude, where: magnitude .> vmax)
+        j += lanes
+    }
+    var m = vmax.max()
+    while j < count { m = max(m, Swift.abs(x[j])); j += 1 }
+    return m
 }
 
 /// The largest reference maximum (in magnitude, base-2 units) that the tiled kernel writes
