@@ -157,6 +157,16 @@ and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
   eight-row decode blocks on one thread (0.87 at H8/1 S16384). The comparison shapes run
   the same code as v6 (two runs against PyTorch: geometric means 1.24 and 1.30 on one
   thread, 1.30 and 1.30 on two).
+
+The blas kernel, version 2 (2026-11-26 ~02:00 UTC): its share at B1 H8 L512 D64 on one
+thread was down to 0.70-0.71 on a busy machine, too close to the 0.7 target. It now computes
+its scores in base 2 like tiled (log2 e in alpha, the 2^x polynomial: 16 vector
+instructions per 4 lanes against 27 for exp), for blocks whose scores a Cauchy-Schwarz
+bound (Frobenius norms of the block's queries and the unit's keys) keeps within float's
+range in base 2, and for units of at least 32 query rows; natural units elsewhere. Seven
+alternating rounds against version 1 (02:21 UTC): GEMM share 0.72 -> 0.78 (B1 H8 L512),
+0.71 -> 0.75 (B32 H8 L128), 0.69 -> 0.74 (ViT), 0.72 -> 0.81 (L2048); paired speed-ups
+1.06-1.16. Default suite, one thread: blas 27.6x naive, share 0.79.
 */
 
 import ArgumentParser
