@@ -10,7 +10,8 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     case blas
     /// Streams key tiles through an online softmax (flash-attention style) on sgemm, in
     /// memory proportional to L·D rather than L·S. Blocks of up to four query rows
-    /// (decoding) use streaming matrix–vector products in Swift instead of sgemm, and long
+    /// (decoding; up to eight when the call's keys and values take 16 MiB or more) use
+    /// streaming matrix–vector products in Swift instead of sgemm, and long
     /// key ranges are split across threads when there are few queries. Its scores are kept
     /// in base 2; a call whose scale or additive biases exceed 1e38 in magnitude (such as a
     /// float32 "masked" bias of −3.4e38) runs the ``blas`` kernel's code instead, which takes
@@ -100,7 +101,7 @@ public func scaledDotProductAttentionWithWeights(
 
 /// Runs only the matrix products of `kernel` (``AttentionKernel/blas`` or
 /// ``AttentionKernel/tiled``; ``AttentionKernel/automatic`` resolves first): its BLAS calls,
-/// or the tiled kernel's row-wise products for blocks of up to four rows, on the same work
+/// or the tiled kernel's row-wise products for its decoding blocks, on the same work
 /// items, tiles and threads, skipping the mask + softmax layer. The result is not
 /// attention; its time, divided by the full kernel's, is the "GEMM share" that
 /// attention-bench reports.
@@ -134,11 +135,13 @@ public func automaticKernel(query: [Int], key: [Int], value: [Int]) throws -> At
 /// - Longer keys: B8 H8 L64 1.17 / 0.89, B32 H8 L128 1.11 / 1.10, B4 H12 L197 1.14 / 1.19,
 ///   B1 H8 L512 1.37 / 1.17 (causal 1.06 / 1.08), B1 H8 L2048 1.18 / 1.25.
 /// - Decoding (L = 1, D = 128): H32 S256 3.66 / 4.17, H32 S4096 2.70 / 2.45, H32/8 S4096
-///   2.23 / 1.75, H8/1 S16384 0.87 / 1.72 (one key/value head with eight query heads: on one
-///   thread the tiled kernel runs sgemm on each 512-key tile for the group's eight rows),
-///   H8 L4 S4096 causal 1.15 / 1.10.
-/// The one loss beyond S ≤ 32 (eight-row decode blocks on one thread) is left to tiled,
-/// which wins the same shape on two threads by splitting the keys.
+///   2.23 / 1.75, H8 L4 S4096 causal 1.15 / 1.10. Groups of eight query heads, after the
+///   tiled kernel took its row-wise products for them on large caches (`rowwiseEightRowBytes`;
+///   same day, 02:42 UTC): H8/1 S16384 1.22 / 2.22 (before: 0.87 / 1.72), H32/4 S16384
+///   1.17 / 1.14, and H8/1 S4096 0.84 / 0.86, whose 4 MiB of K and V stay in L3 between the
+///   benchmark's calls, where sgemm's AVX2 kernels beat the SSE2 row-wise products.
+/// That last loss is left to tiled: it needs K and V to be L3-resident from call to call,
+/// which in a model whose layers' caches together exceed L3 they are not.
 func chooseKernel(_ problem: AttentionProblem, wantWeights: Bool, threads: Int) -> AttentionKernel {
     wantWeights || problem.keyLength <= automaticBLASMaximumKeys ? .blas : .tiled
 }

@@ -54,7 +54,7 @@ struct Suite: ParsableCommand {
               GEMM share  median over reps of (time of attentionGEMMOnly: the
                           kernel's matrix products on the same work split and
                           tiles, its BLAS calls or, for tiled's decode blocks
-                          of ≤ 4 rows, its row-wise Swift products, no
+                          (≤ 4 rows, ≤ 8 on large caches), its row-wise Swift products, no
                           mask/softmax) / (the kernel's time), the two timed
                           alternately rep by rep; "?" marks a share above 1.05 or
                           spread over more than 0.3 across reps (noisy).

@@ -53,7 +53,7 @@ The kernels, and why each exists:
   It materialises a block of whole score rows, and is what returns the weights.
 - tiled: the same blocks, but the keys stream through in tiles with an online softmax
   (running max and sum, the partial output rescaled when the max grows), so memory is
-  O(L·D); for blocks of ≤ 4 rows (decode) Swift row-wise products that stream K and V
+  O(L·D); for blocks of ≤ 4 rows (decode; ≤ 8 when K and V take 16 MiB or more) Swift row-wise products that stream K and V
   once with prefetching instead of sgemm, and split-KV across threads when there are too
   few blocks. Added to beat PyTorch's CPU SDPA on long and decode shapes;
   measured against it by Benchmarks/compare-pytorch.py (README, "Against PyTorch").
@@ -167,6 +167,16 @@ range in base 2, and for units of at least 32 query rows; natural units elsewher
 alternating rounds against version 1 (02:21 UTC): GEMM share 0.72 -> 0.78 (B1 H8 L512),
 0.71 -> 0.75 (B32 H8 L128), 0.69 -> 0.74 (ViT), 0.72 -> 0.81 (L2048); paired speed-ups
 1.06-1.16. Default suite, one thread: blas 27.6x naive, share 0.79.
+
+tiled v8 (2026-11-26 ~02:40 UTC): decode blocks of five to eight rows (a group of eight query
+heads per key/value head) take the row-wise products when the call's K and V in use take
+16 MiB or more, instead of sgemm per 512-key tile: v7's one loss to blas (0.87 at H8/1
+S16384 on one thread). Builds with the limit at 4 and 8, five alternating rounds, speed-up
+of 8 over 4 (one / two threads): 1.50 / 1.03 at H8/1 S16384, 1.38 / 1.08 at H32/4 S4096,
+1.50 / 1.26 at H32/4 S16384, 1.52 / 1.16 at H64/8 S8192, but 0.57 / 0.65 at H8/1 S4096 and
+1.10 / 0.67 at S8192, whose K and V stay in L3 between calls (SSE2 Swift against OpenBLAS's
+AVX2 sgemm), hence the 16 MiB threshold. blas / tiled after it: H8/1 S16384 1.22 / 2.22,
+H32/4 S16384 1.17 / 1.14, H8/1 S4096 0.84 / 0.86.
 */
 
 import ArgumentParser

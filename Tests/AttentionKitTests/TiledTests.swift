@@ -450,4 +450,33 @@ struct DispatchTests {
         #expect(chooseKernel(try problem(4096), wantWeights: false, threads: 1) == .tiled)
         #expect(chooseKernel(try problem(4096), wantWeights: true, threads: 1) == .blas)
     }
+
+    /// Decoding blocks of up to four rows always stream K and V through the row-wise
+    /// products; five to eight only when the call's keys and values in use take 16 MiB
+    /// (`rowwiseEightRowBytes`, measured), counted over the keys some row may see (a KV
+    /// cache's capacity beyond its key lengths does not count).
+    @Test func rowwiseLimitFollowsKeyValueBytes() throws {
+        func limit(_ query: [Int], _ key: [Int], mask: AttentionMask = .none) throws -> Int {
+            let q = try Tensor<Float>(shape: query, repeating: 0), k = try Tensor<Float>(shape: key, repeating: 0)
+            let problem = try AttentionProblem(query: query, key: key, value: key)
+            let resolved = try ResolvedMask(mask, problem: problem)
+            return q.withUnsafeBufferPointer { qp in
+                k.withUnsafeBufferPointer { kp in
+                    withMaskRows(resolved) { rows in
+                        var out = [Float](repeating: 0, count: 1)
+                        return out.withUnsafeMutableBufferPointer { op in
+                            let a = KernelArguments(problem: problem, query: nonNull(qp.baseAddress), key: nonNull(kp.baseAddress),
+                                                    value: nonNull(kp.baseAddress), output: nonNull(op.baseAddress),
+                                                    weights: nil, mask: rows, scale: 1, dropout: nil, threads: 1)
+                            return TiledSchedule(a).plan.rowwiseLimit
+                        }
+                    }
+                }
+            }
+        }
+        #expect(try limit([1, 8, 1, 128], [1, 1, 8192, 128]) == 4)            // 8 MiB of K and V
+        #expect(try limit([1, 8, 1, 128], [1, 1, 16384, 128]) == 8)           // 16 MiB
+        #expect(try limit([1, 32, 1, 128], [1, 4, 4096, 128]) == 8)           // 4 heads × 4 MiB
+        #expect(try limit([2, 8, 1, 128], [2, 1, 16384, 128], mask: .keyLengths([100, 8000])) == 4)
+    }
 }

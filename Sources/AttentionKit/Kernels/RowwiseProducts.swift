@@ -1,6 +1,7 @@
 /// The two products of attention for a few query rows (decoding), in Swift.
 ///
-/// With one to four query rows against a tile of keys, Q·Kᵀ and P·V are matrix–vector
+/// With one to four query rows against a tile of keys (up to eight on large caches, see
+/// `rowwiseEightRowBytes`), Q·Kᵀ and P·V are matrix–vector
 /// products: a few flops per float read, bound by memory bandwidth more than arithmetic.
 /// OpenBLAS's `sgemv` walks four rows of K (or V) at a time, four interleaved streams, and
 /// reached only 8.7–9.2 GB/s reading the K and V of the decode shape (32 heads, S = 4096,

@@ -342,7 +342,8 @@ struct TiledSchedule {
             for b in 0..<p.batch { activeKeys = max(activeKeys, a.mask.rowEnd(batch: b, query: L - 1, keyLength: p.keyLength)) }
         }
         plan = TilePlan(unitRows: p.group * L, units: p.batch * p.kvHeads, keyLength: activeKeys,
-                        threads: a.threads, override: a.tiles)
+                        threads: a.threads, keyValueBytes: p.batch * p.kvHeads * activeKeys * (p.keyDim + p.valueDim) * 4,
+                        override: a.tiles)
         let tilesPerSplit = ((activeKeys + plan.keyBlock - 1) / plan.keyBlock + plan.splits - 1) / plan.splits
         keysPerSplit = tilesPerSplit * plan.keyBlock
     }
@@ -421,6 +422,24 @@ struct TileSizes: Sendable {
     var blasBase2MinimumRows: Int? = nil
 }
 
+/// The size of a call's keys and values in use (all batch entries and key/value heads) from
+/// which blocks of five to eight query rows take the row-wise products instead of sgemm:
+/// 16 MiB, half of this machine's 32 MiB L3.
+///
+/// Eight rows per key and value row cost the row-wise products twice the arithmetic of four,
+/// done by SSE2 Swift code, where sgemm runs OpenBLAS's AVX2 kernels: when K and V stay in
+/// L3 from one call to the next (as in a benchmark loop, or a single layer), sgemm wins; when
+/// they have to come from memory, reading them once in order wins. Measured 2026-11-26
+/// (attention-bench `--kernels tiled`, builds with the limit at 4 and at 8, five alternating
+/// rounds, median of per-round speed-ups of 8 over 4; one thread / two threads):
+/// B1 H8/1 L1 D128 at S = 2048 (2 MiB of K and V) 0.58 / 0.62, S = 4096 (4 MiB) 0.57 / 0.65,
+/// S = 8192 (8 MiB) 1.10 / 0.67, S = 16384 (16 MiB) 1.50 / 1.03, S = 65536 (64 MiB)
+/// 1.55 / 1.25; B1 H16/2 S4096 (8 MiB) 1.09 / 0.67; B1 H32/4 S4096 (16 MiB) 1.38 / 1.08,
+/// S = 16384 (64 MiB) 1.50 / 1.26; B1 H64/8 S8192 (64 MiB) 1.52 / 1.16. In a real model the
+/// caches of all layers together exceed L3, so each call's K and V come from memory even
+/// when they are small; the threshold keeps the benchmarks' L3-resident shapes on sgemm.
+let rowwiseEightRowBytes = 16 << 20
+
 /// Block sizes and key splitting for the tiled kernel.
 ///
 /// Tried on 2026-11-25 (AMD EPYC Zen 3, 512 KiB L2 per core, OpenBLAS 0.3.21, one thread,
@@ -459,13 +478,17 @@ struct TilePlan {
     var splits: Int
     /// Blocks of at most this many rows use the Swift row-wise products
     /// (`RowwiseProducts.swift`) instead of sgemm: for a handful of rows, sgemm's packing of
-    /// the key and value tiles costs more than streaming them once.
+    /// the key and value tiles costs more than streaming them once. Four rows (a grouped-query
+    /// group of four at L = 1, the common case) always; up to eight (groups of eight: MQA with
+    /// eight query heads, Hq/Hkv = 8) when the call's keys and values in use take at least
+    /// ``rowwiseEightRowBytes``.
     var rowwiseLimit = 4
 
-    init(unitRows: Int, units: Int, keyLength S: Int, threads: Int, override: TileSizes? = nil) {
+    init(unitRows: Int, units: Int, keyLength S: Int, threads: Int, keyValueBytes: Int = 0,
+         override: TileSizes? = nil) {
         queryBlock = max(1, min(unitRows, override?.queryBlock ?? 256))
         keyBlock = max(1, min(S, override?.keyBlock ?? 512))
-        rowwiseLimit = override?.rowwiseLimit ?? rowwiseLimit
+        rowwiseLimit = override?.rowwiseLimit ?? (keyValueBytes >= rowwiseEightRowBytes ? 8 : 4)
         let tiles = (S + keyBlock - 1) / keyBlock
         if let forced = override?.splits {
             splits = max(1, min(tiles, forced))
