@@ -6,7 +6,8 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
     /// mask + softmax layer, parallel over blocks. Materialises one block of scores per thread.
     /// Its scores are kept in base 2 (a cheaper exponential) where a bound on them shows that
     /// base 2 holds them, and in natural units elsewhere (scale or additive biases beyond
-    /// 1e38 in magnitude, inputs so large that scores could pass about 2.4e38, NaN or ±∞).
+    /// 1e38 in magnitude, inputs so large that scores could pass about 2.4e38, NaN or ±∞,
+    /// and fewer than 32 query rows per batch entry and key/value head).
     case blas
     /// Streams key tiles through an online softmax (flash-attention style) on sgemm, in
     /// memory proportional to L·D rather than L·S. Blocks of up to four query rows

@@ -159,7 +159,7 @@ and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
   thread, 1.30 and 1.30 on two).
 
 The blas kernel, version 2 (2026-11-26 ~02:00 UTC): its share at B1 H8 L512 D64 on one
-thread was down to 0.70-0.71 on a busy machine, too close to the 0.7 target. It now computes
+thread was down to 0.70-0.72 on a busy machine, too close to the 0.7 target. It now computes
 its scores in base 2 like tiled (log2 e in alpha, the 2^x polynomial: 16 vector
 instructions per 4 lanes against 27 for exp), for blocks whose scores a Cauchy-Schwarz
 bound (Frobenius norms of the block's queries and the unit's keys) keeps within float's

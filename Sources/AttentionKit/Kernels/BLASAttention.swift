@@ -20,7 +20,7 @@
 /// `2^(s − m) / Σ 2^(s − m)`, the same weights as `exp(s′ − m′) / Σ exp(s′ − m′)` on the
 /// natural scores, through the cheaper ``exponential2(_:clamped:)`` (16 vector instructions
 /// per 4 lanes at the SSE2 baseline against 27). At B1 H8 L512 D64 on one thread that moved
-/// the share of the time in sgemm from 0.70–0.71 to 0.78–0.80 (see attention-bench's header).
+/// the share of the time in sgemm from 0.70–0.72 to 0.78–0.80 (see attention-bench's header).
 /// Base 2 holds natural values only up to about 2.4e38, so a block is computed in base 2
 /// only when Cauchy–Schwarz proves that none of its scores, biases added, can leave float's
 /// range there:
@@ -30,7 +30,7 @@
 /// with Frobenius norms (each ‖q_r‖ · ‖k_j‖ is at most their product; a loose bound, but one
 /// pass over contiguous memory, and ordinary inputs sit dozens of orders of magnitude below
 /// it), `K_unit` the keys any row of the unit may see, in Double; the 1 % covers the
-/// rounding of the GEMM and of the norms. Other blocks (huge or non-finite inputs, NaN),
+/// rounding of the GEMM (for any Dk below about 1.6·10⁵) and of the norms. Other blocks (huge or non-finite inputs, NaN),
 /// calls whose scale or biases exceed ``base2ScoreLimit``, units of fewer than
 /// ``blasBase2MinimumRows`` rows and `naturalUnits` calls work in natural units, as before.
 ///
@@ -177,9 +177,10 @@ func blasRowBlock(unitRows: Int, units: Int, keyLength: Int, threads: Int) -> In
 let blasBase2MinimumRows = 32
 
 /// `‖x‖²` of `count` contiguous floats: float sums of squares over chunks of 4096 (relative
-/// rounding below 1e-5 each), added in Double. +∞ when a chunk's sum overflows float (or `x`
-/// holds ±∞), NaN when `x` holds NaN; tiny values may underflow to 0, which only lowers an
-/// upper bound where nothing can overflow.
+/// rounding about 2e-5 at most each), added in Double. +∞ when a chunk's sum overflows float
+/// (or `x` holds ±∞), NaN when `x` holds NaN. Squares of tiny values may round to 0 (gradual
+/// underflow, the IEEE default, which nothing in the library changes): that lowers the bound
+/// by less than what such values can contribute to a score under the limited scale.
 func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double {
     var total = 0.0
     var start = 0

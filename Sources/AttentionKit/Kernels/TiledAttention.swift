@@ -88,7 +88,8 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     let partials: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: items * partialStride) : nil
     defer { partials?.deallocate() }
     // Per item: whether a row came out non-finite or with no weight despite allowed keys,
-    // the signs of scores beyond base 2's range (see the end of this function).
+    // the signs of scores beyond base 2's range (see the end of this function), or, under
+    // mask tensors, whether its scores could pass that range (checked before the fact).
     let suspect = UnsafeMutablePointer<Bool>.allocate(capacity: max(items, 1))
     suspect.initialize(repeating: false, count: max(items, 1))
     defer { suspect.deallocate() }
@@ -307,6 +308,8 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     // overflow where the normalised one would not. Rows like that are rare and cheap to spot,
     // so the kernel checks for them instead of scanning Q and K first (which would double
     // the memory traffic of decoding), and then computes their heads again in natural units.
+    // Only under mask tensors, where a weightless row can be legitimate, is the range checked
+    // before the fact too (norms for sgemm blocks, the scores of row-wise blocks).
     // Only the (batch, key/value head) units with such a row are computed again; the items of
     // unit u are u · blocksPerUnit · splits ..< (u + 1) · blocksPerUnit · splits.
     if !gemmOnly && a.tiles?.recomputeSuspectRows != false {
