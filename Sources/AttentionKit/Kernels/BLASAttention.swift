@@ -178,9 +178,12 @@ let blasBase2MinimumRows = 32
 
 /// `‖x‖²` of `count` contiguous floats: float sums of squares over chunks of 4096 (relative
 /// rounding about 2e-5 at most each), added in Double. +∞ when a chunk's sum overflows float
-/// (or `x` holds ±∞), NaN when `x` holds NaN. Squares of tiny values may round to 0 (gradual
-/// underflow, the IEEE default, which nothing in the library changes): that lowers the bound
-/// by less than what such values can contribute to a score under the limited scale.
+/// (or `x` holds ±∞), NaN when `x` holds NaN. Squares of values below about 8.4e-24 round
+/// to 0 (with gradual underflow, the IEEE default, which nothing in the library changes),
+/// so the range check can miss them: each adds at most 8.4e-24 · 1.8e19 · 1.44e38 ≈ 2.2e34 to
+/// a score (the other factor's elements stay below 1.8e19, or its sum of squares would
+/// overflow, and |log₂e · scale| ≤ 1.44e38), which the 10 % of headroom below float's
+/// largest value (3.4e37) covers for any Dk up to about 1500.
 func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double {
     var total = 0.0
     var start = 0
