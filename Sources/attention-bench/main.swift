@@ -176,7 +176,9 @@ of 8 over 4 (one / two threads): 1.50 / 1.03 at H8/1 S16384, 1.38 / 1.08 at H32/
 1.50 / 1.26 at H32/4 S16384, 1.52 / 1.16 at H64/8 S8192, but 0.57 / 0.65 at H8/1 S4096 and
 1.10 / 0.67 at S8192, whose K and V stay in L3 between calls (SSE2 Swift against OpenBLAS's
 AVX2 sgemm), hence the 16 MiB threshold. blas / tiled after it: H8/1 S16384 1.22 / 2.22,
-H32/4 S16384 1.17 / 1.14, H8/1 S4096 0.84 / 0.86.
+H32/4 S16384 1.17 / 1.14, H8/1 S4096 0.84 / 0.86 (still a loss, on L3-resident K and V).
+The rule counts rows, so six to eight queries per head against a long cache (draft-token
+verification) take it too: 1.85 / 1.31 at H32 L6 S4096 lower-right causal.
 */
 
 import ArgumentParser

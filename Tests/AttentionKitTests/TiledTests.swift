@@ -15,6 +15,7 @@ struct TiledTests {
         TileSizes(queryBlock: 2, keyBlock: 4, splits: 4, rowwiseLimit: 0),   // sgemm for 2 rows
         TileSizes(queryBlock: 4, keyBlock: 5, splits: 2, rowwiseLimit: 64),  // matrix-vector path for every block
         TileSizes(queryBlock: 7, keyBlock: 5, rowwiseLimit: 64),            // … in groups of 4 rows + 3
+        TileSizes(queryBlock: 8, keyBlock: 6, splits: 2, rowwiseLimit: 8),  // … two groups of 4, split keys
     ]
 
     static let cases: [AttentionCase] = Cases.masks + Cases.fullyMasked + Cases.grouped + Cases.scales + Cases.empty
@@ -323,7 +324,8 @@ struct TiledTests {
             query: q, key: k, value: v, mask: mask, scale: scale,
             tilings: [TileSizes(), TileSizes(queryBlock: 8, keyBlock: 16, splits: 1),
                       TileSizes(queryBlock: 8, keyBlock: 16, splits: 2), TileSizes(queryBlock: 1, keyBlock: 16),
-                      TileSizes(queryBlock: 4, keyBlock: 8, splits: 2)],
+                      TileSizes(queryBlock: 4, keyBlock: 8, splits: 2),
+                      TileSizes(queryBlock: 8, keyBlock: 16, splits: 2, rowwiseLimit: 8)],
             name)
     }
 
@@ -337,6 +339,7 @@ struct TiledTests {
         k.withUnsafeMutableBufferPointer { p in for i in (allKeys ? 0 : 8 * 4)..<(S * 4) { p[i] = .nan } }
         let v = normalTensor([1, 1, S, 3], seed: 43)
         for tiles in [TileSizes(queryBlock: 8, keyBlock: 8, splits: 2), TileSizes(queryBlock: 8, keyBlock: 8),
+                      TileSizes(queryBlock: 8, keyBlock: 8, splits: 2, rowwiseLimit: 8),
                       TileSizes(queryBlock: 8, keyBlock: 16), TileSizes(queryBlock: 1, keyBlock: 8, splits: 2)] {
             let out = try runAttention(query: q, key: k, value: v, mask: .none, scale: nil, dropout: nil,
                                        kernel: .tiled, wantWeights: false, tiles: tiles).output

@@ -6,7 +6,7 @@
 /// one `[g·L, Dk]` matrix. Each item walks the keys in tiles of `keyBlock`:
 ///
 ///     s[R, n]   = log₂e · scale · Q[R, Dk] · K[n, Dk]ᵀ − c[R]   sgemm, beta = 1 on a tile of −c
-///                                                         (R ≤ 4: Swift row-wise products, c = 0)
+///                                                         (R ≤ 4, or ≤ 8 on large caches: Swift row-wise products, c = 0)
 ///     s[r, :]   = mask(s[r, :])                           Swift, only rows the mask touches
 ///     m′, α, l′ = online softmax step                     s ← 2^(s + c − m′), l′ = α·l + Σ 2^(s + c − m′)
 ///     O[r, :]  *= α  (only when a row's reference maximum moved)
@@ -438,7 +438,11 @@ struct TileSizes: Sendable {
 /// B1 H8/1 L1 D128 at S = 2048 (2 MiB of K and V) 0.58 / 0.62, S = 4096 (4 MiB) 0.57 / 0.65,
 /// S = 8192 (8 MiB) 1.10 / 0.67, S = 16384 (16 MiB) 1.50 / 1.03, S = 65536 (64 MiB)
 /// 1.55 / 1.25; B1 H16/2 S4096 (8 MiB) 1.09 / 0.67; B1 H32/4 S4096 (16 MiB) 1.38 / 1.08,
-/// S = 16384 (64 MiB) 1.50 / 1.26; B1 H64/8 S8192 (64 MiB) 1.52 / 1.16. In a real model the
+/// S = 16384 (64 MiB) 1.50 / 1.26; B1 H64/8 S8192 (64 MiB) 1.52 / 1.16. The rule counts rows,
+/// so a few queries per head qualify too: B1 H32 L6 S4096 with `.causal(.lowerRight)`
+/// (verifying draft tokens, 128 MiB) 1.85 / 1.31, B1 H8 L8 S4096 causal 1.37 / 1.12, B1 H32
+/// L8 S4096 1.19 / 1.36; so does the last block of a long prefill when it has five to eight
+/// rows (not measured separately; a few rows of many). In a real model the
 /// caches of all layers together exceed L3, so each call's K and V come from memory even
 /// when they are small; the threshold keeps the benchmarks' L3-resident shapes on sgemm.
 let rowwiseEightRowBytes = 16 << 20
