@@ -176,17 +176,28 @@ extension MultiHeadAttention {
     /// `P + t + 1` for new token t, so the kernels skip the unused capacity and the keys
     /// after each token, and no mask tensor is built whatever n and the capacity.
     ///
+    /// A `mask` adds to the causal one, over this step's scores `[B, Hq, n, P + n]`: for
+    /// batched generation from prompts of different lengths, left-pad them and exclude the
+    /// padding, `.boolean(allowed)` with `allowed` of shape `[B, 1, 1, P + n]` (`false` at the
+    /// padding positions; it grows by n each step), or give a bias such as ALiBi's
+    /// `[1, Hq, n, P + n]` slice. Tensors are read as given and only padded along the keys to
+    /// the cache's storage (their last dimension, when it is `P + n`); `.keyLengths` counts
+    /// from position 0; `.causal(.lowerRight)` is the step's own causal mask again, and
+    /// `.causal(.upperLeft)` lets new token t see keys `0 ... t` only.
+    ///
     /// - Parameters:
     ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1. Decoding projects the same
     ///     tokens as queries, keys and values, so the layer's key and value widths must be E.
     ///   - cache: A cache from this layer's ``makeCache(batch:capacity:)`` for batch B.
+    ///   - mask: More exclusions or biases over `[B, Hq, n, P + n]`, as above; none by default.
     /// - Returns: `[B, n, E_out]` (`[n, E_out]` for rank-2 tokens).
     /// - Throws: ``AttentionError`` before anything is computed or cached: `.invalidRank` for
     ///   tokens not of rank 2 or 3, `.inputWidth` when their width is not E or the layer's key
     ///   or value width differs from E, `.cacheMismatch` when the cache comes from another
-    ///   layer or batch size or was made with a negative batch or capacity, `.sizeOverflow`,
-    ///   or `.threadCount`.
-    public func decode(_ tokens: Tensor<Float>, cache: inout KVCache) throws -> Tensor<Float> {
+    ///   layer or batch size or was made with a negative batch or capacity, `.maskShape` or
+    ///   `.keyLengths` for a mask that does not fit the step's scores, `.sizeOverflow`, or
+    ///   `.threadCount`.
+    public func decode(_ tokens: Tensor<Float>, cache: inout KVCache, mask: AttentionMask = .none) throws -> Tensor<Float> {
         let shape = tokens.shape
         let (B, n) = try tokenSizes(shape, caller: "decode")
         guard keyDim == modelDim, valueDim == modelDim else {
@@ -208,12 +219,13 @@ extension MultiHeadAttention {
         try checkSizes(batch: B, queryLength: n, keyLength: n, what: "tokens \(describe(shape))")
         let threads = try AttentionThreads.count()
         let outputShape = shape.count == 3 ? [B, n, outputDim] : [n, outputDim]
-        guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]
         // The core's checks on the step's attention (S = the positions after the step; the
         // storage it reads is checked when it grows), before anything is cached.
-        _ = try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, total, headDim],
-                                 value: [B, kvHeads, total, valueHeadDim])
-            .checkResults(wantWeights: false, "tokens \(describe(shape)), \(total) positions")
+        let step = try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, total, headDim],
+                                        value: [B, kvHeads, total, valueHeadDim])
+        _ = try ResolvedMask(mask, problem: step)                                            // over [B, Hq, n, P + n]
+        guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]
+        _ = try step.checkResults(wantWeights: false, "tokens \(describe(shape)), \(total) positions")
 
         try cache.reserve(total)
         let P = cache.count
@@ -227,9 +239,10 @@ extension MultiHeadAttention {
         // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage, which also
         // hides the unused capacity. It only ends each row early (row t at P + t + 1), so the
         // kernels skip the rest and no [n, cap] pattern is built.
-        let mask = AttentionMask.causalToKeyLengths([Int](repeating: P + n, count: B))
+        let causal = AttentionMask.causalToKeyLengths([Int](repeating: P + n, count: B))
         let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
-                                                      mask: mask, kernel: .automatic)      // [B, Hq, n, Dv]
+                                                      mask: [causal, mask.overStorage(valid: P + n, capacity: cache.capacity)],
+                                                      kernel: .automatic)                  // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
         return Tensor(validatedShape: outputShape, scalars: output.scalars)                   // [B, n, E_out] or [n, E_out]
     }
@@ -404,5 +417,36 @@ extension MultiHeadAttention {
                                                       mask: mask, kernel: .automatic)    // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
         return Tensor(validatedShape: outputShape, scalars: output.scalars)               // [B, n, E_out] or [n, E_out]
+    }
+}
+
+extension AttentionMask {
+    /// This mask, given over a decoding step's scores `[B, Hq, n, valid]`, restated for the
+    /// KV cache's storage of `capacity ≥ valid` keys, which the step's attention reads in
+    /// place (the keys past `valid` are beyond every row's end). Boolean and additive
+    /// tensors whose last (key) dimension is `valid` are copied into `capacity` columns
+    /// (`false` / 0 after the valid ones; a few rows of a decoding step); `.causal(.lowerRight)`,
+    /// which would count from the capacity, is dropped, since the step's own causal part says
+    /// the same over `valid`; the other parts do not depend on the key count.
+    func overStorage(valid: Int, capacity: Int) -> AttentionMask {
+        func widened<Element>(_ t: Tensor<Element>, fill: Element) -> Tensor<Element> {
+            guard let keys = t.shape.last, keys == valid, keys > 1, capacity > valid else { return t }
+            let rows = t.scalars.count / keys
+            var scalars = [Element](repeating: fill, count: rows * capacity)             // [..., capacity]
+            t.withUnsafeBufferPointer { source in
+                for r in 0..<rows {
+                    for j in 0..<keys { scalars[r * capacity + j] = source[r * keys + j] }
+                }
+            }
+            return Tensor(validatedShape: Array(t.shape.dropLast()) + [capacity], scalars: scalars)
+        }
+        return AttentionMask(parts: parts.compactMap { part -> Part? in
+            switch part {
+            case .causal(.lowerRight): return nil
+            case .boolean(let t): return .boolean(widened(t, fill: false))
+            case .additive(let t): return .additive(widened(t, fill: 0))
+            case .causal(.upperLeft), .keyLengths, .causalToKeyLengths: return part
+            }
+        })
     }
 }

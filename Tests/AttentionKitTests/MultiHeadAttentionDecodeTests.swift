@@ -201,4 +201,75 @@ struct MultiHeadAttentionDecodeTests {
         var fresh = layer.makeCache(batch: 1)
         #expect(try layer.decode(slice(x, 3..<7), cache: &c) == layer.decode(slice(x, 3..<7), cache: &fresh))
     }
+
+    /// Batched generation from prompts of different lengths: the shorter ones are left-padded
+    /// (0, 3 and 6 positions) and each step's mask excludes the padding, `.boolean` over
+    /// `[B, 1, 1, P + n]`, growing with the cache; with and without an ALiBi-style bias sliced
+    /// per step, `[1, Hq, n, P + n]`. Steps of 5, 1, 0, 2 and 3 tokens, so the cache's storage
+    /// grows past the valid positions and the mask tensors are widened to it. The decoded rows
+    /// equal the float64 reference of causal self-attention over the whole sequence under the
+    /// same masks, the padding rows included (no key left: the output bias).
+    @Test("a mask per step (left padding, per-head bias) against the float64 reference", arguments: layers.indices)
+    func maskedSteps(_ index: Int) throws {
+        let c = Self.layers[index]
+        let layer = try gridLayer(modelDim: 32, heads: c.heads, kvHeads: c.kvHeads, seed: 300 + UInt64(index))
+        let (B, T, H) = (3, 11, c.heads)
+        let x = gridTensor([B, T, 32], seed: 310 + UInt64(index))
+        let padding = [0, 3, 6]
+        let allowed = (0..<B).flatMap { b in (0..<T).map { $0 >= padding[b] } }                      // [B, 1, 1, T]
+        var bias = [Float](repeating: 0, count: H * T * T)                                          // [1, H, T, T]
+        for h in 0..<H {
+            for i in 0..<T {
+                for j in 0..<T { bias[(h * T + i) * T + j] = -0.25 * Float(h + 1) * Float(Swift.abs(i - j)) }
+            }
+        }
+        for withBias in [false, true] {
+            var cache = layer.makeCache(batch: B)
+            var outputs: [Tensor<Float>] = []
+            var p = 0
+            for n in [5, 1, 0, 2, 3] {
+                let keys = p + n
+                var allowedNow: [Bool] = []                                                           // [B, 1, 1, P + n]
+                for b in 0..<B { allowedNow += allowed[(b * T)..<(b * T + keys)] }
+                var parts: [AttentionMask] = [.boolean(try Tensor(shape: [B, 1, 1, keys], scalars: allowedNow))]
+                if withBias {
+                    var biasNow: [Float] = []                                                         // [1, H, n, P + n]
+                    for h in 0..<H {
+                        for i in p..<keys { biasNow += bias[((h * T + i) * T)..<((h * T + i) * T + keys)] }
+                    }
+                    parts.append(.additive(try Tensor(shape: [1, H, n, keys], scalars: biasNow)))
+                }
+                outputs.append(try layer.decode(slice(x, p..<keys), cache: &cache, mask: AttentionMask(parts)))
+                p = keys
+            }
+            #expect(cache.capacity > cache.count || cache.count == T)
+            let decoded = concat(outputs, batch: B, width: layer.outputDim)
+            var spec: [MaskSpec] = [.causal(.upperLeft), .boolean(shape: [B, 1, 1, T], data: allowed)]
+            if withBias { spec.append(.additive(shape: [1, H, T, T], data: bias)) }
+            let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: spec)
+            assertClose(decoded, want.output, shape: [B, T, layer.outputDim], absolute: layerTolerance(layer, value: x),
+                        relative: 0, "\(c.name), bias \(withBias)")
+        }
+    }
+
+    /// A decoding step's mask is checked against the step's scores `[B, Hq, n, P + n]` before
+    /// anything is cached (a wrong key size, key lengths past P + n, also in a step of no
+    /// tokens); `.causal(.lowerRight)` there is the step's own causal mask again.
+    @Test("a step's mask must fit its scores; lower-right causal changes nothing")
+    func stepMaskChecks() throws {
+        let layer = try gridLayer(modelDim: 16, heads: 4, kvHeads: 2, seed: 320)
+        let x = gridTensor([2, 6, 16], seed: 321)
+        var cache = layer.makeCache(batch: 2, capacity: 16)
+        _ = try layer.decode(slice(x, 0..<4), cache: &cache)
+        for (mask, code) in [(AttentionMask.boolean(try Tensor(shape: [2, 1, 1, 5], repeating: true)), AttentionError.Code.maskShape),
+                             (.keyLengths([6, 7]), .keyLengths)] {
+            #expect { try layer.decode(slice(x, 4..<6), cache: &cache, mask: mask) } throws: { ($0 as? AttentionError)?.code == code }
+            #expect { try layer.decode(slice(x, 4..<4), cache: &cache, mask: mask) } throws: { ($0 as? AttentionError)?.code == code }
+            #expect(cache.count == 4)
+        }
+        var plain = cache
+        let a = try layer.decode(slice(x, 4..<6), cache: &cache, mask: .causal(.lowerRight))
+        let b = try layer.decode(slice(x, 4..<6), cache: &plain)
+        #expect(a == b)
+    }
 }
