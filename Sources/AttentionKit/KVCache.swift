@@ -2,7 +2,7 @@
 /// token (or a few) at a time without recomputing the past.
 ///
 /// Made by ``MultiHeadAttention/makeCache(batch:capacity:)`` and advanced by
-/// ``MultiHeadAttention/decode(_:cache:)``. Keys are stored per head contiguously,
+/// ``MultiHeadAttention/decode(_:cache:mask:)``. Keys are stored per head contiguously,
 /// `[B, Hkv, capacity, Dk]` (values `[B, Hkv, capacity, Dv]`): position `t` of head `h` in
 /// batch entry `b` is row `t` of that head's block, so attention reads each head's first
 /// ``count`` rows as one matrix. When a step needs more room, the capacity grows
@@ -135,12 +135,12 @@ public struct KVCache: Sendable {
 extension MultiHeadAttention {
     /// Makes an empty KV cache for decoding `batch` sequences with this layer.
     ///
-    /// Storage is allocated on the first ``decode(_:cache:)``, for `capacity` positions if
+    /// Storage is allocated on the first ``decode(_:cache:mask:)``, for `capacity` positions if
     /// given (avoiding any regrowth up to that length), and grows geometrically after that.
     ///
     /// Making a cache never throws, so that `var cache = mha.makeCache(batch: 1)` needs no
     /// `try`. A negative `batch` or `capacity` still gives a cache, one that every
-    /// ``decode(_:cache:)`` refuses (even with no tokens) by throwing ``AttentionError`` with
+    /// ``decode(_:cache:mask:)`` refuses (even with no tokens) by throwing ``AttentionError`` with
     /// code `.cacheMismatch`, before anything is computed or allocated.
     ///
     /// - Parameters:
@@ -328,7 +328,7 @@ extension MultiHeadAttention {
     /// ```
     ///
     /// The storage is allocated for exactly S positions, so ``attend(_:to:mask:)`` reads it
-    /// in place. ``decode(_:cache:)`` could append to such a cache like any other, but its
+    /// in place. ``decode(_:cache:mask:)`` could append to such a cache like any other, but its
     /// causal mask is meant for self-attention.
     ///
     /// - Parameters:
@@ -384,7 +384,7 @@ extension MultiHeadAttention {
     /// - Parameters:
     ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1.
     ///   - cache: A cache from this layer (``makeCache(key:value:)``, or
-    ///     ``makeCache(batch:capacity:)`` advanced by ``decode(_:cache:)``, whose storage is
+    ///     ``makeCache(batch:capacity:)`` advanced by ``decode(_:cache:mask:)``, whose storage is
     ///     then copied to S rows first) for batch B.
     ///   - mask: Over the scores `[B, Hq, n, S]`: `.keyLengths` for padded memory, say.
     /// - Returns: `[B, n, E_out]` (`[n, E_out]` for rank-2 tokens).

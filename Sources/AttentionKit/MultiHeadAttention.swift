@@ -26,7 +26,7 @@ import Synchronization
 /// let cross   = try mha(query: y, key: memory, value: memory)                     // encoder-decoder attention
 /// ```
 ///
-/// and for generation, ``makeCache(batch:capacity:)`` and ``decode(_:cache:)``.
+/// and for generation, ``makeCache(batch:capacity:)`` and ``decode(_:cache:mask:)``.
 ///
 /// How it runs: each projection is one `cblas_sgemm` over all B·L (or B·S) rows (sgemv for
 /// up to three rows; see ``Linear``), on ``AttentionThreads/count()`` OpenBLAS threads. The
