@@ -153,7 +153,8 @@ extension MultiHeadAttention {
     }
 
     /// Decodes the next tokens: projects them, appends their keys and values to `cache`, and
-    /// lets each attend to every cached position up to and including itself.
+    /// lets each attend to every cached position up to and including itself (those a `mask`
+    /// leaves, when one is given).
     ///
     /// ```
     /// n new tokens x [B, n, E] at positions P ..< P + n   (P = cache.count before the call)
@@ -161,8 +162,8 @@ extension MultiHeadAttention {
     /// output[:, t] = MHA of token P + t over positions 0 ... P + t     [B, n, E_out]
     /// ```
     ///
-    /// This is causal self-attention computed incrementally: decoding a sequence one token at
-    /// a time, or in chunks of any size, gives the rows of
+    /// Without a mask this is causal self-attention computed incrementally: decoding a
+    /// sequence one token at a time, or in chunks of any size, gives the rows of
     /// `self(query: x, key: x, value: x, mask: .causal(.upperLeft))` over the whole sequence
     /// (up to float rounding). A step with n = 0 returns an empty result and leaves the
     /// cache unchanged.
@@ -174,14 +175,17 @@ extension MultiHeadAttention {
     /// (the core takes contiguous tensors, so it cannot be handed the first `P + n` rows of
     /// each head without a copy). That mask only ends each query's row early, at key
     /// `P + t + 1` for new token t, so the kernels skip the unused capacity and the keys
-    /// after each token, and no mask tensor is built whatever n and the capacity.
+    /// after each token, and no mask tensor is built whatever n and the capacity (unless the
+    /// caller's `mask` has tensors, below).
     ///
     /// A `mask` adds to the causal one, over this step's scores `[B, Hq, n, P + n]`: for
     /// batched generation from prompts of different lengths, left-pad them and exclude the
     /// padding, `.boolean(allowed)` with `allowed` of shape `[B, 1, 1, P + n]` (`false` at the
     /// padding positions; it grows by n each step), or give a bias such as ALiBi's
     /// `[1, Hq, n, P + n]` slice. Tensors are read as given and only padded along the keys to
-    /// the cache's storage (their last dimension, when it is `P + n`); `.keyLengths` counts
+    /// the cache's storage (their last dimension, when it is `P + n`: a copy of rows ×
+    /// capacity elements, so a per-step `[1, Hq, n, P + n]` bias under a large reserved
+    /// capacity costs Hq · n · capacity floats; `.sizeOverflow` beyond the machine's memory); `.keyLengths` counts
     /// from position 0; `.causal(.lowerRight)` is the step's own causal mask again, and
     /// `.causal(.upperLeft)` lets new token t see keys `0 ... t` only.
     ///
@@ -229,6 +233,7 @@ extension MultiHeadAttention {
 
         try cache.reserve(total)
         let P = cache.count
+        let stepMask = try mask.overStorage(valid: total, capacity: cache.capacity)          // [B, Hq, n, capacity]
 
         appendProjected(key: tokens, value: tokens, batch: B, tokens: n, to: &cache, threads: threads)   // cache[b, h, P + t, :]
 
@@ -241,7 +246,7 @@ extension MultiHeadAttention {
         // kernels skip the rest and no [n, cap] pattern is built.
         let causal = AttentionMask.causalToKeyLengths([Int](repeating: P + n, count: B))
         let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
-                                                      mask: [causal, mask.overStorage(valid: P + n, capacity: cache.capacity)],
+                                                      mask: [causal, stepMask],
                                                       kernel: .automatic)                  // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
         return Tensor(validatedShape: outputShape, scalars: output.scalars)                   // [B, n, E_out] or [n, E_out]
@@ -427,11 +432,15 @@ extension AttentionMask {
     /// tensors whose last (key) dimension is `valid` are copied into `capacity` columns
     /// (`false` / 0 after the valid ones; a few rows of a decoding step); `.causal(.lowerRight)`,
     /// which would count from the capacity, is dropped, since the step's own causal part says
-    /// the same over `valid`; the other parts do not depend on the key count.
-    func overStorage(valid: Int, capacity: Int) -> AttentionMask {
-        func widened<Element>(_ t: Tensor<Element>, fill: Element) -> Tensor<Element> {
+    /// the same over `valid`; the other parts do not depend on the key count. `.sizeOverflow`
+    /// when a widened tensor would not fit in memory.
+    func overStorage(valid: Int, capacity: Int) throws -> AttentionMask {
+        func widened<Element>(_ t: Tensor<Element>, fill: Element) throws -> Tensor<Element> {
             guard let keys = t.shape.last, keys == valid, keys > 1, capacity > valid else { return t }
             let rows = t.scalars.count / keys
+            let (count, overflow) = rows.multipliedReportingOverflow(by: capacity)
+            try checkAllocation(count: overflow ? .max : count, of: Element.self,
+                                "the mask \(describe(t.shape)) widened to the cache's \(capacity) positions")
             var scalars = [Element](repeating: fill, count: rows * capacity)             // [..., capacity]
             t.withUnsafeBufferPointer { source in
                 for r in 0..<rows {
@@ -440,11 +449,11 @@ extension AttentionMask {
             }
             return Tensor(validatedShape: Array(t.shape.dropLast()) + [capacity], scalars: scalars)
         }
-        return AttentionMask(parts: parts.compactMap { part -> Part? in
+        return AttentionMask(parts: try parts.compactMap { part -> Part? in
             switch part {
             case .causal(.lowerRight): return nil
-            case .boolean(let t): return .boolean(widened(t, fill: false))
-            case .additive(let t): return .additive(widened(t, fill: 0))
+            case .boolean(let t): return .boolean(try widened(t, fill: false))
+            case .additive(let t): return .additive(try widened(t, fill: 0))
             case .causal(.upperLeft), .keyLengths, .causalToKeyLengths: return part
             }
         })

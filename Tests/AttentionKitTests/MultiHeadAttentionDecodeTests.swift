@@ -226,7 +226,7 @@ struct MultiHeadAttentionDecodeTests {
         for withBias in [false, true] {
             var cache = layer.makeCache(batch: B)
             var outputs: [Tensor<Float>] = []
-            var p = 0
+            var p = 0, storageWider = false
             for n in [5, 1, 0, 2, 3] {
                 let keys = p + n
                 var allowedNow: [Bool] = []                                                           // [B, 1, 1, P + n]
@@ -240,9 +240,10 @@ struct MultiHeadAttentionDecodeTests {
                     parts.append(.additive(try Tensor(shape: [1, H, n, keys], scalars: biasNow)))
                 }
                 outputs.append(try layer.decode(slice(x, p..<keys), cache: &cache, mask: AttentionMask(parts)))
+                if n > 0 && cache.capacity > keys { storageWider = true }
                 p = keys
             }
-            #expect(cache.capacity > cache.count || cache.count == T)
+            #expect(storageWider, "some step must read storage wider than its keys, so that the mask is widened")
             let decoded = concat(outputs, batch: B, width: layer.outputDim)
             var spec: [MaskSpec] = [.causal(.upperLeft), .boolean(shape: [B, 1, 1, T], data: allowed)]
             if withBias { spec.append(.additive(shape: [1, H, T, T], data: bias)) }
@@ -271,5 +272,42 @@ struct MultiHeadAttentionDecodeTests {
         let a = try layer.decode(slice(x, 4..<6), cache: &cache, mask: .causal(.lowerRight))
         let b = try layer.decode(slice(x, 4..<6), cache: &plain)
         #expect(a == b)
+    }
+
+    /// The other mask parts in a step: key lengths counted from position 0, upper-left causal
+    /// over the step's own queries, and a boolean `[B, Hq, n, P + n]` with key lengths. One
+    /// step of 3 tokens after a prompt of 4, into storage of 16 positions, against the float64
+    /// reference of the step's queries over all 7 positions under the lower-right causal mask
+    /// and the same parts.
+    @Test("key lengths, upper-left causal and a full boolean mask in a step, against the float64 reference")
+    func stepMaskParts() throws {
+        let layer = try gridLayer(modelDim: 16, heads: 4, kvHeads: 2, seed: 330)
+        let (B, H, P, n) = (2, 4, 4, 3)
+        let x = gridTensor([B, P + n, 16], seed: 331)
+        let pattern = (0..<(B * H * n * (P + n))).map { ($0 * 7 + 3) % 5 != 0 }
+        let masks: [[MaskSpec]] = [[.keyLengths([5, 2])], [.causal(.upperLeft)],
+                                   [.boolean(shape: [B, H, n, P + n], data: pattern), .keyLengths([7, 6])]]
+        for spec in masks {
+            var cache = layer.makeCache(batch: B, capacity: 16)
+            _ = try layer.decode(slice(x, 0..<P), cache: &cache)
+            let step = try layer.decode(slice(x, P..<(P + n)), cache: &cache, mask: AttentionMask(spec.map(\.library)))
+            let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: slice(x, P..<(P + n)), key: x, value: x,
+                                                   mask: [.causal(.lowerRight)] + spec)
+            assertClose(step, want.output, shape: [B, n, layer.outputDim], absolute: layerTolerance(layer, value: x),
+                        relative: 0, "\(spec)")
+        }
+    }
+
+    /// Widening a step's mask to the cache's storage is checked like any other allocation:
+    /// a size beyond memory (or beyond what an Int counts) throws `.sizeOverflow` before
+    /// anything is allocated.
+    @Test func wideningBeyondMemoryThrows() throws {
+        let bias = try Tensor<Float>(shape: [1, 2, 3, 5], repeating: 0)
+        for capacity in [Int.max / 2, Int(physicalMemory / 4)] {
+            #expect { try AttentionMask.additive(bias).overStorage(valid: 5, capacity: capacity) } throws: {
+                ($0 as? AttentionError)?.code == .sizeOverflow
+            }
+        }
+        #expect(try AttentionMask.additive(bias).overStorage(valid: 5, capacity: 8).parts.count == 1)
     }
 }
