@@ -23,14 +23,11 @@
 /// the share of the time in sgemm from 0.70–0.72 to 0.78–0.80 (see attention-bench's header).
 /// Base 2 holds natural values only up to about 2.4e38, so a block is computed in base 2
 /// only when Cauchy–Schwarz proves that none of its scores, biases added, can leave float's
-/// range there:
+/// range there (``Base2Range``):
 ///
 ///     |log₂e · scale| · ‖Q_block‖ · ‖K_unit‖ · 1.01  +  log₂e · Σ max|bias|  ≤  0.9 · Float.greatestFiniteMagnitude
 ///
-/// with Frobenius norms (each ‖q_r‖ · ‖k_j‖ is at most their product; a loose bound, but one
-/// pass over contiguous memory, and ordinary inputs sit dozens of orders of magnitude below
-/// it), `K_unit` the keys any row of the unit may see, in Double; the 1 % covers the
-/// rounding of the GEMM (for any Dk below about 1.6·10⁵) and of the norms. Other blocks (huge or non-finite inputs, NaN),
+/// with Frobenius norms, `K_unit` the keys any row of the unit may see. Other blocks (huge or non-finite inputs, NaN),
 /// calls whose scale or biases exceed ``base2ScoreLimit``, units of fewer than
 /// ``blasBase2MinimumRows`` rows and `naturalUnits` calls work in natural units, as before.
 ///
@@ -55,13 +52,11 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
     // Scores in base 2 (log₂e folded into alpha and into the biases) make the softmax's
     // exponential a cheaper 2ˣ, for the blocks whose scores provably stay in range (above).
     let base2Alpha = a.scale * log2e
-    var biasMagnitude: Float = 0
-    let base2Call = !naturalUnits && !gemmOnly && unitRows >= (a.tiles?.blasBase2MinimumRows ?? blasBase2MinimumRows)
-        && Swift.abs(a.scale) <= base2ScoreLimit && {
-            biasMagnitude = a.mask.finiteBiasMagnitude()
-            return biasMagnitude <= base2ScoreLimit
-        }()
-    let biasRange = Double(biasMagnitude) * Double(log2e)
+    let mayUseBase2 = !naturalUnits && !gemmOnly && Swift.abs(a.scale) <= base2ScoreLimit
+        && unitRows >= (a.tiles?.blasBase2MinimumRows ?? blasBase2MinimumRows)
+    let biasMagnitude = mayUseBase2 ? a.mask.finiteBiasMagnitude() : 0
+    let base2Call = mayUseBase2 && biasMagnitude <= base2ScoreLimit
+    let range = Base2Range(biasMagnitude: biasMagnitude)
     // ‖K‖ per unit over the keys its rows may see (NaN when a key holds NaN).
     let keyNorms = UnsafeMutablePointer<Double>.allocate(capacity: max(1, unitCount))
     defer { keyNorms.deallocate() }
@@ -106,9 +101,8 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                 // Base 2 when no score of the block can leave float's range there (above).
                 var base2 = false
                 if base2Call {
-                    let queryNorm = sumOfSquares(q, count: rows * Dk).squareRoot()             // [R, Dk]
-                    let bound = Double(Swift.abs(base2Alpha)) * queryNorm * keyNorms[item / blocksPerUnit] * 1.01 + biasRange
-                    base2 = bound <= 0.9 * Double(Float.greatestFiniteMagnitude)      // false for NaN
+                    base2 = range.holds(alpha: base2Alpha, queryNorm: sumOfSquares(q, count: rows * Dk).squareRoot(),   // [R, Dk]
+                                        keyNorm: keyNorms[item / blocksPerUnit])
                 }
 
                 // scores[R, S'] = scale · Q[R, Dk] · K[S', Dk]ᵀ   (times log₂e in base 2)

@@ -60,9 +60,13 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     // "masked" value of float32 additive masks) from a uniform average into an excluded row.
     // Such calls go to the BLAS kernel, which takes them in natural units; so do calls that
     // want the weights (in base 2 when they allow it).
-    let biasMagnitude = a.mask.finiteBiasMagnitude()
-    if a.weights != nil || !(Swift.abs(a.scale) <= base2ScoreLimit) || biasMagnitude > base2ScoreLimit {
+    if a.weights != nil {
         blasAttention(a, gemmOnly: gemmOnly)
+        return
+    }
+    let biasMagnitude = a.mask.finiteBiasMagnitude()
+    if !(Swift.abs(a.scale) <= base2ScoreLimit) || biasMagnitude > base2ScoreLimit {
+        blasAttention(a, gemmOnly: gemmOnly, naturalUnits: true)
         return
     }
     let p = a.problem
@@ -79,9 +83,9 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
     // With boolean or additive tensors, a row can legitimately end with no weight, so base-2
     // overflow (natural scores beyond about 2.4e38 turning into ±∞, or biases pushing them
     // there) is checked before it can hide: scores (biases added) must stay within
-    // `scoreRange` in magnitude, else the item is suspect and its unit is computed again.
+    // `range`, else the item is suspect and its unit is computed again.
     let guarded = !gemmOnly && a.mask.hasTensors
-    let scoreRange = 0.9 * Double(Float.greatestFiniteMagnitude) - Double(biasMagnitude) * Double(log2e)
+    let range = Base2Range(biasMagnitude: biasMagnitude)
 
     // Split-KV partials: per item, O [Rq, Dv] then m [Rq] and l [Rq].
     let partialStride = Rq * (Dv + 2)
@@ -139,12 +143,12 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 }
                 let perRow = rows <= plan.rowwiseLimit
                 if guarded && !perRow {
-                    // Cauchy–Schwarz with Frobenius norms, as in the BLAS kernel: one pass over
-                    // the block's queries and the item's keys, small next to the GEMMs.
-                    let bound = Double(Swift.abs(alpha)) * 1.01
-                        * sumOfSquares(q, count: rows * Dk).squareRoot()                               // [R, Dk]
-                        * sumOfSquares(k + keyStart * Dk, count: max(0, keyStop - keyStart) * Dk).squareRoot()   // [n, Dk]
-                    if !(bound <= scoreRange) { suspect[item] = true }              // NaN: suspect
+                    // The bound of the BLAS kernel: one pass over the block's queries and the
+                    // item's keys, small next to the GEMMs.
+                    let fits = range.holds(
+                        alpha: alpha, queryNorm: sumOfSquares(q, count: rows * Dk).squareRoot(),               // [R, Dk]
+                        keyNorm: sumOfSquares(k + keyStart * Dk, count: max(0, keyStop - keyStart) * Dk).squareRoot())   // [n, Dk]
+                    if !fits { suspect[item] = true }
                 }
                 // Score bounds (Cauchy–Schwarz) for the sgemm blocks of unmasked rows, so the
                 // exponential can skip its clamp: |s| ≤ |alpha|·‖q‖·max‖k‖.
@@ -168,7 +172,7 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                         // checked directly (a few rows of a tile, in L1) instead of by norms,
                         // which would read the keys twice.
                         if guarded && !suspect[item] {
-                            for r in 0..<rows where !(Double(largestMagnitude(scores + r * Sk, count: n)) <= scoreRange) {
+                            for r in 0..<rows where !range.holds(largestScore: largestMagnitude(scores + r * Sk, count: n)) {
                                 suspect[item] = true
                             }
                         }
@@ -407,6 +411,32 @@ func squaredNorm(_ v: UnsafePointer<Float>, count: Int) -> Double {
 /// `Float.greatestFiniteMagnitude / log₂ e` would be the edge; half of it leaves room for the
 /// scores themselves.
 let base2ScoreLimit: Float = 1e38
+
+/// The range that base-2 scores must stay within so that, biases added, none leaves float's
+/// range: |s| ≤ 0.9 · `Float.greatestFiniteMagnitude` − log₂e · Σ max|bias|. The BLAS kernel
+/// decides per block with it whether to work in base 2; the tiled kernel, under mask
+/// tensors, marks a block's unit for the natural-unit second pass when it fails.
+struct Base2Range {
+    /// The largest score magnitude, before biases, that base 2 holds.
+    let scoreLimit: Double
+
+    /// For biases whose finite magnitudes sum to `biasMagnitude` (``MaskRows/finiteBiasMagnitude()``).
+    init(biasMagnitude: Float) {
+        scoreLimit = 0.9 * Double(Float.greatestFiniteMagnitude) - Double(biasMagnitude) * Double(log2e)
+    }
+
+    /// Whether every score `alpha · q·k` of a block stays in range, by Cauchy–Schwarz with the
+    /// Frobenius norms of its queries and keys (each ‖q‖·‖k‖ is at most their product): a
+    /// loose bound, but one pass over contiguous memory, and ordinary inputs sit dozens of
+    /// orders of magnitude below it. The 1 % covers the rounding of the GEMM (for any Dk below
+    /// about 1.6·10⁵) and of the norms. False for NaN norms.
+    func holds(alpha: Float, queryNorm: Double, keyNorm: Double) -> Bool {
+        Double(Swift.abs(alpha)) * queryNorm * keyNorm * 1.01 <= scoreLimit
+    }
+
+    /// Whether scores whose largest magnitude is `largestScore` stay in range.
+    func holds(largestScore: Float) -> Bool { Double(largestScore) <= scoreLimit }
+}
 
 /// Tile sizes to force instead of the measured defaults (tests use this to put tile
 /// boundaries at awkward places).
