@@ -99,12 +99,12 @@ public struct KVCache: Sendable {
         return Tensor(validatedShape: [batch, kvHeads, rows, width], scalars: scalars)    // [B, Hkv, rows, D]
     }
 
-    /// The cached keys and values as contiguous `[B, Hkv, count, D]` tensors: the storage
-    /// itself when it is exactly full, else a copy of each head's first `count` rows (the
-    /// core attention takes contiguous tensors).
-    func cachedTensors() -> (keys: Tensor<Float>, values: Tensor<Float>) {
-        if count == capacity && capacity > 0 { return (keys, values) }     // [B, Hkv, count, D] already
-        return (relaid(keys, width: headDim, rows: count), relaid(values, width: valueHeadDim, rows: count))
+    /// The storage as the core attention reads it, `[B, Hkv, capacity, D]`: empty tensors of
+    /// that shape before the first allocation (whose placeholder storage has no such shape).
+    func storedTensors() -> (keys: Tensor<Float>, values: Tensor<Float>) {
+        guard capacity == 0 else { return (keys, values) }
+        return (Tensor(validatedShape: [batch, kvHeads, 0, headDim], scalars: []),
+                Tensor(validatedShape: [batch, kvHeads, 0, valueHeadDim], scalars: []))
     }
 
     /// Writes `rows[b·n + t, h·D ..< (h+1)·D]` (a projection's `[B·n, Hkv·D]` output) to
@@ -233,7 +233,7 @@ extension MultiHeadAttention {
 
         try cache.reserve(total)
         let P = cache.count
-        let stepMask = try mask.overStorage(valid: total, capacity: cache.capacity)          // [B, Hq, n, capacity]
+        let stepMask = try mask.overStorage(valid: total, capacity: cache.capacity, batch: B)   // [B, Hq, n, capacity]
 
         appendProjected(key: tokens, value: tokens, batch: B, tokens: n, to: &cache, threads: threads)   // cache[b, h, P + t, :]
 
@@ -389,8 +389,8 @@ extension MultiHeadAttention {
     /// - Parameters:
     ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1.
     ///   - cache: A cache from this layer (``makeCache(key:value:)``, or
-    ///     ``makeCache(batch:capacity:)`` advanced by ``decode(_:cache:mask:)``, whose storage is
-    ///     then copied to S rows first) for batch B.
+    ///     ``makeCache(batch:capacity:)`` advanced by ``decode(_:cache:mask:)``, whose storage
+    ///     may be longer than S: it is read in place, as in decoding) for batch B.
     ///   - mask: Over the scores `[B, Hq, n, S]`: `.keyLengths` for padded memory, say.
     /// - Returns: `[B, n, E_out]` (`[n, E_out]` for rank-2 tokens).
     /// - Throws: ``AttentionError`` before anything is computed: `.invalidRank` for tokens
@@ -413,28 +413,33 @@ extension MultiHeadAttention {
         let outputShape = shape.count == 3 ? [B, n, outputDim] : [n, outputDim]
         guard n > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }   // [B, 0, E_out]
 
-        let (keys, values) = cache.cachedTensors()                                       // [B, Hkv, S, D]
+        // The storage [B, Hkv, capacity, D] in place, as decode reads it: key lengths hide the
+        // positions past S, and the mask is restated over the storage.
+        let stored = try mask.overStorage(valid: S, capacity: cache.capacity, batch: B)
+        let (keys, values) = cache.storedTensors()                                       // [B, Hkv, capacity, D]
         let scratch = Scratch()
         defer { scratch.free() }
         let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim,
                              threads: threads, scratch: scratch)                        // [B, Hq, n, Dk]
         let attention = try scaledDotProductAttention(query: q, key: keys, value: values,
-                                                      mask: mask, kernel: .automatic)    // [B, Hq, n, Dv]
+                                                      mask: [.keyLengths([Int](repeating: S, count: B)), stored],
+                                                      kernel: .automatic)                // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
         return Tensor(validatedShape: outputShape, scalars: output.scalars)               // [B, n, E_out] or [n, E_out]
     }
 }
 
 extension AttentionMask {
-    /// This mask, given over a decoding step's scores `[B, Hq, n, valid]`, restated for the
-    /// KV cache's storage of `capacity ≥ valid` keys, which the step's attention reads in
-    /// place (the keys past `valid` are beyond every row's end). Boolean and additive
-    /// tensors whose last (key) dimension is `valid` are copied into `capacity` columns
-    /// (`false` / 0 after the valid ones; a few rows of a decoding step); `.causal(.lowerRight)`,
-    /// which would count from the capacity, is dropped, since the step's own causal part says
-    /// the same over `valid`; the other parts do not depend on the key count. `.sizeOverflow`
-    /// when a widened tensor would not fit in memory.
-    func overStorage(valid: Int, capacity: Int) throws -> AttentionMask {
+    /// This mask, given over scores `[B, Hq, n, valid]` of the first `valid` positions of a
+    /// KV cache, restated for the cache's storage of `capacity ≥ valid` keys, which
+    /// `decode` and `attend` read in place (each adds a part that ends every row by `valid`).
+    /// Boolean and additive tensors whose last (key) dimension is `valid` are copied into
+    /// `capacity` columns (`false` / 0 after the valid ones, which no row reaches);
+    /// `.causal(.lowerRight)`, which counts from the last key, becomes the same triangle
+    /// ending at key `valid − 1` (``causalToKeyLengths(_:)`` for the `batch` entries); the
+    /// other parts do not depend on the key count. `.sizeOverflow` when a widened tensor would
+    /// not fit in memory.
+    func overStorage(valid: Int, capacity: Int, batch: Int) throws -> AttentionMask {
         func widened<Element>(_ t: Tensor<Element>, fill: Element) throws -> Tensor<Element> {
             guard let keys = t.shape.last, keys == valid, keys > 1, capacity > valid else { return t }
             let rows = t.scalars.count / keys
@@ -449,9 +454,9 @@ extension AttentionMask {
             }
             return Tensor(validatedShape: Array(t.shape.dropLast()) + [capacity], scalars: scalars)
         }
-        return AttentionMask(parts: try parts.compactMap { part -> Part? in
+        return AttentionMask(parts: try parts.map { part -> Part in
             switch part {
-            case .causal(.lowerRight): return nil
+            case .causal(.lowerRight): return .causalToKeyLengths([Int](repeating: valid, count: batch))
             case .boolean(let t): return .boolean(try widened(t, fill: false))
             case .additive(let t): return .additive(try widened(t, fill: 0))
             case .causal(.upperLeft), .keyLengths, .causalToKeyLengths: return part

@@ -32,7 +32,8 @@ struct MultiHeadAttentionCrossCacheTests {
     }
 
     /// A self-attention cache grown by `decode` (storage longer than its count) is attended
-    /// through a compact copy; rank-2 tokens with a batch-1 cache.
+    /// in place, its lower-right causal mask counted from the cached positions, not the
+    /// storage; rank-2 tokens with a batch-1 cache.
     @Test func decodeGrownCache() throws {
         let layer = try gridLayer(modelDim: 24, heads: 6, kvHeads: 3, seed: 310)
         let sequence = gridTensor([1, 11, 24], seed: 311)

@@ -304,10 +304,10 @@ struct MultiHeadAttentionDecodeTests {
     @Test func wideningBeyondMemoryThrows() throws {
         let bias = try Tensor<Float>(shape: [1, 2, 3, 5], repeating: 0)
         for capacity in [Int.max / 2, Int(physicalMemory / 4)] {
-            #expect { try AttentionMask.additive(bias).overStorage(valid: 5, capacity: capacity) } throws: {
+            #expect { try AttentionMask.additive(bias).overStorage(valid: 5, capacity: capacity, batch: 1) } throws: {
                 ($0 as? AttentionError)?.code == .sizeOverflow
             }
         }
-        #expect(try AttentionMask.additive(bias).overStorage(valid: 5, capacity: 8).parts.count == 1)
+        #expect(try AttentionMask.additive(bias).overStorage(valid: 5, capacity: 8, batch: 1).parts.count == 1)
     }
 }
