@@ -101,8 +101,7 @@ struct AttentionProblem: Sendable {
             && elementCount(of: [batch, queryHeads, queryLength]) > 0
             && keyLength > 0
         if hasWork { try checkBLASLimits(shapes()) }
-        try checkAllocation(count: output.addingReportingOverflow(weights).overflow ? .max : output + weights,
-                            of: Float.self,
+        try checkAllocation(count: output.addingReportingOverflow(weights), of: Float.self,
                             wantWeights ? "the output \(describe(outputShape)) and weights \(describe(scoreShape)) (\(shapes()))"
                                         : "the output \(describe(outputShape)) (\(shapes()))")
         return (output, weights, hasWork)

@@ -70,8 +70,7 @@ public struct KVCache: Sendable {
         guard newCapacity <= BLAS.maximumDimension else {
             throw AttentionError(.sizeOverflow, "a KV cache of \(newCapacity) positions exceeds BLAS's 32-bit sizes")
         }
-        let (total, overflow) = keyCount.addingReportingOverflow(valueCount)
-        try checkAllocation(count: overflow ? .max : total, of: Float.self,
+        try checkAllocation(count: keyCount.addingReportingOverflow(valueCount), of: Float.self,
                             "a KV cache of \(newCapacity) positions (keys \(describe(keyShape)), values \(describe(valueShape)))")
         keys = relaid(keys, width: headDim, rows: newCapacity)
         values = relaid(values, width: valueHeadDim, rows: newCapacity)
@@ -80,8 +79,7 @@ public struct KVCache: Sendable {
     }
 
     /// `storage` (`[B, Hkv, capacity, D]`) re-laid with `rows` positions per head: the first
-    /// `count` rows of every head copied over, the rest zero. Growing the cache and compacting
-    /// it for ``MultiHeadAttention/attend(_:to:mask:)`` both use it.
+    /// `count` rows of every head copied over, the rest zero: growing the cache.
     private func relaid(_ storage: Tensor<Float>, width: Int, rows: Int) -> Tensor<Float> {
         let units = batch * kvHeads
         var scalars = [Float](repeating: 0, count: units * rows * width)
@@ -443,8 +441,7 @@ extension AttentionMask {
         func widened<Element>(_ t: Tensor<Element>, fill: Element) throws -> Tensor<Element> {
             guard let keys = t.shape.last, keys == valid, keys > 1, capacity > valid else { return t }
             let rows = t.scalars.count / keys
-            let (count, overflow) = rows.multipliedReportingOverflow(by: capacity)
-            try checkAllocation(count: overflow ? .max : count, of: Element.self,
+            try checkAllocation(count: rows.multipliedReportingOverflow(by: capacity), of: Element.self,
                                 "the mask \(describe(t.shape)) widened to the cache's \(capacity) positions")
             var scalars = [Element](repeating: fill, count: rows * capacity)             // [..., capacity]
             t.withUnsafeBufferPointer { source in

@@ -157,6 +157,13 @@ func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> 
     }
 }
 
+/// ``checkAllocation(count:of:_:)`` for a count computed with overflow reporting
+/// (`addingReportingOverflow`, `multipliedReportingOverflow`): an overflowed count is too large.
+func checkAllocation<T>(count: (partialValue: Int, overflow: Bool), of type: T.Type,
+                        _ what: @autoclosure () -> String) throws {
+    try checkAllocation(count: count.overflow ? .max : count.partialValue, of: type, what())
+}
+
 /// The machine's physical memory in bytes, asked of the system once per process.
 let physicalMemory: UInt64 = ProcessInfo.processInfo.physicalMemory
 
