@@ -295,15 +295,22 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
     }
 
     var temporaries: [String] = []
-    func removeTemporaries() { for path in temporaries { unlink(path) } }
+    // Destinations replaced so far, each with the backup of the file it replaced (nil when
+    // there was none): the way back if a later rename fails.
+    var done: [(path: String, backup: String?)] = []
+    /// Undoes everything so far (renames back, then removes the temporaries) and returns the
+    /// error to throw.
+    func abandon(_ path: String, _ reason: String) -> BenchFailure {
+        for (destination, backup) in done.reversed() {
+            if let backup { rename(backup, destination) } else { unlink(destination) }
+        }
+        for temporary in temporaries { unlink(temporary) }
+        return BenchFailure(description: "cannot write \(path): \(reason)")
+    }
     for file in files {
         let temporary = temporaryName(besides: file.path, "tmp")
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
-        guard fd >= 0 else {
-            let reason = String(cString: strerror(errno))
-            removeTemporaries()
-            throw BenchFailure(description: "cannot write \(file.path): \(reason)")
-        }
+        guard fd >= 0 else { throw abandon(file.path, String(cString: strerror(errno))) }
         temporaries.append(temporary)
         let failure: String? = file.data.withUnsafeBytes { bytes in
             var offset = 0
@@ -319,19 +326,11 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
         }
         let closed = close(fd) == 0
         if let reason = failure ?? (closed ? nil : String(cString: strerror(errno))) {
-            removeTemporaries()
-            throw BenchFailure(description: "cannot write \(file.path): \(reason)")
+            throw abandon(file.path, reason)
         }
     }
 
-    // Rename into place, keeping a way back: `done` lists the destinations replaced so far,
-    // each with the backup of the file it replaced (nil when there was none).
-    var done: [(path: String, backup: String?)] = []
-    func rollBack() {
-        for (path, backup) in done.reversed() {
-            if let backup { rename(backup, path) } else { unlink(path) }
-        }
-    }
+    // Rename into place, keeping a way back (`done`).
     for (file, temporary) in zip(files, temporaries) {
         var backup: String?
         var linked = false
@@ -339,11 +338,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
         if lstat(file.path, &info) == 0 {
             // Checked above, but the file system may have changed since: never move a
             // directory aside or replace it.
-            guard (info.st_mode & S_IFMT) != S_IFDIR else {
-                rollBack()
-                removeTemporaries()
-                throw BenchFailure(description: "cannot write \(file.path): it is a directory")
-            }
+            guard (info.st_mode & S_IFMT) != S_IFDIR else { throw abandon(file.path, "it is a directory") }
             let name = temporaryName(besides: file.path, "old")
             // A hard link keeps the destination in place; where links are not possible, the
             // old file is moved aside instead (and moved back if the rename fails).
@@ -351,10 +346,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
             if linked || rename(file.path, name) == 0 {
                 backup = name
             } else {
-                let reason = String(cString: strerror(errno))
-                rollBack()
-                removeTemporaries()
-                throw BenchFailure(description: "cannot write \(file.path): cannot keep a backup of it: \(reason)")
+                throw abandon(file.path, "cannot keep a backup of it: \(String(cString: strerror(errno)))")
             }
         }
         guard moveIntoPlace(temporary, file.path) == 0 else {
@@ -364,9 +356,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
                 // file goes back.
                 if linked { unlink(backup) } else { rename(backup, file.path) }
             }
-            rollBack()
-            removeTemporaries()
-            throw BenchFailure(description: "cannot write \(file.path): \(reason)")
+            throw abandon(file.path, reason)
         }
         done.append((file.path, backup))
     }
