@@ -77,6 +77,19 @@ struct MaskRows: @unchecked Sendable {
         for (bias, st) in additives { total += bias[st.rowOffset(batch: b, head: h, query: i) + j * st.key] }
         return total
     }
+
+    /// The sum of the additive biases for query `(b, h, i)` and key `j`, added in float64
+    /// (for rows computed again exactly: two biases of −3.4e38 sum to −6.8e38, not −∞), or
+    /// nil when one of them is −∞, which excludes the key whatever its score.
+    func exactBias(batch b: Int, head h: Int, query i: Int, key j: Int) -> Double? {
+        var total = 0.0
+        for (bias, st) in additives {
+            let x = Double(bias[st.rowOffset(batch: b, head: h, query: i) + j * st.key])
+            if x == -.infinity { return nil }
+            total += x
+        }
+        return total
+    }
 }
 
 /// A stand-in address for empty buffers, whose `baseAddress` may be nil. Never dereferenced:

@@ -50,6 +50,12 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
 /// a zero output row. Empty sizes are allowed: `L = 0` or `B = 0` gives an empty result and
 /// `S = 0` gives zeros.
 ///
+/// A row depends only on the keys it may see: NaN or ±∞ in the keys or values of excluded
+/// keys (a `-inf` bias excludes too) never reaches it. A row is NaN when its query, or a key
+/// or value it may see, holds NaN or ±∞, or a bias is `+inf`. Scores or sums that leave
+/// float32's range (a scale of 1e38, values near 3.4e38) give the float64 result: rows that
+/// a kernel finishes NaN or ±∞ are computed again in float64.
+///
 /// The semantics match PyTorch's `torch.nn.functional.scaled_dot_product_attention`
 /// (including `enable_gqa`), with masks in its boolean convention (`true` = attend).
 ///
@@ -77,9 +83,10 @@ public func scaledDotProductAttention(
 
 /// Scaled dot-product attention that also returns the attention weights (the seed's `p_attn`).
 ///
-/// Computes exactly what
-/// ``scaledDotProductAttention(query:key:value:mask:scale:dropout:kernel:)`` computes and
-/// also returns `weights = dropout(softmax(Q·Kᵀ·scale + mask))`, shape `[B, Hq, L, S]`
+/// Computes what
+/// ``scaledDotProductAttention(query:key:value:mask:scale:dropout:kernel:)`` computes (to
+/// float rounding: ``AttentionKernel/automatic`` and ``AttentionKernel/tiled`` then run the
+/// BLAS kernel, which materialises the weights) and also returns `weights = dropout(softmax(Q·Kᵀ·scale + mask))`, shape `[B, Hq, L, S]`
 /// (`[B, L, S]`, `[L, S]` for lower ranks). Each weight row sums to 1, or is all zeros when
 /// the row has no allowed key; with dropout, the dropped weights are returned and
 /// `output = weights · value`.
@@ -188,11 +195,14 @@ func runAttention(
                                 dropout: dropout, threads: threads, tiles: tiles)
                             let resolved = kernel == .automatic
                                 ? chooseKernel(problem, wantWeights: wantWeights, threads: threads) : kernel
+                            let nonFinite: Bool
                             switch resolved {
-                            case .naive: naiveAttention(arguments)
-                            case .blas, .automatic: blasAttention(arguments, gemmOnly: gemmOnly)
-                            case .tiled: tiledAttention(arguments, gemmOnly: gemmOnly)
+                            case .naive: naiveAttention(arguments); nonFinite = !gemmOnly
+                            case .blas, .automatic: nonFinite = blasAttention(arguments, gemmOnly: gemmOnly)
+                            case .tiled: nonFinite = tiledAttention(arguments, gemmOnly: gemmOnly)
                             }
+                            // Rows that came out NaN or ±∞, computed again in float64.
+                            if nonFinite { repairNonFiniteRows(arguments) }
                         }
                     }
                 }

@@ -37,8 +37,13 @@
 /// into output rows the caller has zeroed: the tiled kernel's second pass for rows it could
 /// not compute in base 2, which also passes `naturalUnits`. `gemmOnly` multiplies with the
 /// natural alpha (the products cost the same).
+///
+/// Returns whether an output row came out NaN or ±∞ (its weights, when `Dv = 0`), checked as
+/// each block finishes: the caller then computes such rows again exactly
+/// (``repairNonFiniteRows(_:)``). Always false with `gemmOnly`.
+@discardableResult
 func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected: [Int]? = nil,
-                   naturalUnits: Bool = false) {
+                   naturalUnits: Bool = false) -> Bool {
     let p = a.problem
     let (L, S, Dk, Dv, g) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim, p.group)
     let unitRows = g * L                                       // rows sharing one K/V head
@@ -59,7 +64,10 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
     let range = Base2Range(biasMagnitude: biasMagnitude)
     // ‖K‖ per unit over the keys its rows may see (NaN when a key holds NaN).
     let keyNorms = UnsafeMutablePointer<Double>.allocate(capacity: max(1, unitCount))
-    defer { keyNorms.deallocate() }
+    // Per item: whether one of its rows came out NaN or ±∞.
+    let nonFinite = UnsafeMutablePointer<Bool>.allocate(capacity: max(1, items))
+    nonFinite.initialize(repeating: false, count: max(1, items))
+    defer { keyNorms.deallocate(); nonFinite.deallocate() }
     if base2Call {
         parallelWork(threads: a.threads, items: unitCount) { claim in
             while let index = claim() {
@@ -137,9 +145,14 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                     // out[r, :] /= Σ_j exp(s_rj − m_r)
                     for r in 0..<rows { scaleRow(out + r * Dv, count: Dv, by: inverseSums[r]) }
                 }
+                if !gemmOnly {
+                    nonFinite[item] = Dv > 0 ? !allFinite(out, count: rows * Dv)           // [R, Dv]
+                        : a.weights != nil && (0..<rows).contains { !allFinite(scores + $0 * S, count: blockEnd) }
+                }
             }
         }
     }
+    return (0..<items).contains { nonFinite[$0] }
 }
 
 /// Query rows per work item.

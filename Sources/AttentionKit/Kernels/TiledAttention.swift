@@ -54,20 +54,23 @@
 ///
 /// With `gemmOnly`, only the products run (same tiles, no softmax): attention-bench's
 /// roofline reference.
-func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
+///
+/// Returns whether an output row is NaN or ±∞ after the second pass, as the BLAS kernel does
+/// (its rows are then computed again exactly, ``repairNonFiniteRows(_:)``); false with
+/// `gemmOnly`, and when the tile sizes ask to keep the tiled path's own rows.
+@discardableResult
+func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) -> Bool {
     // Base-2 scores are the natural ones times log₂e ≈ 1.44: a finite scale or bias beyond
     // about 2.4e38 would overflow to ±∞ and, for example, turn a row of −3.4e38 biases (the
     // "masked" value of float32 additive masks) from a uniform average into an excluded row.
     // Such calls go to the BLAS kernel, which takes them in natural units; so do calls that
     // want the weights (in base 2 when they allow it).
     if a.weights != nil {
-        blasAttention(a, gemmOnly: gemmOnly)
-        return
+        return blasAttention(a, gemmOnly: gemmOnly)
     }
     let biasMagnitude = a.mask.finiteBiasMagnitude()
     if !(Swift.abs(a.scale) <= base2ScoreLimit) || biasMagnitude > base2ScoreLimit {
-        blasAttention(a, gemmOnly: gemmOnly, naturalUnits: true)
-        return
+        return blasAttention(a, gemmOnly: gemmOnly, naturalUnits: true)
     }
     let p = a.problem
     let (L, S, Dk, Dv, g) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim, p.group)
@@ -324,9 +327,10 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) {
                 let b = unit / p.kvHeads, kvHead = unit % p.kvHeads
                 (a.output + (b * p.queryHeads + kvHead * g) * L * Dv).update(repeating: 0, count: unitRows * Dv)  // [g·L, Dv]
             }
-            blasAttention(a, units: redo, naturalUnits: true)
+            return blasAttention(a, units: redo, naturalUnits: true)
         }
     }
+    return false
 }
 
 /// How the tiled kernel lays out one call: the tile plan and the key range of each split.
@@ -365,12 +369,7 @@ struct TiledSchedule {
 func rowLooksRight(_ row: UnsafePointer<Float>, count: Int, sum: Float, allowed: Bool, mask: MaskRows) -> Bool {
     if sum == .infinity { return false }
     if allowed && sum == 0 && !mask.hasTensors { return false }
-    var bad = SIMD8<Float>()                    // 0 · x is 0 for finite x, NaN for NaN and ±∞
-    var j = 0
-    while j + lanes <= count { bad += load(row + j) * 0; j += lanes }
-    var tail: Float = 0
-    while j < count { tail += row[j] * 0; j += 1 }
-    return (bad.sum() + tail) == 0
+    return allFinite(row, count: count)
 }
 
 /// `max_j |x[j]|` over `count` floats (0 for none), ignoring NaN; +∞ when one is ±∞.

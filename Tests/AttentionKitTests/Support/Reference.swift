@@ -63,7 +63,9 @@ func referenceMask(_ mask: [MaskSpec], batch b: Int, query i: Int, key j: Int,
         case .causal(.lowerRight): if j > i + S - L { allowed = false }
         case .keyLengths(let lengths): if j >= lengths[b] { allowed = false }
         case .boolean(let shape, let data): if !data[broadcastIndex(shape, index)] { allowed = false }
-        case .additive(let shape, let data): bias += Double(data[broadcastIndex(shape, index)])
+        case .additive(let shape, let data):                  // −∞ excludes, whatever the score
+            let x = Double(data[broadcastIndex(shape, index)])
+            if x == -.infinity { allowed = false } else { bias += x }
         }
     }
     return (allowed, bias)
@@ -110,7 +112,7 @@ func referenceAttention(
                 rowHasKeys[row] = true
                 let e = s.map { Foundation.exp($0 - m) }
                 let total = e.reduce(0, +)
-                for j in 0..<S {
+                for j in 0..<S where s[j] != -.infinity {     // excluded keys take no part
                     let p = e[j] / total
                     weights[row * S + j] = p
                     for d in 0..<Dv { output[row * Dv + d] += p * v[((b * Hkv + kh) * S + j) * Dv + d] }
