@@ -87,13 +87,19 @@ func exactRow(_ a: KernelArguments, row: Int, scores s: UnsafeMutablePointer<Dou
     }
 }
 
-/// Whether `x[0..<count]` holds no NaN and no ±∞ (`0 · x` is 0 for finite `x`, NaN otherwise).
+/// Whether `x[0..<count]` holds no NaN and no ±∞ (a mask AND per vector, so no long
+/// dependency chain through a floating-point sum).
 @inline(__always)
 func allFinite(_ x: UnsafePointer<Float>, count: Int) -> Bool {
-    var bad = SIMD8<Float>()
+    let limit = SIMD8<Float>(repeating: .greatestFiniteMagnitude)
+    var finite = SIMDMask<SIMD8<Int32>>(repeating: true)
     var j = 0
-    while j + lanes <= count { bad += load(x + j) * 0; j += lanes }
-    var tail: Float = 0
-    while j < count { tail += x[j] * 0; j += 1 }
-    return (bad.sum() + tail) == 0
+    while j + lanes <= count {
+        let y = load(x + j)
+        finite .&= (y .<= limit) .& (y .>= -limit)               // false for ±∞ and NaN
+        j += lanes
+    }
+    var tailFinite = true
+    while j < count { tailFinite = tailFinite && x[j].isFinite; j += 1 }
+    return all(finite) && tailFinite
 }
