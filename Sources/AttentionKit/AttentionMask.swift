@@ -216,7 +216,8 @@ private func broadcastStrides(_ shape: [Int], kind: String, problem p: Attention
         let size = shape[axis]
         let target = scores[axis + scores.count - shape.count]
         guard size == target || size == 1 else {
-            throw failure("size \(size) at axis \(axis) is neither 1 nor \(target)")
+            throw failure(target == 1 ? "size \(size) at axis \(axis) is not 1"
+                                      : "size \(size) at axis \(axis) is neither 1 nor \(target)")
         }
         strides[axis + scores.count - shape.count] = size == 1 ? 0 : running
         running &*= size

@@ -43,7 +43,9 @@ public struct Dropout: Sendable, Equatable {
         // Drop iff the top 32 bits of the hash are below p·2³², so P(drop) = p to within 2⁻³².
         let threshold = UInt64((Double(probability) * 4294967296).rounded())
         let keep = 1 / (1 - probability)
-        let rowKey = seed &+ UInt64(truncatingIfNeeded: rowIndex) &* 0x9E37_79B9_7F4A_7C15
+        // The seed is mixed first, so seeds that differ by the row step do not give
+        // shifted copies of each other's patterns.
+        let rowKey = splitMix64(seed) &+ UInt64(truncatingIfNeeded: rowIndex) &* 0x9E37_79B9_7F4A_7C15
         for j in 0..<count {
             let h = splitMix64(rowKey ^ (UInt64(truncatingIfNeeded: keyOffset + j) &* 0xD1B5_4A32_D192_ED03))
             row[j] = (h >> 32) < threshold ? 0 : row[j] * keep

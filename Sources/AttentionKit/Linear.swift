@@ -79,6 +79,7 @@ public struct Linear: Sendable {
                 "Linear widths must not be negative, got in \(inputDim), out \(outputDim)")
         }
         let count = try elementCount(of: [outputDim, inputDim])
+        try checkAllocation(count: count, of: Float.self, "a Linear weight [\(outputDim), \(inputDim)]")
         let bound = inputDim + outputDim > 0 ? (6 / Double(inputDim + outputDim)).squareRoot() : 0
         var generator = LayerRandom(seed: seed)
         let scalars = (0..<count).map { _ in Float((2 * generator.nextUnit() - 1) * bound) }

@@ -192,7 +192,9 @@ func runAttention(
                                 query: nonNull(q.baseAddress), key: nonNull(k.baseAddress),
                                 value: nonNull(v.baseAddress), output: nonNull(out.baseAddress),
                                 weights: w, mask: maskRows, scale: resolvedScale,
-                                dropout: dropout, threads: threads, tiles: tiles)
+                                // p = 0 drops nothing: the kernels' paths without dropout.
+                                dropout: dropout?.probability == 0 ? nil : dropout,
+                                threads: threads, tiles: tiles)
                             let resolved = kernel == .automatic
                                 ? chooseKernel(problem, wantWeights: wantWeights, threads: threads) : kernel
                             let nonFinite: Bool

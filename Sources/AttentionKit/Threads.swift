@@ -10,8 +10,8 @@ import Darwin
 
 /// How many threads AttentionKit's kernels use.
 ///
-/// By default a call uses every online core. The environment variable
-/// `ATTENTIONKIT_NUM_THREADS` overrides that for the process, ``setCount(_:)`` overrides both
+/// By default a call uses every core the process may run on (``coreCount``). The environment
+/// variable `ATTENTIONKIT_NUM_THREADS` (when set and not blank) overrides that for the process, ``setCount(_:)`` overrides both
 /// from Swift, and ``withCount(_:_:)`` overrides all three for the calls inside one closure
 /// (on the current task only, so concurrent code keeps its own setting). Kernels set
 /// OpenBLAS to one thread and parallelise over their own work items, so the two never
@@ -34,10 +34,30 @@ public enum AttentionThreads {
     /// splitting arithmetic from overflowing).
     public static let maximum = 4096
 
-    /// The number of online cores.
-    public static var coreCount: Int {
-        max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-    }
+    /// The number of cores this process may run on: on Linux, the CPUs in its affinity mask
+    /// when the process started (so `taskset -c 0` or a cpuset-limited container counts only
+    /// the cores it was given), elsewhere the online cores.
+    public static var coreCount: Int { startingCoreCount }
+
+    private static let startingCoreCount: Int = {
+        let online = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        #if os(Linux)
+        // "Cpus_allowed:\t3" or, with many CPUs, "ff,ffffffff": one bit per CPU, in hex.
+        if let file = fopen("/proc/self/status", "r") {
+            defer { fclose(file) }
+            var line = [CChar](repeating: 0, count: 4096)
+            while fgets(&line, Int32(line.count), file) != nil {
+                let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                guard text.hasPrefix("Cpus_allowed:") else { continue }
+                let allowed = text.dropFirst("Cpus_allowed:".count).reduce(0) { count, c in
+                    count + (c.hexDigitValue?.nonzeroBitCount ?? 0)
+                }
+                return allowed > 0 ? min(allowed, online) : online
+            }
+        }
+        #endif
+        return online
+    }()
 
     /// Sets the thread count for subsequent calls, or restores the default with `nil`.
     ///
@@ -76,7 +96,7 @@ public enum AttentionThreads {
     /// ``setCount(_:)`` setting, else `ATTENTIONKIT_NUM_THREADS`, else ``coreCount``.
     ///
     /// - Throws: ``AttentionError`` with code `.threadCount` when
-    ///   `ATTENTIONKIT_NUM_THREADS` is set but is not a positive integer.
+    ///   `ATTENTIONKIT_NUM_THREADS` is set, not blank, and not an integer in 1...``maximum``.
     public static func count() throws -> Int {
         if let scoped { return scoped }
         let set = override.load(ordering: .relaxed)
@@ -87,7 +107,7 @@ public enum AttentionThreads {
     /// The thread count from its three sources, in order of precedence.
     static func resolve(override: Int?, environment: String?, cores: Int) throws -> Int {
         if let override { return override }
-        if let environment {
+        if let environment, !environment.allSatisfy(\.isWhitespace) {     // set but empty: unset
             let text = environment.trimmingWhitespace()
             guard let value = Int(text), (1...maximum).contains(value) else {
                 throw AttentionError(.threadCount,

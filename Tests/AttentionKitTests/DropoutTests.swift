@@ -85,5 +85,31 @@ struct DropoutTests {
         let plain = try scaledDotProductAttentionWithWeights(query: q, key: k, value: v)
         let zero = try scaledDotProductAttentionWithWeights(query: q, key: k, value: v, dropout: try Dropout(probability: 0, seed: 9))
         #expect(plain.output == zero.output && plain.weights == zero.weights)
+        // Without weights too, on every kernel: p = 0 takes the kernels' paths without dropout
+        // (the BLAS kernel's normalisation after P·V among them), so the results are identical.
+        let (q2, k2, v2) = (gridTensor([2, 8, 100, 32], seed: 61), gridTensor([2, 8, 100, 32], seed: 62),
+                            normalTensor([2, 8, 100, 32], seed: 63))
+        for kernel in allKernels {
+            let none = try scaledDotProductAttention(query: q2, key: k2, value: v2, kernel: kernel)
+            let p0 = try scaledDotProductAttention(query: q2, key: k2, value: v2, dropout: try Dropout(probability: 0, seed: 9),
+                                                   kernel: kernel)
+            #expect(none == p0, "\(kernel)")
+        }
+    }
+
+    /// Seeds that differ by the hash's row step (2⁶⁴/φ) give unrelated patterns, not one
+    /// pattern shifted by a row.
+    @Test func seedsOneRowStepApartAreUnrelated() throws {
+        let q = gridTensor([1, 1, 4, 8], seed: 64), k = gridTensor([1, 1, 64, 8], seed: 65)
+        func dropped(_ seed: UInt64) throws -> [[Bool]] {
+            let w = try scaledDotProductAttentionWithWeights(query: q, key: k, value: k,
+                                                             dropout: try Dropout(probability: 0.5, seed: seed)).weights
+            return (0..<4).map { row in (0..<64).map { w.scalars[row * 64 + $0] == 0 } }
+        }
+        let a = try dropped(0), b = try dropped(0x9E37_79B9_7F4A_7C15)
+        for row in 0..<3 {
+            let same = zip(a[row + 1], b[row]).filter { $0 == $1 }.count
+            #expect(same < 48, "row \(row + 1) of seed 0 and row \(row) of the next seed agree on \(same) of 64 keys")
+        }
     }
 }

@@ -94,6 +94,19 @@ struct ErrorTests {
         #expect(try AttentionThreads.resolve(override: nil, environment: " 3 ", cores: 2) == 3)
         #expect(try AttentionThreads.resolve(override: 5, environment: "3", cores: 2) == 5)
         #expect(try AttentionThreads.resolve(override: nil, environment: nil, cores: 2) == 2)
+        // Set but blank counts as unset, as OpenMP and OpenBLAS treat their variables.
+        #expect(try AttentionThreads.resolve(override: nil, environment: "", cores: 2) == 2)
+        #expect(try AttentionThreads.resolve(override: nil, environment: " \t", cores: 2) == 2)
+        #expect((1...AttentionThreads.maximum).contains(AttentionThreads.coreCount))
+    }
+
+    /// A mask dimension against a score dimension of 1 says so plainly.
+    @Test func broadcastMessageAgainstSizeOne() {
+        let q = gridTensor([1, 2, 3, 4], seed: 1), k = gridTensor([1, 2, 3, 4], seed: 2)
+        let bad = try! Tensor<Bool>(shape: [3, 1, 1, 1], scalars: [true, false, true])     // 3 against batch 1
+        expectError(.maskShape, mentions: ["size 3 at axis 0 is not 1"]) {
+            _ = try scaledDotProductAttention(query: q, key: k, value: k, mask: .boolean(bad))
+        }
     }
 }
 

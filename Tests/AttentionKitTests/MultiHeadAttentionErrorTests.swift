@@ -17,6 +17,9 @@ struct MultiHeadAttentionErrorTests {
         expectError(.weightShape, mentions: ["[4, 1]"]) { _ = try Linear(weight: t([4, 3]), bias: t([4, 1])) }
         expectError(.headWidth, mentions: ["-2"]) { _ = try Linear(inputDim: -2, outputDim: 3) }
         expectError(.sizeOverflow, mentions: []) { _ = try Linear(inputDim: Int.max / 2, outputDim: 4) }
+        // Counts that fit an Int but not this machine's memory (16 TiB of weights): thrown, not a trap.
+        expectError(.sizeOverflow, mentions: ["[2097152, 2097152]", "of memory"]) { _ = try Linear(inputDim: 1 << 21, outputDim: 1 << 21) }
+        expectError(.sizeOverflow, mentions: ["of memory"]) { _ = try MultiHeadAttention(modelDim: 1 << 21, heads: 1) }
         expectError(.inputWidth, mentions: ["[2, 5]", "5", "3"]) { _ = try self.linear(4, 3)(t([2, 5])) }
         expectError(.invalidRank, mentions: ["[]"]) { _ = try self.linear(4, 3)(t([])) }
     }
