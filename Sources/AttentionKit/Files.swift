@@ -84,13 +84,104 @@ private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: 
 
 /// Writes `bytes` to `url` all at once or not at all: the bytes go to a temporary file in the
 /// same directory, which is flushed to disk and then renamed over `url`. If anything fails,
-/// the temporary file is removed and `url` is left as it was.
+/// the temporary file is removed and `url` is left as it was. A symbolic link is kept and the
+/// file it points to is replaced; an existing character device or FIFO (`/dev/null`,
+/// `/dev/stdout`, a named pipe) is written directly, since it cannot be replaced
+/// (``writeDestination(_:)``).
 func writeWholeFile(_ bytes: UnsafeRawBufferPointer, to url: URL) throws {
     let path = try filePath(url)
+    switch try writeDestination(path) {
+    case .stream(let stream):
+        try writeStream(bytes, to: stream)
+    case .file(let target):
+        try replaceFile(target, with: bytes, reportedAs: path)
+    }
+}
+
+/// Where a write to a path goes.
+@_spi(Benchmarking)
+public enum WriteDestination: Equatable, Sendable {
+    /// A regular file, new or existing, at this path (symbolic links resolved): written to a
+    /// temporary file beside it, then renamed over it.
+    case file(String)
+    /// An existing character device or FIFO at this path: written directly.
+    case stream(String)
+}
+
+/// Resolves `path` for writing, or throws ``AttentionError`` with code `.fileAccess` naming
+/// the path and the reason: an empty path or one ending in `/`, a directory, a socket or block
+/// device, a symbolic link to nothing, or a directory that is missing or cannot be written.
+/// A symbolic link to a regular file resolves to that file, so that replacing it keeps the
+/// link; a character device or FIFO (also through a link) is a ``WriteDestination/stream(_:)``.
+@_spi(Benchmarking)
+public func writeDestination(_ path: String) throws -> WriteDestination {
+    func failure(_ reason: String) -> AttentionError { AttentionError(.fileAccess, "cannot write \(path): \(reason)") }
+    if path.isEmpty { throw failure("the path is empty") }
+    if path.hasSuffix("/") { throw failure("the path ends in '/', so it names a directory, not a file") }
+    var info = stat()
+    var target = path
+    if stat(path, &info) == 0 {                               // follows symbolic links
+        switch info.st_mode & S_IFMT {
+        case S_IFREG:
+            var link = stat()
+            if lstat(path, &link) == 0 && (link.st_mode & S_IFMT) == S_IFLNK {
+                guard let resolved = realpath(path, nil) else { throw failure(systemReason()) }
+                target = String(cString: resolved)
+                free(resolved)
+            }
+        case S_IFCHR, S_IFIFO:
+            return .stream(path)
+        case S_IFDIR:
+            throw failure("it is a directory")
+        default:
+            throw failure("it is neither a regular file nor a character device or FIFO")
+        }
+    } else if errno == ENOENT || errno == ENOTDIR {              // a new file; its directory is checked below
+        if lstat(path, &info) == 0 { throw failure("it is a symbolic link to a file that does not exist") }
+    } else {
+        throw failure(systemReason())
+    }
+    let slash = target.lastIndex(of: "/")
+    let parent = slash.map { $0 == target.startIndex ? "/" : String(target[..<$0]) } ?? "."
+    guard stat(parent, &info) == 0 else {
+        throw failure("its directory \(parent) cannot be used: \(systemReason())")
+    }
+    guard (info.st_mode & S_IFMT) == S_IFDIR else { throw failure("\(parent) is not a directory") }
+    guard access(parent, W_OK | X_OK) == 0 else {
+        throw failure("no permission to create files in \(parent): \(systemReason())")
+    }
+    return .file(target)
+}
+
+/// Writes `bytes` into the existing character device or FIFO at `path` (no temporary file:
+/// it cannot be replaced, and what a stream has taken cannot be taken back).
+@_spi(Benchmarking)
+public func writeStream(_ bytes: UnsafeRawBufferPointer, to path: String) throws {
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())") }
+    var failure: String?
+    var offset = 0
+    while offset < bytes.count {
+        let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+        if wrote < 0 {
+            if errno == EINTR { continue }
+            failure = systemReason()
+            break
+        }
+        offset += wrote
+    }
+    if close(fd) != 0 && failure == nil { failure = systemReason() }
+    if let failure { throw AttentionError(.fileAccess, "cannot write \(path): \(failure)") }
+}
+
+/// Writes `bytes` to a temporary file beside the regular file `path` (new or existing),
+/// flushes it and renames it over `path`; on failure removes it and leaves `path` as it was.
+/// Messages name `reported`, the path the caller gave.
+private func replaceFile(_ path: String, with bytes: UnsafeRawBufferPointer, reportedAs reported: String) throws {
     let temporary = temporaryPath(besides: path)
     let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
     guard fd >= 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())")
+        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
     }
     var closed = false
     var renamed = false
@@ -103,19 +194,19 @@ func writeWholeFile(_ bytes: UnsafeRawBufferPointer, to url: URL) throws {
         let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
         if wrote < 0 {
             if errno == EINTR { continue }
-            throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())")
+            throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
         }
         offset += wrote
     }
     guard fsync(fd) == 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())")
+        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
     }
     closed = true
     guard close(fd) == 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())")
+        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
     }
     guard rename(temporary, path) == 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())")
+        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
     }
     renamed = true
 }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import AttentionKit
+@_spi(Benchmarking) import AttentionKit
 import Foundation
 
 /// `attention-bench run`: scaled dot-product attention on tensors read from NumPy `.npy`
@@ -69,7 +69,8 @@ struct Run: ParsableCommand {
                                valueName: "5,7"))
     var keyLengths: String?
 
-    @Option(help: ArgumentHelp("Multiplies query · keyᵀ (default 1/√Dk).", valueName: "x"))
+    // `.unconditional`: a negative scale such as "-0.125" is legal and is the value.
+    @Option(parsing: .unconditional, help: ArgumentHelp("Multiplies query · keyᵀ (default 1/√Dk; negative is legal).", valueName: "x"))
     var scale: Float?
 
     @Option(help: ArgumentHelp("Kernel: naive, blas, tiled or automatic (tiled, or blas when --weights or --heatmap needs the weights or S ≤ 32).",
@@ -111,10 +112,10 @@ struct Run: ParsableCommand {
         guard repetitions >= 1 else { throw BenchFailure(description: "--repetitions must be at least 1, got \(repetitions)") }
         if let threads, threads < 1 { throw BenchFailure(description: "--threads must be at least 1, got \(threads)") }
         let destinations = [("--output", output), ("--weights", weights), ("--heatmap", heatmap)]
-            .compactMap { name, path in path.map { (name, URL(fileURLWithPath: $0).standardizedFileURL.path) } }
-        for (n, (name, path)) in destinations.enumerated() {
-            if let other = destinations[..<n].first(where: { $0.1 == path }) {
-                throw BenchFailure(description: "\(other.0) and \(name) name the same file \(path)")
+            .compactMap { name, path in path.map { (name: name, path: $0, identity: fileIdentity($0)) } }
+        for (n, destination) in destinations.enumerated() where destination.identity != nil {
+            if let other = destinations[..<n].first(where: { $0.identity == destination.identity }) {
+                throw BenchFailure(description: "\(other.name) and \(destination.name) name the same file \(destination.path)")
             }
         }
         let lengths = try keyLengths.map(parseKeyLengths)
@@ -126,12 +127,16 @@ struct Run: ParsableCommand {
         var parts: [AttentionMask] = []
         var maskDescription: [String] = []
         if let mask {
-            let m = try read("--mask") { try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: mask)) }
+            let m = try read("--mask", otherwise: ("float", "--bias", { _ = try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: mask)) })) {
+                try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: mask))
+            }
             parts.append(.boolean(m))
             maskDescription.append("boolean \(describe(m.shape)) from \(mask)")
         }
         if let bias {
-            let b = try read("--bias") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: bias)) }
+            let b = try read("--bias", otherwise: ("boolean", "--mask", { _ = try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: bias)) })) {
+                try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: bias))
+            }
             parts.append(.additive(b))
             maskDescription.append("bias \(describe(b.shape)) from \(bias)")
         }
@@ -217,10 +222,18 @@ struct Run: ParsableCommand {
     }
 
     /// Reads a tensor, turning a library error into one line that names the option.
-    private func read<T>(_ option: String, _ body: () throws -> T) throws -> T {
+    /// Runs `body` (reading the file of `option`), turning a library error into one line.
+    /// With `otherwise`, a file of the wrong data type that the other option would read (a
+    /// float array given to `--mask`, a boolean one to `--bias`) is named as such, with the
+    /// option to use instead.
+    private func read<T>(_ option: String, otherwise: (kind: String, option: String, read: () throws -> Void)? = nil,
+                         _ body: () throws -> T) throws -> T {
         do {
             return try body()
         } catch let error as AttentionError {
+            if error.code == .npyUnsupported, let otherwise, (try? otherwise.read()) != nil {
+                throw BenchFailure(description: "\(option): the file holds a \(otherwise.kind) array; pass it with \(otherwise.option)")
+            }
             throw BenchFailure(description: "\(option): \(error.message)")
         }
     }
@@ -248,23 +261,21 @@ private func describe(_ shape: [Int]) -> String {
     "[" + shape.map(String.init).joined(separator: ", ") + "]"
 }
 
-/// Why `path` cannot be a destination for a new file, or nil when it can: it names a
-/// directory (or ends in `/`), its directory is missing or not a directory, or the directory
-/// cannot be written to.
-private func destinationProblem(_ path: String) -> String? {
-    if path.isEmpty { return "the path is empty" }
-    if path.hasSuffix("/") { return "the path ends in '/', so it names a directory, not a file" }
+/// What `path` names, for spotting two options that would write the same file through
+/// different spellings (`a/out.npy` and `./a/out.npy`, or a symbolic link to `a`): the device
+/// and inode of an existing file, else its directory with symbolic links resolved and its
+/// name. Nil for a character device or FIFO, which a run may name twice (`/dev/null`).
+private func fileIdentity(_ path: String) -> String? {
     var info = stat()
-    if lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR { return "it is a directory" }
-    let parent = URL(fileURLWithPath: path).deletingLastPathComponent().path
-    guard stat(parent, &info) == 0 else {
-        return "its directory \(parent) cannot be used: \(String(cString: strerror(errno)))"
+    if stat(path, &info) == 0 {
+        let kind = info.st_mode & S_IFMT
+        return kind == S_IFCHR || kind == S_IFIFO ? nil : "inode \(info.st_dev):\(info.st_ino)"
     }
-    guard (info.st_mode & S_IFMT) == S_IFDIR else { return "\(parent) is not a directory" }
-    guard access(parent, W_OK | X_OK) == 0 else {
-        return "no permission to create files in \(parent): \(String(cString: strerror(errno)))"
-    }
-    return nil
+    let url = URL(fileURLWithPath: path).standardizedFileURL
+    let directory = url.deletingLastPathComponent().path
+    guard let resolved = realpath(directory, nil) else { return "path \(url.path)" }
+    defer { free(resolved) }
+    return "path \(String(cString: resolved))/\(url.lastPathComponent)"
 }
 
 /// A fresh name for a temporary file next to `path`, ending in `suffix`.
@@ -276,21 +287,33 @@ private func temporaryName(besides path: String, _ suffix: String) -> String {
 
 /// Writes every file or none.
 ///
-/// First every destination is checked (not a directory, its directory exists and can be
-/// written to); then each file goes to a temporary file in its destination's directory, and
-/// only when all of them are complete are they renamed into place. A destination that
+/// First every destination is resolved and checked (``writeDestination(_:)``: not a
+/// directory, its directory exists and can be written to; a symbolic link is kept and its
+/// target replaced; a character device or FIFO such as `/dev/null` or `/dev/stdout` is a
+/// stream). Then each regular file goes to a temporary file in its destination's directory,
+/// and only when all of them are complete are they renamed into place. A destination that
 /// already exists is first hard-linked to a backup name, so that if a later rename fails,
 /// the renames already made are undone: replaced files get their old contents back and new
-/// ones are removed. Every failure leaves the destinations as they were and removes the
-/// temporary files.
+/// ones are removed. Streams are written last, once every regular file is in place; if one
+/// fails, the renames are undone too (what a stream has already taken cannot be taken back).
+/// Every failure leaves the regular destinations as they were and removes the temporary
+/// files.
 ///
 /// `moveIntoPlace` renames a finished temporary file onto its destination (`rename(2)`;
 /// tests pass one that fails, to exercise the undoing).
-func writeAllOrNothing(_ files: [(path: String, data: Data)],
+func writeAllOrNothing(_ requested: [(path: String, data: Data)],
                        moveIntoPlace: (String, String) -> Int32 = { rename($0, $1) }) throws {
-    for file in files {
-        if let problem = destinationProblem(file.path) {
-            throw BenchFailure(description: "cannot write \(file.path): \(problem)")
+    // Regular files by their resolved paths (messages name the path given), and streams.
+    var files: [(path: String, given: String, data: Data)] = []
+    var streams: [(path: String, data: Data)] = []
+    for file in requested {
+        let destination: WriteDestination
+        do { destination = try writeDestination(file.path) } catch let error as AttentionError {
+            throw BenchFailure(description: error.message)
+        }
+        switch destination {
+        case .file(let target): files.append((target, file.path, file.data))
+        case .stream(let stream): streams.append((stream, file.data))
         }
     }
 
@@ -310,7 +333,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
     for file in files {
         let temporary = temporaryName(besides: file.path, "tmp")
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
-        guard fd >= 0 else { throw abandon(file.path, String(cString: strerror(errno))) }
+        guard fd >= 0 else { throw abandon(file.given, String(cString: strerror(errno))) }
         temporaries.append(temporary)
         let failure: String? = file.data.withUnsafeBytes { bytes in
             var offset = 0
@@ -326,7 +349,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
         }
         let closed = close(fd) == 0
         if let reason = failure ?? (closed ? nil : String(cString: strerror(errno))) {
-            throw abandon(file.path, reason)
+            throw abandon(file.given, reason)
         }
     }
 
@@ -338,7 +361,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
         if lstat(file.path, &info) == 0 {
             // Checked above, but the file system may have changed since: never move a
             // directory aside or replace it.
-            guard (info.st_mode & S_IFMT) != S_IFDIR else { throw abandon(file.path, "it is a directory") }
+            guard (info.st_mode & S_IFMT) != S_IFDIR else { throw abandon(file.given, "it is a directory") }
             let name = temporaryName(besides: file.path, "old")
             // A hard link keeps the destination in place; where links are not possible, the
             // old file is moved aside instead (and moved back if the rename fails).
@@ -346,7 +369,7 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
             if linked || rename(file.path, name) == 0 {
                 backup = name
             } else {
-                throw abandon(file.path, "cannot keep a backup of it: \(String(cString: strerror(errno)))")
+                throw abandon(file.given, "cannot keep a backup of it: \(String(cString: strerror(errno)))")
             }
         }
         guard moveIntoPlace(temporary, file.path) == 0 else {
@@ -356,9 +379,18 @@ func writeAllOrNothing(_ files: [(path: String, data: Data)],
                 // file goes back.
                 if linked { unlink(backup) } else { rename(backup, file.path) }
             }
-            throw abandon(file.path, reason)
+            throw abandon(file.given, reason)
         }
         done.append((file.path, backup))
+    }
+    // Streams last, once every regular file is in place.
+    for stream in streams {
+        do {
+            try stream.data.withUnsafeBytes { try writeStream($0, to: stream.path) }
+        } catch let error as AttentionError {
+            _ = abandon(stream.path, "")
+            throw BenchFailure(description: error.message)
+        }
     }
     for case let (_, backup?) in done { unlink(backup) }
 }

@@ -5,6 +5,7 @@
 
 import AttentionKit
 import Foundation
+import Synchronization
 import Testing
 
 struct CommandResult {
@@ -140,7 +141,9 @@ struct NPYCommandLineTests {
             ("mask shape", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("b1_rank2.npy")] + outputs,
              "does not broadcast"),
             ("float mask", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("cli_bias.npy")] + outputs,
-             "read it as Tensor<Float>"),
+             "--mask: the file holds a float array; pass it with --bias"),
+            ("boolean bias", ["--query", q, "--key", k, "--value", v, "--bias", try fixture("cli_mask.npy")] + outputs,
+             "--bias: the file holds a boolean array; pass it with --mask"),
             ("key lengths text", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5,x"] + outputs, "'5,x'"),
             ("key lengths count", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5"] + outputs, "batch size is 2"),
             ("scale", ["--query", q, "--key", k, "--value", v, "--scale", "nan"] + outputs, "scale must be finite"),
@@ -236,6 +239,68 @@ struct NPYCommandLineTests {
         #expect(single.status == 0, "\(single.stderr)")
         let one = try parseSVG(Data(contentsOf: directory.appendingPathComponent("h.svg")))
         #expect(!one.texts.contains { $0.contains("· kv") })
+    }
+
+    /// Destinations that are not plain files: a symbolic link keeps pointing where it did and
+    /// its target gets the file; a character device (`/dev/null`) or a FIFO is written into,
+    /// never replaced by a regular file; two spellings of one file are refused; a link to
+    /// nothing is refused. A negative `--scale` is a value, not an option.
+    @Test("symbolic links, devices, FIFOs and negative scales")
+    func specialDestinations() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let manager = FileManager.default
+        let inputs = ["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                      "--value", try fixture("cli_v.npy")]
+        func isKind(_ path: String, _ kind: mode_t) -> Bool {
+            var info = stat()
+            return lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == kind
+        }
+
+        // A link to an existing file, and /dev/null.
+        try Data("old".utf8).write(to: directory.appendingPathComponent("real.npy"))
+        try manager.createSymbolicLink(atPath: directory.appendingPathComponent("link.npy").path, withDestinationPath: "real.npy")
+        let linked = try runBench(inputs + ["--output", "link.npy", "--weights", "/dev/null", "--scale", "-0.125"], in: directory)
+        #expect(linked.status == 0, "\(linked.stderr)")
+        #expect(isKind(directory.appendingPathComponent("link.npy").path, S_IFLNK), "the link was replaced")
+        let written = try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("real.npy"))
+        #expect(written.shape == [2, 4, 5, 6], "\(written.shape)")
+        #expect(isKind("/dev/null", S_IFCHR), "/dev/null is no longer a device")
+        // The negative scale was used: the output differs from the default scale's.
+        let plain = try runBench(inputs + ["--output", "plain.npy"], in: directory)
+        #expect(plain.status == 0, "\(plain.stderr)")
+        #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("plain.npy")) != written)
+
+        // A FIFO: a reader gets the whole file and the FIFO stays a FIFO.
+        let fifo = directory.appendingPathComponent("pipe").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let received = Mutex<Data?>(nil)
+        let reader = Thread { received.withLock { $0 = FileHandle(forReadingAtPath: fifo)?.readDataToEndOfFile() } }
+        reader.start()
+        let piped = try runBench(inputs + ["--output", "out.npy", "--weights", "pipe"], in: directory)
+        #expect(piped.status == 0, "\(piped.stderr)")
+        var waited = 0
+        while received.withLock({ $0 == nil }) && waited < 500 { usleep(10_000); waited += 1 }
+        let bytes = received.withLock { $0 } ?? Data()
+        let weightsFile = directory.appendingPathComponent("weights-from-pipe.npy")
+        try bytes.write(to: weightsFile)
+        #expect(try Tensor<Float>(contentsOfNPY: weightsFile).shape == [2, 4, 5, 7])
+        #expect(isKind(fifo, S_IFIFO), "the FIFO was replaced")
+
+        // Refused: one file under two names (through a linked directory), and a link to nothing.
+        try manager.createDirectory(at: directory.appendingPathComponent("da"), withIntermediateDirectories: false)
+        try manager.createSymbolicLink(atPath: directory.appendingPathComponent("db").path, withDestinationPath: "da")
+        try manager.createSymbolicLink(atPath: directory.appendingPathComponent("dangling.npy").path, withDestinationPath: "nowhere/x.npy")
+        for (name, options, phrase) in [
+            ("same file through a linked directory", ["--output", "da/o.npy", "--weights", "db/o.npy"], "name the same file"),
+            ("existing file through a linked directory", ["--output", "real.npy", "--weights", "db/../real.npy"], "name the same file"),
+            ("link to nothing", ["--output", "dangling.npy"], "symbolic link to a file that does not exist"),
+        ] {
+            let result = try runBench(inputs + options, in: directory)
+            #expect(result.status != 0 && result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(phrase),
+                    "\(name): status \(result.status), '\(result.stderr)'")
+        }
+        #expect(try manager.contentsOfDirectory(atPath: directory.appendingPathComponent("da").path).isEmpty)
     }
 
     @Test("attention-bench with no subcommand still runs the suite with its options")

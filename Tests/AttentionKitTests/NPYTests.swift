@@ -269,6 +269,32 @@ struct NPYTests {
         #expect(attentionError("web URL") { try Tensor<Float>(contentsOfNPY: URL(string: "https://example.com/a.npy")!) }?.code == .fileAccess)
     }
 
+    @Test("writing through a symbolic link replaces its target and keeps the link; a device is written into, not replaced")
+    func specialDestinations() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let tensor = try Tensor<Float>(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6])
+        let real = directory.appendingPathComponent("real.npy"), link = directory.appendingPathComponent("link.npy")
+        try Data("old".utf8).write(to: real)
+        try FileManager.default.createSymbolicLink(atPath: link.path, withDestinationPath: "real.npy")
+        try tensor.write(toNPY: link)
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link.path) == "real.npy")
+        #expect(try Tensor<Float>(contentsOfNPY: real) == tensor)
+
+        try tensor.write(toNPY: URL(fileURLWithPath: "/dev/null"))
+        var info = stat()
+        #expect(stat("/dev/null", &info) == 0 && (info.st_mode & S_IFMT) == S_IFCHR, "/dev/null is no longer a device")
+        let heatmap = try AttentionHeatmap(weights: Tensor<Float>(shape: [2, 2], scalars: [1, 0, 0.5, 0.5]))
+        try heatmap.write(to: URL(fileURLWithPath: "/dev/null"))
+
+        let dangling = directory.appendingPathComponent("dangling.npy")
+        try FileManager.default.createSymbolicLink(atPath: dangling.path, withDestinationPath: "nowhere/x.npy")
+        let error = attentionError("link to nothing") { try tensor.write(toNPY: dangling) }
+        #expect(error?.code == .fileAccess && error?.message.contains("symbolic link") == true, "\(String(describing: error))")
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+        #expect(names == ["dangling.npy", "link.npy", "real.npy"], "left behind: \(names)")
+    }
+
     @Test("fuzz: thousands of corrupted files give tensors that match their bytes, or AttentionErrors")
     func fuzz() throws {
         var rng = SplitMix64(seed: 0x5EED_0005)
