@@ -203,6 +203,12 @@ public struct AttentionHeatmap: Sendable {
             let method = downsampling == .mean ? "block mean" : "block maximum"
             notes.append("Downsampled for display: \(L)×\(S) drawn as \(rows)×\(columns) cells, each the \(method) of "
                 + "\(blockSizes(rowStarts)) queries × \(blockSizes(columnStarts)) keys.")
+            // Square cells for blocks of unequal sides: say which way slopes are distorted.
+            let queriesPerCell = Double(L) / Double(rows), keysPerCell = Double(S) / Double(columns)
+            if max(queriesPerCell, keysPerCell) >= 1.5 * min(queriesPerCell, keysPerCell) {
+                notes.append("The axes are scaled differently, so slopes such as a causal edge look "
+                    + (keysPerCell > queriesPerCell ? "steeper" : "flatter") + " than in the full matrix.")
+            }
         }
         // Token labels are drawn only on axes that are not downsampled; say when some are dropped.
         let droppedQueryLabels = queryLabels != nil && rows < L

@@ -219,8 +219,23 @@ struct HeatmapTests {
         #expect(covered.allSatisfy { $0 == 1 }, "blocks must cover each weight once")
         let name = method == .mean ? "block mean" : "block maximum"
         #expect(svg.texts.contains("Downsampled for display: 100×70 drawn as 30×30 cells, each the \(name) of 3–4 queries × 2–3 keys."))
+        #expect(!svg.texts.contains { $0.hasPrefix("The axes are scaled differently") }, "3.3 against 2.3 per cell is close enough")
         // Token labels are not drawn for downsampled rows; positions are.
         #expect(!svg.texts.contains("t5") && svg.texts.contains("0"))
+    }
+
+    /// A 1000 × 3000 lower-right causal matrix drawn as 64 × 64 cells of about 16 queries ×
+    /// 47 keys: the note says the axes are scaled differently and which way slopes look.
+    @Test("unequal blocks: the notes say the axes are scaled differently")
+    func unequalBlocks() throws {
+        let (L, S) = (40, 120)
+        let weights = try Tensor<Float>(shape: [L, S], scalars: (0..<(L * S)).map { n in n % S <= n / S + S - L ? 1 : 0 })
+        let wide = try parseSVG(Data(AttentionHeatmap(weights: weights, maximumCells: 10).svg().utf8))
+        #expect(wide.texts.contains("The axes are scaled differently, so slopes such as a causal edge look steeper than in the full matrix."),
+                "\(wide.texts)")
+        let transposed = try Tensor<Float>(shape: [S, L], scalars: (0..<(L * S)).map { n in weights.scalars[(n % L) * S + n / L] })
+        let tall = try parseSVG(Data(AttentionHeatmap(weights: transposed, maximumCells: 10).svg().utf8))
+        #expect(tall.texts.contains { $0.contains("look flatter") }, "\(tall.texts)")
     }
 
     @Test("token labels dropped by downsampling are mentioned in the notes")
