@@ -399,7 +399,7 @@ func parseNPYPrefix<Element: NPYElement>(
     case let known?:
         let hint = known == .bool ? "read it as Tensor<Bool>" : "read it as Tensor<Float>"
         throw AttentionError(.npyUnsupported,
-            "\(source): data type '\(header.descr)' cannot be read as Tensor<\(Element.self)>; \(hint)")
+            "\(source): data type \(quoted(header.descr)) cannot be read as Tensor<\(Element.self)>; \(hint)")
     case nil:
         throw AttentionError(.npyUnsupported,
             "\(source): data type \(describeDescr(header.descr)) is not supported; AttentionKit reads "
@@ -420,7 +420,7 @@ func parseNPYPrefix<Element: NPYElement>(
     }
     let (byteCount, overflow) = count.multipliedReportingOverflow(by: type.itemSize)
     guard !overflow else {
-        throw AttentionError(.sizeOverflow, "\(source): shape \(describe(shape)) of '\(header.descr)' has too many bytes")
+        throw AttentionError(.sizeOverflow, "\(source): shape \(describe(shape)) of \(quoted(header.descr)) has too many bytes")
     }
     return .complete(NPYLayout(descr: header.descr, type: type, shape: shape, count: count, byteCount: byteCount,
                                payloadStart: headerStart + headerLength))
@@ -434,7 +434,7 @@ func parseNPYPrefix<Element: NPYElement>(
 ///     file has at least that many bytes and only `byteCount + 1` were read.
 func checkNPYPayloadLength(_ layout: NPYLayout, available: Int, exact: Bool = true, source: String) throws {
     guard available != layout.byteCount else { return }
-    let needs = "shape \(describe(layout.shape)) of '\(layout.descr)' needs \(layout.byteCount) bytes of data"
+    let needs = "shape \(describe(layout.shape)) of \(quoted(layout.descr)) needs \(layout.byteCount) bytes of data"
     let reason: String
     if available < layout.byteCount {
         reason = "truncated: \(needs), the file has \(available)"
@@ -511,6 +511,20 @@ private func hexByte(_ byte: UInt8) -> String {
     return String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
 }
 
+/// `text` in single quotes for a message, with control characters (and quotes and
+/// backslashes) escaped as `\xNN`, so that a corrupt header cannot break the message's line.
+private func quoted(_ text: String) -> String {
+    var out = "'"
+    for scalar in text.unicodeScalars {
+        if scalar.value < 0x20 || scalar.value == 0x7F || scalar == "'" || scalar == "\\" {
+            out += "\\x" + hexByte(UInt8(scalar.value))
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "'"
+}
+
 private func describeDescr(_ descr: String) -> String {
     let known: [String: String] = [
         ">f4": "big-endian float32; convert with a.astype('<f4')",
@@ -521,7 +535,7 @@ private func describeDescr(_ descr: String) -> String {
         "<u2": "uint16", "<u4": "uint32", "<u8": "uint64",
         "<c8": "complex64", "<c16": "complex128", "|O": "Python objects",
     ]
-    return "'\(descr)'" + (known[descr].map { " (\($0))" } ?? "")
+    return quoted(descr) + (known[descr].map { " (\($0))" } ?? "")
 }
 
 // MARK: - Header dictionary
@@ -543,7 +557,7 @@ private indirect enum PyValue {
 
     var text: String {
         switch self {
-        case .string(let s): return "'\(s)'"
+        case .string(let s): return quoted(s)
         case .bool(let b): return b ? "True" : "False"
         case .integer(let n): return n.map(String.init) ?? "(a very large integer)"
         case .none: return "None"
@@ -573,7 +587,7 @@ func parseHeader(_ bytes: UnsafeRawBufferPointer, utf8: Bool, source: String) th
 
     var dictionary: [String: PyValue] = [:]
     for (key, value) in entries {
-        guard dictionary[key] == nil else { throw failure("the key '\(key)' appears twice") }
+        guard dictionary[key] == nil else { throw failure("the key \(quoted(key)) appears twice") }
         dictionary[key] = value
     }
     let expected: Set<String> = ["descr", "fortran_order", "shape"]
@@ -581,8 +595,8 @@ func parseHeader(_ bytes: UnsafeRawBufferPointer, utf8: Bool, source: String) th
         let missing = expected.subtracting(dictionary.keys).sorted()
         let extra = Set(dictionary.keys).subtracting(expected).sorted()
         var parts: [String] = []
-        if !missing.isEmpty { parts.append("missing " + missing.map { "'\($0)'" }.joined(separator: ", ")) }
-        if !extra.isEmpty { parts.append("unexpected " + extra.map { "'\($0)'" }.joined(separator: ", ")) }
+        if !missing.isEmpty { parts.append("missing " + missing.map(quoted).joined(separator: ", ")) }
+        if !extra.isEmpty { parts.append("unexpected " + extra.map(quoted).joined(separator: ", ")) }
         throw failure("keys must be 'descr', 'fortran_order' and 'shape'; " + parts.joined(separator: "; "))
     }
 

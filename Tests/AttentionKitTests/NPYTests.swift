@@ -223,6 +223,11 @@ struct NPYTests {
             ("little-endian int", header("{'descr': '<i4', 'fortran_order': False, 'shape': (2,)}"), .npyUnsupported, "'<i4' (int32)"),
             ("native-order float16", header("{'descr': '=f2', 'fortran_order': False, 'shape': (2,)}"), .npyUnsupported, "'=f2'"),
             ("Fortran order", header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2)}"), .npyUnsupported, "Fortran"),
+            // Control bytes from the file are escaped, so the message stays one clean line.
+            ("control bytes in descr", header("{'descr': '<f\u{0}\u{12}', 'fortran_order': False, 'shape': (2,)}"),
+             .npyUnsupported, "'<f\\x00\\x12'"),
+            ("control byte in a key", header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'a\u{7}': 1}"),
+             .npyFormat, "unexpected 'a\\x07'"),
         ]
         for (name, data, code, phrase) in cases {
             guard let error = attentionError(name, { try Tensor<Float>(npyData: data) }) else { continue }
