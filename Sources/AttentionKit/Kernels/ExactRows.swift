@@ -19,18 +19,43 @@ import Darwin
 /// calls pay nothing here. A repaired row is NaN only when an input the row may see is NaN or
 /// ±∞ (or a bias is +∞, which leaves the softmax undefined, as in PyTorch), and ±∞ only when
 /// the output itself is beyond float's range.
+///
+/// Rows are spread over the call's threads. A row whose allowed scores include NaN or +∞ is
+/// NaN as soon as the first one is found (its weights NaN on the allowed keys), so NaN
+/// inputs cost little beyond the keys before it; rows that come out finite cost a float64
+/// pass over their keys and values (SIMD dot products), several times the fast kernels' time
+/// per row.
 func repairNonFiniteRows(_ a: KernelArguments) {
     let p = a.problem
     let (S, Dv) = (p.keyLength, p.valueDim)
     let rows = p.batch * p.queryHeads * p.queryLength
-    let scores = UnsafeMutablePointer<Double>.allocate(capacity: max(1, S))    // [S]
-    let weights = UnsafeMutablePointer<Float>.allocate(capacity: max(1, S))    // [S]
-    defer { scores.deallocate(); weights.deallocate() }
-    for row in 0..<rows {
-        let finite = Dv > 0 ? allFinite(a.output + row * Dv, count: Dv)
-                            : a.weights.map { allFinite($0 + row * S, count: S) } ?? true
-        if !finite { exactRow(a, row: row, scores: scores, weights: weights) }
+    let rowsPerItem = 16
+    parallelWork(threads: a.threads, items: (rows + rowsPerItem - 1) / rowsPerItem) { claim in
+        let scratch = ExactRowScratch(keys: S, valueDim: Dv)
+        defer { scratch.deallocate() }
+        while let item = claim() {
+            for row in (item * rowsPerItem)..<min(rows, (item + 1) * rowsPerItem) {
+                let finite = Dv > 0 ? allFinite(a.output + row * Dv, count: Dv)
+                                    : a.weights.map { allFinite($0 + row * S, count: S) } ?? true
+                if !finite { exactRow(a, row: row, scratch: scratch) }
+            }
+        }
     }
+}
+
+/// Per-thread buffers of ``exactRow(_:row:scratch:)``.
+struct ExactRowScratch {
+    let scores: UnsafeMutablePointer<Double>          // [S]
+    let weights: UnsafeMutablePointer<Float>          // [S]
+    let output: UnsafeMutablePointer<Double>          // [Dv]
+
+    init(keys: Int, valueDim: Int) {
+        scores = .allocate(capacity: max(1, keys))
+        weights = .allocate(capacity: max(1, keys))
+        output = .allocate(capacity: max(1, valueDim))
+    }
+
+    func deallocate() { scores.deallocate(); weights.deallocate(); output.deallocate() }
 }
 
 /// One query row from the definition, in float64 (the naive kernel's steps, with excluded
@@ -41,10 +66,10 @@ func repairNonFiniteRows(_ a: KernelArguments) {
 ///     w    = softmax(s) rounded to float, then dropout (the kernels' decisions)
 ///     out  = Σ over keys not left out of w[j] · v_j
 ///
-/// Writes the output row and, when the caller wants them, the weights row. `scores` and
-/// `weights` are scratch of `S` elements.
-func exactRow(_ a: KernelArguments, row: Int, scores s: UnsafeMutablePointer<Double>,
-              weights w: UnsafeMutablePointer<Float>) {
+/// A NaN or +∞ among the allowed scores makes the softmax undefined: the row's weights are
+/// NaN on its allowed keys and its output is NaN. Writes the output row and, when the caller
+/// wants them, the weights row.
+func exactRow(_ a: KernelArguments, row: Int, scratch: ExactRowScratch) {
     let p = a.problem
     let (L, S, Dk, Dv) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim)
     let i = row % L
@@ -54,37 +79,57 @@ func exactRow(_ a: KernelArguments, row: Int, scores s: UnsafeMutablePointer<Dou
     let q = a.query + row * Dk                                // [Dk]
     let keys = a.key + unit * S * Dk                          // [S, Dk]
     let values = a.value + unit * S * Dv                      // [S, Dv]
+    let (s, w, out) = (scratch.scores, scratch.weights, a.output + row * Dv)
 
-    // s = q · Kᵀ · scale + bias, −∞ where excluded; a NaN score makes the row NaN.
+    // s = q · Kᵀ · scale + bias, −∞ where excluded; stops at the first NaN or +∞.
     var m = -Double.infinity
-    var sawNaN = false
+    var undefined = false
     for j in 0..<S {
         guard a.mask.allows(batch: b, head: h, query: i, key: j, keyLength: S),
               let bias = a.mask.exactBias(batch: b, head: h, query: i, key: j) else { s[j] = -.infinity; continue }
-        var dot = 0.0
-        for d in 0..<Dk { dot += Double(q[d]) * Double(keys[j * Dk + d]) }
-        s[j] = dot * Double(a.scale) + bias
-        if s[j].isNaN { sawNaN = true } else { m = max(m, s[j]) }
+        if undefined { s[j] = .nan; continue }               // only the allowed set is still needed
+        s[j] = exactDot(q, keys + j * Dk, count: Dk) * Double(a.scale) + bias
+        if s[j].isNaN || s[j] == .infinity { undefined = true; s[j] = .nan } else { m = max(m, s[j]) }
     }
-    if sawNaN { m = .nan }
+    if undefined {
+        for j in 0..<S { w[j] = s[j] == -.infinity ? 0 : .nan }
+        if let weights = a.weights { (weights + row * S).update(from: w, count: S) }
+        out.update(repeating: .nan, count: Dv)
+        return
+    }
 
     // w = softmax(s): zeros when no key is allowed.
     var total = 0.0
     for j in 0..<S where s[j] != -.infinity { total += exp(s[j] - m) }
-    for j in 0..<S {
-        let excluded = s[j] == -.infinity
-        w[j] = excluded || m == -.infinity ? 0 : Float(exp(s[j] - m) / total)
-    }
+    for j in 0..<S { w[j] = s[j] == -.infinity ? 0 : Float(exp(s[j] - m) / total) }
     a.dropout?.apply(w, count: S, rowIndex: row)
     if let weights = a.weights { (weights + row * S).update(from: w, count: S) }
 
     // out = Σ w[j] · v_j over the keys not excluded.
-    let out = a.output + row * Dv
-    for e in 0..<Dv {
-        var acc = 0.0
-        for j in 0..<S where s[j] != -.infinity { acc += Double(w[j]) * Double(values[j * Dv + e]) }
-        out[e] = Float(acc)
+    let acc = scratch.output
+    acc.update(repeating: 0, count: Dv)
+    for j in 0..<S where s[j] != -.infinity {
+        let weight = Double(w[j])
+        let v = values + j * Dv
+        for e in 0..<Dv { acc[e] += weight * Double(v[e]) }
     }
+    for e in 0..<Dv { out[e] = Float(acc[e]) }
+}
+
+/// `x · y` of `count` floats, accumulated in float64.
+@inline(__always)
+func exactDot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, count: Int) -> Double {
+    var acc = SIMD4<Double>()
+    var d = 0
+    while d + 4 <= count {
+        let a = UnsafeRawPointer(x + d).loadUnaligned(as: SIMD4<Float>.self)
+        let b = UnsafeRawPointer(y + d).loadUnaligned(as: SIMD4<Float>.self)
+        acc += SIMD4<Double>(a) * SIMD4<Double>(b)
+        d += 4
+    }
+    var sum = acc.sum()
+    while d < count { sum += Double(x[d]) * Double(y[d]); d += 1 }
+    return sum
 }
 
 /// Whether `x[0..<count]` holds no NaN and no ±∞ (a mask AND per vector, so no long
