@@ -235,8 +235,9 @@ public struct AttentionHeatmap: Sendable {
     public var colorBounds: (lower: Float, upper: Float) { (lower, upper) }
 
     /// Writes the SVG to a file, completely or not at all (through a temporary file in the
-    /// same directory that is renamed over `url`, so a symbolic link at `url` is replaced
-    /// rather than written through, and the file gets a new file's default permissions).
+    /// same directory that is renamed over the file, which gets a new file's default
+    /// permissions). A symbolic link at `url` is kept and the file it points to is replaced;
+    /// a character device or FIFO there (`/dev/stdout`, a named pipe) is written into.
     ///
     /// - Parameter url: A file URL, conventionally ending in `.svg`; an existing file is replaced.
     /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be written;

@@ -77,11 +77,13 @@ extension Tensor where Element == Float {
     /// Writes the tensor to a NumPy `.npy` file (`<f4`, C order; see `npyData()`).
     ///
     /// The file is written completely or not at all: the bytes go to a temporary file in the
-    /// same directory, which is renamed over `url` once it is complete. Because the file is
-    /// replaced rather than written into, a symbolic link at `url` is replaced by the new file
-    /// (its target is left as it was), hard links to the old file keep the old contents, and
-    /// the new file has the permissions of any newly created file (mode 0666 less the umask),
-    /// not those of the file it replaces.
+    /// same directory, which is renamed over the destination once it is complete. Because the
+    /// file is replaced rather than written into, hard links to the old file keep the old
+    /// contents, and the new file has the permissions of any newly created file (mode 0666
+    /// less the umask), not those of the file it replaces. A symbolic link at `url` is kept
+    /// and the file it points to is replaced (a link to nothing is refused); a character
+    /// device or FIFO at `url` (`/dev/null`, `/dev/stdout`, a named pipe) cannot be replaced
+    /// and is written into directly.
     ///
     /// ```swift
     /// try output.write(toNPY: URL(fileURLWithPath: "out.npy"))   // numpy.load("out.npy")
@@ -136,8 +138,8 @@ extension Tensor where Element == Bool {
     /// Writes the tensor to a NumPy `.npy` file (`|b1`, C order), completely or not at all.
     ///
     /// As for `Tensor<Float>`'s `write(toNPY:)`, the bytes go to a temporary file that is
-    /// renamed over `url`: a symbolic link at `url` is replaced rather than written through,
-    /// and the new file has the default permissions of a new file (0666 less the umask).
+    /// renamed over the destination (a symbolic link's target; a device or FIFO is written
+    /// into), and the new file has the default permissions of a new file (0666 less the umask).
     ///
     /// - Parameter url: A file URL; an existing file there is replaced.
     /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be written;

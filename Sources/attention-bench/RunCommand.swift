@@ -8,7 +8,8 @@ import Foundation
 /// Everything is read, validated and computed before anything is written; every destination
 /// is checked, the files are written to temporary files next to their destinations and
 /// renamed into place, and a rename that still fails undoes the earlier ones, so an error
-/// leaves every destination as it was.
+/// leaves every destination as it was. Character devices and FIFOs (`/dev/stdout`) are
+/// written last.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
