@@ -159,19 +159,25 @@ public func writeDestination(_ path: String) throws -> WriteDestination {
 public func writeStream(_ bytes: UnsafeRawBufferPointer, to path: String) throws {
     let fd = open(path, O_WRONLY | O_CLOEXEC)
     guard fd >= 0 else { throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())") }
-    var failure: String?
+    var failure = writeFully(fd, bytes)
+    if close(fd) != 0 && failure == nil { failure = systemReason() }
+    if let failure { throw AttentionError(.fileAccess, "cannot write \(path): \(failure)") }
+}
+
+/// Writes all of `bytes` to the open descriptor `fd`, retrying interrupted and partial
+/// writes; returns the system's reason when a write fails, nil when everything was written.
+@_spi(Benchmarking)
+public func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> String? {
     var offset = 0
     while offset < bytes.count {
         let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
         if wrote < 0 {
             if errno == EINTR { continue }
-            failure = systemReason()
-            break
+            return systemReason()
         }
         offset += wrote
     }
-    if close(fd) != 0 && failure == nil { failure = systemReason() }
-    if let failure { throw AttentionError(.fileAccess, "cannot write \(path): \(failure)") }
+    return nil
 }
 
 /// Writes `bytes` to a temporary file beside the regular file `path` (new or existing),
@@ -189,14 +195,8 @@ private func replaceFile(_ path: String, with bytes: UnsafeRawBufferPointer, rep
         if !closed { close(fd) }
         if !renamed { unlink(temporary) }
     }
-    var offset = 0
-    while offset < bytes.count {
-        let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-        if wrote < 0 {
-            if errno == EINTR { continue }
-            throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
-        }
-        offset += wrote
+    if let failure = writeFully(fd, bytes) {
+        throw AttentionError(.fileAccess, "cannot write \(reported): \(failure)")
     }
     guard fsync(fd) == 0 else {
         throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")

@@ -337,16 +337,7 @@ func writeAllOrNothing(_ requested: [(path: String, data: Data)],
         guard fd >= 0 else { throw abandon(file.given, String(cString: strerror(errno))) }
         temporaries.append(temporary)
         let failure: String? = file.data.withUnsafeBytes { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if wrote < 0 {
-                    if errno == EINTR { continue }
-                    return String(cString: strerror(errno))
-                }
-                offset += wrote
-            }
-            return fsync(fd) == 0 ? nil : String(cString: strerror(errno))
+            writeFully(fd, bytes) ?? (fsync(fd) == 0 ? nil : String(cString: strerror(errno)))
         }
         let closed = close(fd) == 0
         if let reason = failure ?? (closed ? nil : String(cString: strerror(errno))) {
