@@ -51,10 +51,13 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
 /// `S = 0` gives zeros.
 ///
 /// A row depends only on the keys it may see: NaN or ±∞ in the keys or values of excluded
-/// keys (a `-inf` bias excludes too) never reaches it. A row is NaN when its query, or a key
-/// or value it may see, holds NaN or ±∞, or a bias is `+inf`. Scores or sums that leave
-/// float32's range (a scale of 1e38, values near 3.4e38) give the float64 result: rows that
-/// a kernel finishes NaN or ±∞ are computed again in float64.
+/// keys (a `-inf` bias excludes too) never reaches it, and a key whose score is −∞ takes no
+/// part either. Otherwise NaN and ±∞ propagate as in PyTorch: a NaN or +∞ score (NaN or ±∞ in
+/// the query or an allowed key, or a `+inf` bias) makes the row NaN, and NaN or ±∞ in a value
+/// the row weighs reaches its output. Scores, biases or sums that leave float32's range (a
+/// scale of 1e38, biases summing past −3.4e38, values near 3.4e38) give the float64 result:
+/// rows that a kernel finishes NaN or ±∞, or without weight although keys were allowed, are
+/// computed again in float64.
 ///
 /// The semantics match PyTorch's `torch.nn.functional.scaled_dot_product_attention`
 /// (including `enable_gqa`), with masks in its boolean convention (`true` = attend).

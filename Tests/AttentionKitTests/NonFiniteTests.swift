@@ -121,6 +121,35 @@ struct NonFiniteTests {
         }
     }
 
+    /// Rows whose every allowed score leaves float32's range downwards: `scale · q·k` below
+    /// −3.4e38, or two biases of −3e38 that sum past it. In float32 they are all −∞, which
+    /// would read as "no key allowed" and give a zero row; float64 holds them, and the softmax
+    /// is one-hot on the largest. Every kernel gives the reference's result, and a NaN in an
+    /// excluded value changes nothing.
+    @Test func everyAllowedScoreBeyondFloatRange() throws {
+        let q = try Tensor<Float>(shape: [1, 1], scalars: [1])
+        let k = try Tensor<Float>(shape: [3, 1], scalars: [-4, -5, 1])
+        for excludedValue in [Float(7), .nan] {
+            let v = try Tensor<Float>(shape: [3, 1], scalars: [1, 2, excludedValue])
+            let mask: [MaskSpec] = [.additive(shape: [3], data: [0, 0, -.infinity])]            // key 2 excluded
+            let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: 1e38)
+            #expect(want.output == [1], "the reference's one-hot row: \(want.output)")
+            for (name, output, weights) in try results(q, k, v, mask: mask, scale: 1e38) {
+                expectMatches(output, want.output, tolerance: 2e-5, "scale 1e38, V[2] = \(excludedValue), \(name)")
+                if let weights { expectMatches(weights, want.weights, tolerance: 2e-6, "weights, \(name)") }
+            }
+        }
+        // Two biases of −3e38 on keys 0 and 1 (−6e38 in float64, −∞ in float32), key 2 excluded.
+        let k2 = try Tensor<Float>(shape: [3, 1], scalars: [2, 1, 0])
+        let v = try Tensor<Float>(shape: [3, 1], scalars: [1, 2, 4])
+        let mask: [MaskSpec] = [.additive(shape: [3], data: [-3e38, -3e38, -.infinity]),
+                                .additive(shape: [3], data: [-3e38, -3e38, 0])]
+        let want = referenceAttention(query: q, key: k2, value: v, mask: mask, scale: 1)
+        for (name, output, _) in try results(q, k2, v, mask: mask, scale: 1) {
+            expectMatches(output, want.output, tolerance: 2e-5, "biases summing past float's range, \(name)")
+        }
+    }
+
     /// A +∞ bias leaves the softmax undefined (∞ − ∞): that row is NaN on every kernel, as in
     /// PyTorch, and the other rows are untouched.
     @Test func infiniteBiasGivesNaNRow() throws {

@@ -133,6 +133,11 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                         let sum = softmaxRow(row, end: end, count: blockEnd, normalize: !deferNormalization, base2: base2)
                         inverseSums[r] = sum == 0 ? 0 : 1 / sum        // NaN stays NaN
                         a.dropout?.apply(row, count: end, rowIndex: firstRow + r)
+                        // No weight although keys were allowed: every score is −∞, excluded by
+                        // the mask tensors or fallen out of float's range (scale 1e38, biases
+                        // summing past −3.4e38). A NaN weight makes the row non-finite, so that
+                        // it is computed again exactly (zeros when the mask excluded it all).
+                        if sum == 0 && end > 0 { row[0] = .nan }
                     }
                 }
 

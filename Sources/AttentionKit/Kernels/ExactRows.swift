@@ -7,7 +7,8 @@ import Darwin
 #endif
 
 /// Computes again, in float64, every query row whose output came out NaN or ±∞ (or whose
-/// weights did, when `Dv = 0` leaves no output to show it), so that a row's result depends
+/// weights did, when `Dv = 0` leaves no output to show it; the kernels also mark rows that
+/// ended without weight although keys were allowed this way), so that a row's result depends
 /// only on the keys it may see and on the arithmetic, not on the kernel's float32 shortcuts
 /// or blocking.
 ///

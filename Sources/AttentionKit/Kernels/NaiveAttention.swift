@@ -29,10 +29,12 @@ func naiveAttention(_ a: KernelArguments) {
                 let q = a.query + rowIndex * Dk                        // [Dk]
 
                 // scores = q · Kᵀ · scale + mask
+                var anyAllowed = false
                 for j in 0..<S {
                     var dot: Float = 0
                     for d in 0..<Dk { dot += q[d] * keys[j * Dk + d] }
                     let allowed = a.mask.allows(batch: b, head: h, query: i, key: j, keyLength: S)
+                    anyAllowed = anyAllowed || allowed
                     scores[j] = allowed ? dot * a.scale + a.mask.bias(batch: b, head: h, query: i, key: j) : -.infinity
                 }
 
@@ -60,6 +62,12 @@ func naiveAttention(_ a: KernelArguments) {
                     var acc: Float = 0
                     for j in 0..<S { acc += scores[j] * values[j * Dv + e] }
                     out[e] = acc
+                }
+                // Allowed keys but no weight (−∞ biases, or scores beyond float's range): marked
+                // NaN, so that the row is computed again exactly, as the other kernels do.
+                if m == -.infinity && anyAllowed {
+                    out.update(repeating: .nan, count: Dv)
+                    a.weights.map { ($0 + rowIndex * S).update(repeating: .nan, count: S) }
                 }
             }
         }
