@@ -85,14 +85,19 @@ private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: 
 /// Writes `bytes` to `url` all at once or not at all: the bytes go to a temporary file in the
 /// same directory, which is flushed to disk and then renamed over `url`. If anything fails,
 /// the temporary file is removed and `url` is left as it was. A symbolic link is kept and the
-/// file it points to is replaced; an existing character device or FIFO (`/dev/null`,
-/// `/dev/stdout`, a named pipe) is written directly, since it cannot be replaced
+/// file it points to is replaced; an existing character device or FIFO (`/dev/null`, a named
+/// pipe) is written into, since it cannot be replaced, and `/dev/stdout`, `/dev/stderr` and
+/// `/dev/fd/N` are this process's open descriptors, written as they are
 /// (``writeDestination(_:)``).
 func writeWholeFile(_ bytes: UnsafeRawBufferPointer, to url: URL) throws {
     let path = try filePath(url)
     switch try writeDestination(path) {
+    case .descriptor(let fd):
+        try writeOpenStream(bytes, to: fd, path: path)
     case .stream(let stream):
-        try writeStream(bytes, to: stream)
+        let fd = try openStream(stream)
+        defer { close(fd) }
+        try writeOpenStream(bytes, to: fd, path: stream)
     case .file(let target):
         try replaceFile(target, with: bytes, reportedAs: path)
     }
@@ -104,20 +109,31 @@ public enum WriteDestination: Equatable, Sendable {
     /// A regular file, new or existing, at this path (symbolic links resolved): written to a
     /// temporary file beside it, then renamed over it.
     case file(String)
-    /// An existing character device or FIFO at this path: written directly.
+    /// An existing character device or FIFO at this path: opened (``openStream(_:)``) and
+    /// written into.
     case stream(String)
+    /// This process's open descriptor (`/dev/stdout` is 1, `/dev/stderr` 2, `/dev/fd/N` and
+    /// `/proc/self/fd/N` are N): written at its own offset, as a shell's `>` or `>>` left it.
+    case descriptor(Int32)
 }
 
 /// Resolves `path` for writing, or throws ``AttentionError`` with code `.fileAccess` naming
 /// the path and the reason: an empty path or one ending in `/`, a directory, a socket or block
-/// device, a symbolic link to nothing, or a directory that is missing or cannot be written.
-/// A symbolic link to a regular file resolves to that file, so that replacing it keeps the
-/// link; a character device or FIFO (also through a link) is a ``WriteDestination/stream(_:)``.
+/// device, a symbolic link to nothing, a descriptor that is not open, or a directory that is
+/// missing or cannot be written. A symbolic link to a regular file resolves to that file, so
+/// that replacing it keeps the link; a character device or FIFO (also through a link) is a
+/// ``WriteDestination/stream(_:)``; a name for one of this process's descriptors (also
+/// through a link) is a ``WriteDestination/descriptor(_:)``, so that `--output /dev/stdout
+/// >> log` appends to the log rather than replacing it.
 @_spi(Benchmarking)
 public func writeDestination(_ path: String) throws -> WriteDestination {
     func failure(_ reason: String) -> AttentionError { AttentionError(.fileAccess, "cannot write \(path): \(reason)") }
     if path.isEmpty { throw failure("the path is empty") }
     if path.hasSuffix("/") { throw failure("the path ends in '/', so it names a directory, not a file") }
+    if let fd = descriptorNamed(by: path) {
+        guard fcntl(fd, F_GETFL) != -1 else { throw failure("descriptor \(fd) of this process is not open") }
+        return .descriptor(fd)
+    }
     var info = stat()
     var target = path
     if stat(path, &info) == 0 {                               // follows symbolic links
@@ -141,8 +157,7 @@ public func writeDestination(_ path: String) throws -> WriteDestination {
     } else {
         throw failure(systemReason())
     }
-    let slash = target.lastIndex(of: "/")
-    let parent = slash.map { $0 == target.startIndex ? "/" : String(target[..<$0]) } ?? "."
+    let parent = directoryPart(of: target)
     guard stat(parent, &info) == 0 else {
         throw failure("its directory \(parent) cannot be used: \(systemReason())")
     }
@@ -153,15 +168,59 @@ public func writeDestination(_ path: String) throws -> WriteDestination {
     return .file(target)
 }
 
-/// Writes `bytes` into the existing character device or FIFO at `path` (no temporary file:
-/// it cannot be replaced, and what a stream has taken cannot be taken back).
+/// The directory part of `path` as written: `.` for a bare name, `/` for a file at the root.
 @_spi(Benchmarking)
-public func writeStream(_ bytes: UnsafeRawBufferPointer, to path: String) throws {
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw AttentionError(.fileAccess, "cannot write \(path): \(systemReason())") }
-    var failure = writeFully(fd, bytes)
-    if close(fd) != 0 && failure == nil { failure = systemReason() }
-    if let failure { throw AttentionError(.fileAccess, "cannot write \(path): \(failure)") }
+public func directoryPart(of path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+/// The descriptor that `path` names in this process, following symbolic links by hand (at
+/// most 40): `/dev/stdout`, `/dev/stderr`, `/dev/fd/N`, `/proc/self/fd/N` or
+/// `/proc/<this pid>/fd/N`. Nil for anything else.
+private func descriptorNamed(by path: String) -> Int32? {
+    var current = path
+    for _ in 0..<40 {
+        switch current {
+        case "/dev/stdout": return 1
+        case "/dev/stderr": return 2
+        default: break
+        }
+        for prefix in ["/dev/fd/", "/proc/self/fd/", "/proc/\(getpid())/fd/"] where current.hasPrefix(prefix) {
+            return Int32(current.dropFirst(prefix.count))
+        }
+        var info = stat()
+        guard lstat(current, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK else { return nil }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink(current, &buffer, buffer.count - 1)
+        guard length > 0 else { return nil }
+        let target = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        current = target.hasPrefix("/") ? target : directoryPart(of: current) + "/" + target
+    }
+    return nil
+}
+
+/// Opens the existing character device or FIFO at `path` for writing. A FIFO that no process
+/// is reading is refused at once (the open is non-blocking, then the descriptor is made
+/// blocking for the writes) rather than waiting for a reader.
+@_spi(Benchmarking)
+public func openStream(_ path: String) throws -> Int32 {
+    let fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+    guard fd >= 0 else {
+        let reason = errno == ENXIO ? "no process has the FIFO open for reading" : systemReason()
+        throw AttentionError(.fileAccess, "cannot write \(path): \(reason)")
+    }
+    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+    return fd
+}
+
+/// Writes `bytes` into the open stream or descriptor `fd` (no temporary file: what a stream
+/// has taken cannot be taken back); `path` names it in messages.
+@_spi(Benchmarking)
+public func writeOpenStream(_ bytes: UnsafeRawBufferPointer, to fd: Int32, path: String) throws {
+    if let failure = writeFully(fd, bytes) {
+        throw AttentionError(.fileAccess, "cannot write \(path): \(failure)")
+    }
 }
 
 /// Writes all of `bytes` to the open descriptor `fd`, retrying interrupted and partial

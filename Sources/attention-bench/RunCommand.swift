@@ -267,16 +267,17 @@ private func describe(_ shape: [Int]) -> String {
 /// and inode of an existing file, else its directory with symbolic links resolved and its
 /// name. Nil for a character device or FIFO, which a run may name twice (`/dev/null`).
 private func fileIdentity(_ path: String) -> String? {
-    var info = stat()
-    if stat(path, &info) == 0 {
-        let kind = info.st_mode & S_IFMT
-        return kind == S_IFCHR || kind == S_IFIFO ? nil : "inode \(info.st_dev):\(info.st_ino)"
+    switch try? writeDestination(path) {
+    case .stream?, .descriptor?: return nil
+    default: break
     }
-    let url = URL(fileURLWithPath: path).standardizedFileURL
-    let directory = url.deletingLastPathComponent().path
-    guard let resolved = realpath(directory, nil) else { return "path \(url.path)" }
+    var info = stat()
+    if stat(path, &info) == 0 { return "inode \(info.st_dev):\(info.st_ino)" }
+    // The directory as written, resolved the way the kernel resolves it (`..` after links).
+    let name = String(path[(path.lastIndex(of: "/").map { path.index(after: $0) } ?? path.startIndex)...])
+    guard let resolved = realpath(directoryPart(of: path), nil) else { return "path \(path)" }
     defer { free(resolved) }
-    return "path \(String(cString: resolved))/\(url.lastPathComponent)"
+    return "path \(String(cString: resolved))/\(name)"
 }
 
 /// A fresh name for a temporary file next to `path`, ending in `suffix`.
@@ -291,7 +292,9 @@ private func temporaryName(besides path: String, _ suffix: String) -> String {
 /// First every destination is resolved and checked (``writeDestination(_:)``: not a
 /// directory, its directory exists and can be written to; a symbolic link is kept and its
 /// target replaced; a character device or FIFO such as `/dev/null` or `/dev/stdout` is a
-/// stream). Then each regular file goes to a temporary file in its destination's directory,
+/// stream, opened now so that a FIFO without a reader fails before anything is written;
+/// `/dev/stdout`, `/dev/stderr` and `/dev/fd/N` are this process's descriptors, written as
+/// they are). Then each regular file goes to a temporary file in its destination's directory,
 /// and only when all of them are complete are they renamed into place. A destination that
 /// already exists is first hard-linked to a backup name, so that if a later rename fails,
 /// the renames already made are undone: replaced files get their old contents back and new
@@ -304,17 +307,21 @@ private func temporaryName(besides path: String, _ suffix: String) -> String {
 /// tests pass one that fails, to exercise the undoing).
 func writeAllOrNothing(_ requested: [(path: String, data: Data)],
                        moveIntoPlace: (String, String) -> Int32 = { rename($0, $1) }) throws {
-    // Regular files by their resolved paths (messages name the path given), and streams.
+    // Regular files by their resolved paths (messages name the path given), and streams:
+    // devices and FIFOs opened now (a FIFO without a reader fails here, before anything is
+    // written), and this process's descriptors (/dev/stdout).
     var files: [(path: String, given: String, data: Data)] = []
-    var streams: [(path: String, data: Data)] = []
+    var streams: [(fd: Int32, path: String, data: Data, opened: Bool)] = []
+    defer { for stream in streams where stream.opened { close(stream.fd) } }
     for file in requested {
-        let destination: WriteDestination
-        do { destination = try writeDestination(file.path) } catch let error as AttentionError {
+        do {
+            switch try writeDestination(file.path) {
+            case .file(let target): files.append((target, file.path, file.data))
+            case .stream(let stream): streams.append((try openStream(stream), stream, file.data, true))
+            case .descriptor(let fd): streams.append((fd, file.path, file.data, false))
+            }
+        } catch let error as AttentionError {
             throw BenchFailure(description: error.message)
-        }
-        switch destination {
-        case .file(let target): files.append((target, file.path, file.data))
-        case .stream(let stream): streams.append((stream, file.data))
         }
     }
 
@@ -378,7 +385,7 @@ func writeAllOrNothing(_ requested: [(path: String, data: Data)],
     // Streams last, once every regular file is in place.
     for stream in streams {
         do {
-            try stream.data.withUnsafeBytes { try writeStream($0, to: stream.path) }
+            try stream.data.withUnsafeBytes { try writeOpenStream($0, to: stream.fd, path: stream.path) }
         } catch let error as AttentionError {
             _ = abandon(stream.path, "")
             throw BenchFailure(description: error.message)

@@ -24,7 +24,9 @@ private func benchExecutable() throws -> URL {
     return url
 }
 
-private func runBench(_ arguments: [String], in directory: URL) throws -> CommandResult {
+/// Runs attention-bench in `directory`; with `standardOutput`, its stdout goes there (such as
+/// a file opened for appending, as a shell's `>>` would give it) and `stdout` is empty.
+private func runBench(_ arguments: [String], in directory: URL, standardOutput: FileHandle? = nil) throws -> CommandResult {
     let process = Process()
     process.executableURL = try benchExecutable()
     process.arguments = arguments
@@ -33,9 +35,10 @@ private func runBench(_ arguments: [String], in directory: URL) throws -> Comman
     environment["ATTENTIONKIT_NUM_THREADS"] = "2"
     process.environment = environment
     let out = Pipe(), err = Pipe()
-    process.standardOutput = out
+    process.standardOutput = standardOutput ?? out
     process.standardError = err
     try process.run()
+    if standardOutput != nil { try out.fileHandleForWriting.close() }
     let stdout = out.fileHandleForReading.readDataToEndOfFile()
     let stderr = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
@@ -287,20 +290,50 @@ struct NPYCommandLineTests {
         #expect(try Tensor<Float>(contentsOfNPY: weightsFile).shape == [2, 4, 5, 7])
         #expect(isKind(fifo, S_IFIFO), "the FIFO was replaced")
 
+        // /dev/stdout is this process's descriptor 1: with stdout appending to a log (a shell's
+        // `>>`), the .npy is appended after the log's line, and the log stays the same file.
+        let log = directory.appendingPathComponent("log.txt")
+        try Data("line1\n".utf8).write(to: log)
+        var before = stat()
+        #expect(stat(log.path, &before) == 0)
+        let appending = try FileHandle(forWritingTo: log)
+        try appending.seekToEnd()
+        let toStdout = try runBench(inputs + ["--output", "/dev/stdout"], in: directory, standardOutput: appending)
+        try appending.close()
+        #expect(toStdout.status == 0, "\(toStdout.stderr)")
+        let logged = try Data(contentsOf: log)
+        #expect(logged.starts(with: Data("line1\n".utf8) + [0x93] + Data("NUMPY".utf8)), "\(logged.prefix(16).map { $0 })")
+        var after = stat()
+        #expect(stat(log.path, &after) == 0 && after.st_ino == before.st_ino, "the log was replaced")
+
+        // A FIFO that nobody reads: refused at once, before any file is replaced.
+        let earlier = try Data(contentsOf: directory.appendingPathComponent("out.npy"))
+        let unread = try runBench(inputs + ["--output", "out.npy", "--weights", "pipe"], in: directory)
+        #expect(unread.status != 0 && unread.stderr.contains("no process has the FIFO open for reading"), "\(unread.stderr)")
+        #expect(try Data(contentsOf: directory.appendingPathComponent("out.npy")) == earlier)
+
         // Refused: one file under two names (through a linked directory), and a link to nothing.
-        try manager.createDirectory(at: directory.appendingPathComponent("da"), withIntermediateDirectories: false)
-        try manager.createSymbolicLink(atPath: directory.appendingPathComponent("db").path, withDestinationPath: "da")
+        try manager.createDirectory(at: directory.appendingPathComponent("other/sub/da"), withIntermediateDirectories: true)
+        try manager.createSymbolicLink(atPath: directory.appendingPathComponent("da").path, withDestinationPath: "other/sub/da")
+        try manager.createSymbolicLink(atPath: directory.appendingPathComponent("db").path, withDestinationPath: "other/sub/da")
         try manager.createSymbolicLink(atPath: directory.appendingPathComponent("dangling.npy").path, withDestinationPath: "nowhere/x.npy")
         for (name, options, phrase) in [
             ("same file through a linked directory", ["--output", "da/o.npy", "--weights", "db/o.npy"], "name the same file"),
-            ("existing file through a linked directory", ["--output", "real.npy", "--weights", "db/../real.npy"], "name the same file"),
+            // `..` after a link is the link target's parent, as the kernel resolves it.
+            ("new file beside a linked directory", ["--output", "db/../x.npy", "--weights", "other/sub/x.npy"], "name the same file"),
             ("link to nothing", ["--output", "dangling.npy"], "symbolic link to a file that does not exist"),
         ] {
             let result = try runBench(inputs + options, in: directory)
             #expect(result.status != 0 && result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(phrase),
                     "\(name): status \(result.status), '\(result.stderr)'")
         }
-        #expect(try manager.contentsOfDirectory(atPath: directory.appendingPathComponent("da").path).isEmpty)
+        #expect(try manager.contentsOfDirectory(atPath: directory.appendingPathComponent("other/sub/da").path).isEmpty)
+        #expect(!manager.fileExists(atPath: directory.appendingPathComponent("other/sub/x.npy").path))
+        // Two files that only look alike: db/../y.npy is other/sub/y.npy, not ./y.npy.
+        let distinct = try runBench(inputs + ["--output", "db/../y.npy", "--weights", "y.npy"], in: directory)
+        #expect(distinct.status == 0, "\(distinct.stderr)")
+        #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("other/sub/y.npy")).shape == [2, 4, 5, 6])
+        #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("y.npy")).shape == [2, 4, 5, 7])
     }
 
     @Test("attention-bench with no subcommand still runs the suite with its options")
