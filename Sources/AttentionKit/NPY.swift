@@ -513,13 +513,19 @@ private func hexByte(_ byte: UInt8) -> String {
     return String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
 }
 
-/// `text` in single quotes for a message, with control characters (and quotes and
-/// backslashes) escaped as `\xNN`, so that a corrupt header cannot break the message's line.
+/// `text` in single quotes for a message, with ASCII control characters, quotes and
+/// backslashes escaped as `\xNN` and other invisible or layout-changing characters (C1
+/// controls, format characters such as bidirectional overrides, line and paragraph
+/// separators, unassigned and private-use code points) as `\u{N}`, so that a corrupt header
+/// cannot break or disguise the message's line.
 private func quoted(_ text: String) -> String {
     var out = "'"
     for scalar in text.unicodeScalars {
         if scalar.value < 0x20 || scalar.value == 0x7F || scalar == "'" || scalar == "\\" {
             out += "\\x" + hexByte(UInt8(scalar.value))
+        } else if scalar.value >= 0x80 && [.control, .format, .lineSeparator, .paragraphSeparator, .unassigned,
+                                          .privateUse, .surrogate].contains(scalar.properties.generalCategory) {
+            out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
         } else {
             out.unicodeScalars.append(scalar)
         }

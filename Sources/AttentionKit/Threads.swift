@@ -35,8 +35,9 @@ public enum AttentionThreads {
     public static let maximum = 4096
 
     /// The number of cores this process may run on: on Linux, the CPUs in its affinity mask
-    /// when the process started (so `taskset -c 0` or a cpuset-limited container counts only
-    /// the cores it was given), elsewhere the online cores.
+    /// (`Cpus_allowed` in `/proc/self/status`, read once, at the first use; so `taskset -c 0`
+    /// or a cpuset-limited container counts only the cores it was given), elsewhere the online
+    /// cores.
     public static var coreCount: Int { startingCoreCount }
 
     private static let startingCoreCount: Int = {

@@ -228,6 +228,9 @@ struct NPYTests {
              .npyUnsupported, "'<f\\x00\\x12'"),
             ("control byte in a key", header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'a\u{7}': 1}"),
              .npyFormat, "unexpected 'a\\x07'"),
+            ("C1 control and a bidi override in a version 3 descr",
+             header("{'descr': '<f\u{85}\u{202E}4', 'fortran_order': False, 'shape': (2,)}", version: 3),
+             .npyUnsupported, "'<f\\u{85}\\u{202E}4'"),
         ]
         for (name, data, code, phrase) in cases {
             guard let error = attentionError(name, { try Tensor<Float>(npyData: data) }) else { continue }
