@@ -47,15 +47,24 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
         }
         return
     }
+    // Swift's Bool is one byte holding 0 or 1. Eight of them are read as one little-endian
+    // UInt64 (byte k is key j + k) and spread over 32-bit lanes with shifts, then blended
+    // bitwise: converting a SIMD8<UInt8> to SIMD8<Int32> instead compiled to a per-lane loop
+    // through the stack, 7.0 ns per key against 0.22 (one thread, S = 2048 rows, swiftc -O),
+    // which made a boolean [S] mask cost B1 H8 L2048 D64 2.5 times the unmasked time.
     let raw = UnsafeRawPointer(allowed)
-    let excluded = SIMD8<Float>(repeating: -.infinity)
+    let negativeInfinity = SIMD4<UInt32>(repeating: (-Float.infinity).bitPattern)
+    let shifts = SIMD4<UInt32>(0, 8, 16, 24)
     var j = 0
     while j + lanes <= count {
-        // Swift's Bool is one byte holding 0 or 1.
-        let bytes = (raw + j).loadUnaligned(as: SIMD8<UInt8>.self)
-        var v = load(row + j)
-        v.replace(with: excluded, where: SIMD8<Int32>(truncatingIfNeeded: bytes) .== 0)
-        store(v, row + j)
+        let bytes = (raw + j).loadUnaligned(as: UInt64.self)
+        let low = (SIMD4<UInt32>(repeating: UInt32(truncatingIfNeeded: bytes)) &>> shifts) & 1
+        let high = (SIMD4<UInt32>(repeating: UInt32(truncatingIfNeeded: bytes >> 32)) &>> shifts) & 1
+        let excludedLow = low &- 1, excludedHigh = high &- 1          // all ones where the byte is 0
+        let p = UnsafeMutableRawPointer(row + j)
+        let v0 = p.loadUnaligned(as: SIMD4<UInt32>.self), v1 = (p + 16).loadUnaligned(as: SIMD4<UInt32>.self)
+        p.storeBytes(of: (v0 & ~excludedLow) | (negativeInfinity & excludedLow), as: SIMD4<UInt32>.self)
+        (p + 16).storeBytes(of: (v1 & ~excludedHigh) | (negativeInfinity & excludedHigh), as: SIMD4<UInt32>.self)
         j += lanes
     }
     while j < count {

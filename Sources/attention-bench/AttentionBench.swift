@@ -122,7 +122,9 @@ struct Suite: ParsableCommand {
 
     @Option(help: ArgumentHelp("""
         Mask for every shape: none; causal (upper-left, PyTorch is_causal); causal-lower-right \
-        (KV-cache decoding); key-lengths (per batch entry S, S-S/4, S/2, S/4, cycling).
+        (KV-cache decoding); key-lengths (per batch entry S, S-S/4, S/2, S/4, cycling); boolean \
+        (the same exclusions as a [B, 1, 1, S] boolean tensor); bias (an additive [S] tensor, \
+        -0.05 (S-1-j)).
         """, valueName: "mask"))
     var mask: MaskKind = .none
 

@@ -55,6 +55,10 @@ enum MaskKind: String, CaseIterable, ExpressibleByArgument {
     case causal
     case causalLowerRight = "causal-lower-right"
     case keyLengths = "key-lengths"
+    /// The key-lengths exclusions as a boolean tensor `[B, 1, 1, S]` (the mask-tensor path).
+    case boolean
+    /// An additive bias tensor `[S]`, `−0.05 · (S − 1 − j)`: a recency bias on every key.
+    case bias
 
     /// Key lengths for `--mask key-lengths`: S, S − S/4, S − S/2, S − 3S/4 (at least 1),
     /// cycling over the batch entries.
@@ -69,6 +73,13 @@ enum MaskKind: String, CaseIterable, ExpressibleByArgument {
         case .causal: .causal(.upperLeft)
         case .causalLowerRight: .causal(.lowerRight)
         case .keyLengths: .keyLengths(Self.keyLengths(batch: batch, keyLength: keyLength))
+        case .boolean:
+            .boolean(try! Tensor(shape: [batch, 1, 1, keyLength],                                 // [B, 1, 1, S]
+                                 scalars: Self.keyLengths(batch: batch, keyLength: keyLength).flatMap { length in
+                                     (0..<keyLength).map { $0 < length }
+                                 }))
+        case .bias:
+            .additive(try! Tensor(shape: [keyLength], scalars: (0..<keyLength).map { -0.05 * Float(keyLength - 1 - $0) }))   // [S]
         }
     }
 }

@@ -179,6 +179,19 @@ AVX2 sgemm), hence the 16 MiB threshold. blas / tiled after it: H8/1 S16384 1.22
 H32/4 S16384 1.17 / 1.14, H8/1 S4096 0.84 / 0.86 (still a loss, on L3-resident K and V).
 The rule counts rows, so six to eight queries per head against a long cache (draft-token
 verification) take it too: 1.85 / 1.31 at H32 L6 S4096 lower-right causal.
+
+Mask layer, boolean tensors (2026-11-26 ~04:50 UTC, both kernels): a boolean [S] padding
+mask made B1 H8 L2048 D64 take 2.5 times the unmasked time (attention-bench run, 2 threads,
+median of 5: 200-236 ms masked against 80-88 unmasked); perf put 53 % of it in the mask
+layer, whose SIMD8<UInt8> -> SIMD8<Int32> conversion compiled to a per-lane loop through
+the stack (7.0 ns per key in a swiftc -O micro-benchmark). Spreading eight bytes over lanes
+with shifts instead: 0.22 ns per key, and the same call 80-89 ms, bit-identical output.
+`--mask boolean` and `--mask bias` now time the mask-tensor paths in the suite.
+
+Both kernels, non-finite rows (2026-11-26 ~04:00 UTC): rows that finish NaN or +-inf, or
+without weight although keys were allowed, are computed again in float64 (excluded keys
+left out), checked as each block's rows are normalised: +0.41 % instructions for a blas run
+at B32 H8 L128 on one thread (callgrind), timing ratios against the build before 0.98-1.05.
 */
 
 import ArgumentParser
