@@ -101,8 +101,8 @@ func exactRow(_ a: KernelArguments, row: Int, scratch: ExactRowScratch) {
 
     // w = softmax(s): zeros when no key is allowed.
     var total = 0.0
-    for j in 0..<S where s[j] != -.infinity { total += exp(s[j] - m) }
-    for j in 0..<S { w[j] = s[j] == -.infinity ? 0 : Float(exp(s[j] - m) / total) }
+    for j in 0..<S where s[j] != -.infinity { s[j] = exp(s[j] - m); total += s[j] }          // s[j] ≥ 0 from here
+    for j in 0..<S { w[j] = s[j] == -.infinity ? 0 : Float(s[j] / total) }
     a.dropout?.apply(w, count: S, rowIndex: row)
     if let weights = a.weights { (weights + row * S).update(from: w, count: S) }
 
