@@ -34,6 +34,19 @@ struct MaskRows: @unchecked Sendable {
         }
     }
 
+    /// Whether the boolean and additive tensors by themselves leave query `(b, h, i)` no key
+    /// among its first `count` (a boolean `false` or a `−∞` bias on every one), evaluated on
+    /// a row of zero scores in `probe` (`count` floats). The BLAS kernel asks this of rows that
+    /// ended without weight, to tell a mask that excludes everything (a zero row, as it should
+    /// be) from scores that fell out of float's range. A sum of finite biases that overflows
+    /// float also reads as excluded here; callers rule that out first.
+    func excludesEveryKey(batch b: Int, head h: Int, query i: Int, count: Int,
+                          probe: UnsafeMutablePointer<Float>) -> Bool {
+        probe.update(repeating: 0, count: count)
+        apply(probe, count: count, batch: b, head: h, query: i)
+        return rowMaximum(probe, count: count) == -.infinity
+    }
+
     /// The sum over the additive tensors of each one's largest finite magnitude (0 without
     /// biases; infinities and NaN are skipped). The BLAS and tiled kernels, whose scores are
     /// in base 2, check it against the range that survives multiplying by `log₂ e`.

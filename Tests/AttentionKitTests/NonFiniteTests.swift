@@ -129,9 +129,10 @@ struct NonFiniteTests {
     @Test func everyAllowedScoreBeyondFloatRange() throws {
         let q = try Tensor<Float>(shape: [1, 1], scalars: [1])
         let k = try Tensor<Float>(shape: [3, 1], scalars: [-4, -5, 1])
-        for excludedValue in [Float(7), .nan] {
+        for (excludedValue, byBoolean) in [(Float(7), false), (.nan, false), (.nan, true)] {
             let v = try Tensor<Float>(shape: [3, 1], scalars: [1, 2, excludedValue])
-            let mask: [MaskSpec] = [.additive(shape: [3], data: [0, 0, -.infinity])]            // key 2 excluded
+            let mask: [MaskSpec] = byBoolean ? [.boolean(shape: [3], data: [true, true, false])]     // key 2 excluded
+                                             : [.additive(shape: [3], data: [0, 0, -.infinity])]
             let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: 1e38)
             #expect(want.output == [1], "the reference's one-hot row: \(want.output)")
             for (name, output, weights) in try results(q, k, v, mask: mask, scale: 1e38) {

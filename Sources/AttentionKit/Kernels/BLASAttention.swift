@@ -78,12 +78,19 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
         }
     }
 
+    // Rows that end without weight although keys were allowed are computed again exactly,
+    // unless the mask tensors alone exclude all their keys (checked on a probe row), which
+    // biases can only fake when their finite magnitudes could sum past float's range.
+    let biasSumCanOverflow = !a.mask.additives.isEmpty
+        && (mayUseBase2 ? biasMagnitude : a.mask.finiteBiasMagnitude()) > Float.greatestFiniteMagnitude
+
     BLAS.singleThreaded {
         parallelWork(threads: a.threads, items: items) { claim in
             let scratch: UnsafeMutablePointer<Float>? = a.weights == nil
                 ? .allocate(capacity: rowBlock * S) : nil
             let inverseSums = UnsafeMutablePointer<Float>.allocate(capacity: rowBlock)
-            defer { scratch?.deallocate(); inverseSums.deallocate() }
+            let probe: UnsafeMutablePointer<Float>? = a.mask.hasTensors ? .allocate(capacity: S) : nil
+            defer { scratch?.deallocate(); inverseSums.deallocate(); probe?.deallocate() }
 
             while let item = claim() {
                 let unit = selected?[item / blocksPerUnit] ?? item / blocksPerUnit   // b · Hkv + kvHead
@@ -133,11 +140,15 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                         let sum = softmaxRow(row, end: end, count: blockEnd, normalize: !deferNormalization, base2: base2)
                         inverseSums[r] = sum == 0 ? 0 : 1 / sum        // NaN stays NaN
                         a.dropout?.apply(row, count: end, rowIndex: firstRow + r)
-                        // No weight although keys were allowed: every score is −∞, excluded by
-                        // the mask tensors or fallen out of float's range (scale 1e38, biases
-                        // summing past −3.4e38). A NaN weight makes the row non-finite, so that
-                        // it is computed again exactly (zeros when the mask excluded it all).
-                        if sum == 0 && end > 0 { row[0] = .nan }
+                        // No weight although keys were allowed: every score is −∞, fallen out
+                        // of float's range (scale 1e38, biases summing past −3.4e38) unless the
+                        // mask tensors excluded them all. A NaN weight makes the row
+                        // non-finite, so that it is computed again exactly.
+                        if sum == 0 && end > 0
+                            && (probe == nil || biasSumCanOverflow
+                                || !a.mask.excludesEveryKey(batch: b, head: h, query: i, count: end, probe: probe!)) {
+                            row[0] = .nan
+                        }
                     }
                 }
 
