@@ -131,7 +131,9 @@ public func writeDestination(_ path: String) throws -> WriteDestination {
     if path.isEmpty { throw failure("the path is empty") }
     if path.hasSuffix("/") { throw failure("the path ends in '/', so it names a directory, not a file") }
     if let fd = descriptorNamed(by: path) {
-        guard fcntl(fd, F_GETFL) != -1 else { throw failure("descriptor \(fd) of this process is not open") }
+        let flags = fcntl(fd, F_GETFL)
+        guard flags != -1 else { throw failure("descriptor \(fd) of this process is not open") }
+        guard flags & O_ACCMODE != O_RDONLY else { throw failure("descriptor \(fd) of this process is open for reading only") }
         return .descriptor(fd)
     }
     var info = stat()
@@ -176,18 +178,22 @@ public func directoryPart(of path: String) -> String {
 }
 
 /// The descriptor that `path` names in this process, following symbolic links by hand (at
-/// most 40): `/dev/stdout`, `/dev/stderr`, `/dev/fd/N`, `/proc/self/fd/N` or
-/// `/proc/<this pid>/fd/N`. Nil for anything else.
+/// most 40): a canonical decimal name (`1`, not `01`) in a directory that resolves to this
+/// process's descriptor directory, `/proc/<pid>/fd` or a thread's `/proc/<pid>/task/<tid>/fd`
+/// (so `/dev/fd/1`, `/proc/self/fd/1`, `/proc/thread-self/fd/1` and any spelling of them),
+/// reached directly or through links such as `/dev/stdout`. Nil for anything else.
 private func descriptorNamed(by path: String) -> Int32? {
+    let own = "/proc/\(getpid())/"
     var current = path
     for _ in 0..<40 {
-        switch current {
-        case "/dev/stdout": return 1
-        case "/dev/stderr": return 2
-        default: break
-        }
-        for prefix in ["/dev/fd/", "/proc/self/fd/", "/proc/\(getpid())/fd/"] where current.hasPrefix(prefix) {
-            return Int32(current.dropFirst(prefix.count))
+        let name = String(current[(current.lastIndex(of: "/").map { current.index(after: $0) } ?? current.startIndex)...])
+        if let number = Int32(name), number >= 0, String(number) == name,
+           let resolved = realpath(directoryPart(of: current), nil) {
+            let directory = String(cString: resolved)
+            free(resolved)
+            if directory == own + "fd" || (directory.hasPrefix(own + "task/") && directory.hasSuffix("/fd")) {
+                return number
+            }
         }
         var info = stat()
         guard lstat(current, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK else { return nil }
@@ -207,7 +213,9 @@ private func descriptorNamed(by path: String) -> Int32? {
 public func openStream(_ path: String) throws -> Int32 {
     let fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
     guard fd >= 0 else {
-        let reason = errno == ENXIO ? "no process has the FIFO open for reading" : systemReason()
+        var info = stat()
+        let noReader = errno == ENXIO && stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFIFO
+        let reason = noReader ? "no process has the FIFO open for reading" : systemReason()
         throw AttentionError(.fileAccess, "cannot write \(path): \(reason)")
     }
     _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
@@ -224,7 +232,10 @@ public func writeOpenStream(_ bytes: UnsafeRawBufferPointer, to fd: Int32, path:
 }
 
 /// Writes all of `bytes` to the open descriptor `fd`, retrying interrupted and partial
-/// writes; returns the system's reason when a write fails, nil when everything was written.
+/// writes, and waiting (`poll`) when a non-blocking descriptor is full, such as a pipe that
+/// a parent process shared with `O_NONBLOCK` set (the flag belongs to the parent too, so it
+/// is left alone); returns the system's reason when a write fails, nil when everything was
+/// written.
 @_spi(Benchmarking)
 public func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> String? {
     var offset = 0
@@ -232,6 +243,11 @@ public func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> String? 
         let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
         if wrote < 0 {
             if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK {
+                var ready = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&ready, 1, -1)
+                continue
+            }
             return systemReason()
         }
         offset += wrote

@@ -57,7 +57,7 @@ func applyBooleanMask(_ row: UnsafeMutablePointer<Float>, count: Int, allowed: U
     let shifts = SIMD4<UInt32>(0, 8, 16, 24)
     var j = 0
     while j + lanes <= count {
-        let bytes = (raw + j).loadUnaligned(as: UInt64.self)
+        let bytes = UInt64(littleEndian: (raw + j).loadUnaligned(as: UInt64.self))
         let low = (SIMD4<UInt32>(repeating: UInt32(truncatingIfNeeded: bytes)) &>> shifts) & 1
         let high = (SIMD4<UInt32>(repeating: UInt32(truncatingIfNeeded: bytes >> 32)) &>> shifts) & 1
         let excludedLow = low &- 1, excludedHigh = high &- 1          // all ones where the byte is 0

@@ -268,7 +268,12 @@ private func describe(_ shape: [Int]) -> String {
 /// name. Nil for a character device or FIFO, which a run may name twice (`/dev/null`).
 private func fileIdentity(_ path: String) -> String? {
     switch try? writeDestination(path) {
-    case .stream?, .descriptor?: return nil
+    case .stream?: return nil
+    case .descriptor(let fd)?:
+        // A descriptor redirected to a regular file (`> x.npy`) is that file.
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return "inode \(info.st_dev):\(info.st_ino)"
     default: break
     }
     var info = stat()

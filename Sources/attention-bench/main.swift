@@ -213,6 +213,10 @@ struct AttentionBenchCommand: ParsableCommand {
         defaultSubcommand: Suite.self)
 }
 
+// A reader that goes away (`| head`, a FIFO's reader closing) makes writes fail with EPIPE
+// instead of killing the process, so that `run` can undo its renames and say so.
+signal(SIGPIPE, SIG_IGN)
+
 // Like `AttentionBenchCommand.main()`, except that an error is one line on stderr: ArgumentParser
 // follows a parse error with a help line and the usage, which buries the message. Help
 // (`--help`, `help run`) is not an error and still prints the full help with status 0.

@@ -306,6 +306,37 @@ struct NPYCommandLineTests {
         var after = stat()
         #expect(stat(log.path, &after) == 0 && after.st_ino == before.st_ino, "the log was replaced")
 
+        // Other spellings of descriptor 1 append too; a non-canonical number is not one.
+        for spelling in ["/dev//fd/1", "/proc/self/./fd/1", "/proc/thread-self/fd/1"] {
+            let size = try Data(contentsOf: log).count
+            let handle = try FileHandle(forWritingTo: log)
+            try handle.seekToEnd()
+            let result = try runBench(inputs + ["--output", spelling], in: directory, standardOutput: handle)
+            try handle.close()
+            var now = stat()
+            let grew = try Data(contentsOf: log).count > size
+            #expect(result.status == 0 && stat(log.path, &now) == 0 && now.st_ino == before.st_ino && grew,
+                    "\(spelling): \(result.stderr)")
+        }
+        // stdout redirected onto another output's file is the same file.
+        let target = directory.appendingPathComponent("both.npy")
+        try Data().write(to: target)
+        let sameHandle = try FileHandle(forWritingTo: target)
+        let same = try runBench(inputs + ["--output", "/dev/stdout", "--weights", "both.npy"], in: directory, standardOutput: sameHandle)
+        try sameHandle.close()
+        #expect(same.status != 0 && same.stderr.contains("name the same file"), "\(same.stderr)")
+
+        // A reader that has gone: the write fails with EPIPE (not SIGPIPE), the renames are
+        // undone and no backup is left.
+        let closed = Pipe()
+        try closed.fileHandleForReading.close()
+        let beforePipe = try Data(contentsOf: directory.appendingPathComponent("out.npy"))
+        let broken = try runBench(inputs + ["--output", "out.npy", "--weights", "/dev/stdout"], in: directory,
+                                  standardOutput: closed.fileHandleForWriting)
+        #expect(broken.status == 1 && broken.stderr.contains("Broken pipe"), "status \(broken.status): \(broken.stderr)")
+        #expect(try Data(contentsOf: directory.appendingPathComponent("out.npy")) == beforePipe)
+        #expect(try !manager.contentsOfDirectory(atPath: directory.path).contains { $0.hasPrefix(".") }, "left a temporary or backup")
+
         // A FIFO that nobody reads: refused at once, before any file is replaced.
         let earlier = try Data(contentsOf: directory.appendingPathComponent("out.npy"))
         let unread = try runBench(inputs + ["--output", "out.npy", "--weights", "pipe"], in: directory)
@@ -334,6 +365,37 @@ struct NPYCommandLineTests {
         #expect(distinct.status == 0, "\(distinct.stderr)")
         #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("other/sub/y.npy")).shape == [2, 4, 5, 6])
         #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("y.npy")).shape == [2, 4, 5, 7])
+    }
+
+    /// A parent that shares its stdout pipe with O_NONBLOCK set: the writes wait for the
+    /// reader instead of failing with EAGAIN once the pipe is full (2 MiB of weights here).
+    @Test("a non-blocking stdout pipe gets the whole file")
+    func nonBlockingStdout() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let q = gridTensor([1, 8, 256, 16], seed: 71), k = gridTensor([1, 8, 256, 16], seed: 72)
+        try q.write(toNPY: directory.appendingPathComponent("q.npy"))
+        try k.write(toNPY: directory.appendingPathComponent("k.npy"))
+        let pipe = Pipe()
+        let fd = pipe.fileHandleForWriting.fileDescriptor
+        #expect(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) == 0)
+        let received = Mutex<Data?>(nil)
+        let reader = Thread {
+            usleep(300_000)                                        // let the pipe fill first
+            received.withLock { $0 = pipe.fileHandleForReading.readDataToEndOfFile() }
+        }
+        reader.start()
+        let result = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "k.npy",
+                                   "--output", "o.npy", "--weights", "/dev/stdout"], in: directory,
+                                  standardOutput: pipe.fileHandleForWriting)
+        try pipe.fileHandleForWriting.close()
+        #expect(result.status == 0, "\(result.stderr)")
+        var waited = 0
+        while received.withLock({ $0 == nil }) && waited < 1000 { usleep(10_000); waited += 1 }
+        let bytes = received.withLock { $0 } ?? Data()
+        let copy = directory.appendingPathComponent("copy.npy")
+        try bytes.prefix(2 * 1024 * 1024 + 128).write(to: copy)                // the .npy, before the report text
+        #expect(try Tensor<Float>(contentsOfNPY: copy).shape == [1, 8, 256, 256])
     }
 
     @Test("attention-bench with no subcommand still runs the suite with its options")
