@@ -38,12 +38,13 @@ struct MaskRows: @unchecked Sendable {
     /// among its first `count` (a boolean `false` or a `−∞` bias on every one), evaluated on
     /// a row of zero scores in `probe` (`count` floats). The BLAS kernel asks this of rows that
     /// ended without weight, to tell a mask that excludes everything (a zero row, as it should
-    /// be) from scores that fell out of float's range. A sum of finite biases that overflows
-    /// float also reads as excluded here; callers rule that out first.
+    /// be) from scores that fell out of float's range. The biases are scaled by `0.5 / k` for
+    /// `k` tensors, so that finite ones cannot sum past float's range here (−3e38 twice is
+    /// not an exclusion) while `−∞` stays `−∞`.
     func excludesEveryKey(batch b: Int, head h: Int, query i: Int, count: Int,
                           probe: UnsafeMutablePointer<Float>) -> Bool {
         probe.update(repeating: 0, count: count)
-        apply(probe, count: count, batch: b, head: h, query: i)
+        apply(probe, count: count, batch: b, head: h, query: i, biasFactor: 0.5 / Float(max(1, additives.count)))
         return rowMaximum(probe, count: count) == -.infinity
     }
 

@@ -78,12 +78,6 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
         }
     }
 
-    // Rows that end without weight although keys were allowed are computed again exactly,
-    // unless the mask tensors alone exclude all their keys (checked on a probe row), which
-    // biases can only fake when their finite magnitudes could sum past float's range.
-    let biasSumCanOverflow = !a.mask.additives.isEmpty
-        && (mayUseBase2 ? biasMagnitude : a.mask.finiteBiasMagnitude()) > Float.greatestFiniteMagnitude
-
     BLAS.singleThreaded {
         parallelWork(threads: a.threads, items: items) { claim in
             let scratch: UnsafeMutablePointer<Float>? = a.weights == nil
@@ -142,11 +136,10 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                         a.dropout?.apply(row, count: end, rowIndex: firstRow + r)
                         // No weight although keys were allowed: every score is −∞, fallen out
                         // of float's range (scale 1e38, biases summing past −3.4e38) unless the
-                        // mask tensors excluded them all. A NaN weight makes the row
-                        // non-finite, so that it is computed again exactly.
+                        // mask tensors excluded them all (checked on a probe row). A NaN weight
+                        // makes the row non-finite, so that it is computed again exactly.
                         if sum == 0 && end > 0
-                            && (probe == nil || biasSumCanOverflow
-                                || !a.mask.excludesEveryKey(batch: b, head: h, query: i, count: end, probe: probe!)) {
+                            && (probe == nil || !a.mask.excludesEveryKey(batch: b, head: h, query: i, count: end, probe: probe!)) {
                             row[0] = .nan
                         }
                     }
