@@ -88,18 +88,19 @@ private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: 
 /// file it points to is replaced; an existing character device or FIFO (`/dev/null`, a named
 /// pipe) is written into, since it cannot be replaced, and `/dev/stdout`, `/dev/stderr` and
 /// `/dev/fd/N` are this process's open descriptors, written as they are
-/// (``writeDestination(_:)``).
-func writeWholeFile(_ bytes: UnsafeRawBufferPointer, to url: URL) throws {
+/// (``writeDestination(_:)``). The file's bytes are `pieces` one after the other (a `.npy`
+/// file's header and its payload, read in place from the tensor), so nothing is copied.
+func writeWholeFile(_ pieces: [UnsafeRawBufferPointer], to url: URL) throws {
     let path = try filePath(url)
     switch try writeDestination(path) {
     case .descriptor(let fd):
-        try writeOpenStream(bytes, to: fd, path: path)
+        try writeOpenStream(pieces, to: fd, path: path)
     case .stream(let stream):
         let fd = try openStream(stream)
         defer { close(fd) }
-        try writeOpenStream(bytes, to: fd, path: stream)
+        try writeOpenStream(pieces, to: fd, path: stream)
     case .file(let target):
-        try replaceFile(target, with: bytes, reportedAs: path)
+        try replaceFile(target, with: pieces, reportedAs: path)
     }
 }
 
@@ -222,22 +223,30 @@ public func openStream(_ path: String) throws -> Int32 {
     return fd
 }
 
-/// Writes `bytes` into the open stream or descriptor `fd` (no temporary file: what a stream
-/// has taken cannot be taken back); `path` names it in messages.
+/// Writes `pieces`, one after the other, into the open stream or descriptor `fd` (no
+/// temporary file: what a stream has taken cannot be taken back); `path` names it in messages.
 @_spi(Benchmarking)
-public func writeOpenStream(_ bytes: UnsafeRawBufferPointer, to fd: Int32, path: String) throws {
-    if let failure = writeFully(fd, bytes) {
+public func writeOpenStream(_ pieces: [UnsafeRawBufferPointer], to fd: Int32, path: String) throws {
+    if let failure = writeFully(fd, pieces) {
         throw AttentionError(.fileAccess, "cannot write \(path): \(failure)")
     }
 }
 
-/// Writes all of `bytes` to the open descriptor `fd`, retrying interrupted and partial
-/// writes, and waiting (`poll`) when a non-blocking descriptor is full, such as a pipe that
-/// a parent process shared with `O_NONBLOCK` set (the flag belongs to the parent too, so it
-/// is left alone); returns the system's reason when a write fails, nil when everything was
-/// written.
+/// Writes all of `pieces`, one after the other, to the open descriptor `fd`, retrying
+/// interrupted and partial writes, and waiting (`poll`) when a non-blocking descriptor is
+/// full, such as a pipe that a parent process shared with `O_NONBLOCK` set (the flag belongs
+/// to the parent too, so it is left alone); returns the system's reason when a write fails,
+/// nil when everything was written.
 @_spi(Benchmarking)
-public func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> String? {
+public func writeFully(_ fd: Int32, _ pieces: [UnsafeRawBufferPointer]) -> String? {
+    for piece in pieces {
+        if let failure = writeFully(fd, piece) { return failure }
+    }
+    return nil
+}
+
+/// ``writeFully(_:_:)`` of one buffer.
+private func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> String? {
     var offset = 0
     while offset < bytes.count {
         let wrote = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
@@ -255,10 +264,10 @@ public func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> String? 
     return nil
 }
 
-/// Writes `bytes` to a temporary file beside the regular file `path` (new or existing),
+/// Writes `pieces` to a temporary file beside the regular file `path` (new or existing),
 /// flushes it and renames it over `path`; on failure removes it and leaves `path` as it was.
 /// Messages name `reported`, the path the caller gave.
-private func replaceFile(_ path: String, with bytes: UnsafeRawBufferPointer, reportedAs reported: String) throws {
+private func replaceFile(_ path: String, with pieces: [UnsafeRawBufferPointer], reportedAs reported: String) throws {
     let temporary = temporaryPath(besides: path)
     let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
     guard fd >= 0 else {
@@ -270,7 +279,7 @@ private func replaceFile(_ path: String, with bytes: UnsafeRawBufferPointer, rep
         if !closed { close(fd) }
         if !renamed { unlink(temporary) }
     }
-    if let failure = writeFully(fd, bytes) {
+    if let failure = writeFully(fd, pieces) {
         throw AttentionError(.fileAccess, "cannot write \(reported): \(failure)")
     }
     guard fsync(fd) == 0 else {

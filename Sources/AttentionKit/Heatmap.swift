@@ -244,7 +244,7 @@ public struct AttentionHeatmap: Sendable {
     ///   `url` is then unchanged.
     public func write(to url: URL) throws {
         var text = svg()
-        try text.withUTF8 { try writeWholeFile(UnsafeRawBufferPointer($0), to: url) }
+        try text.withUTF8 { try writeWholeFile([UnsafeRawBufferPointer($0)], to: url) }
     }
 
     // MARK: - Layout

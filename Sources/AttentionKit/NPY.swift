@@ -93,8 +93,16 @@ extension Tensor where Element == Float {
     /// - Throws: ``AttentionError`` with code `.fileAccess`, naming the path and the system's
     ///   reason, when the file cannot be written. `url` is then unchanged.
     public func write(toNPY url: URL) throws {
-        let data = encodeNPY(self)
-        try data.withUnsafeBytes { try writeWholeFile($0, to: url) }
+        try withNPYBytes { try writeWholeFile($0, to: url) }
+    }
+
+    /// Calls `body` with the bytes of the tensor's `.npy` file (those of `npyData()`) as two
+    /// pieces, the header and the payload, without copying the payload: on a little-endian
+    /// host it is the tensor's own memory. A tensor as large as half the machine's memory can
+    /// be written where `npyData()` would need twice that.
+    @_spi(Benchmarking)
+    public func withNPYBytes<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
+        try withNPYPieces(self, body)
     }
 }
 
@@ -145,8 +153,7 @@ extension Tensor where Element == Bool {
     /// - Throws: ``AttentionError`` with code `.fileAccess` when the file cannot be written;
     ///   `url` is then unchanged.
     public func write(toNPY url: URL) throws {
-        let data = encodeNPY(self)
-        try data.withUnsafeBytes { try writeWholeFile($0, to: url) }
+        try withNPYPieces(self) { try writeWholeFile($0, to: url) }
     }
 }
 
@@ -195,8 +202,10 @@ protocol NPYElement {
     /// Decodes `count` elements of type `type` from `payload` (exactly `count · itemSize` bytes).
     static func decode(_ payload: UnsafeRawBufferPointer, type: NPYDataType, count: Int,
                        shape: [Int], source: String) throws -> [Self]
-    /// Appends the little-endian bytes of `elements`.
-    static func encode(_ elements: [Self], into data: inout Data)
+    /// Calls `body` with the little-endian bytes of `elements`: their own memory where it
+    /// already has that form, otherwise an encoded copy.
+    static func withEncodedBytes<R>(_ elements: UnsafeBufferPointer<Self>,
+                                    _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
 }
 
 extension Float: NPYElement {
@@ -238,11 +247,12 @@ extension Float: NPYElement {
         return result
     }
 
-    static func encode(_ elements: [Float], into data: inout Data) {
+    static func withEncodedBytes<R>(_ elements: UnsafeBufferPointer<Float>,
+                                    _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         #if _endian(little)
-        elements.withUnsafeBytes { data.append(contentsOf: $0) }
+        return try body(UnsafeRawBufferPointer(elements))
         #else
-        for value in elements { withUnsafeBytes(of: value.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+        return try elements.map { $0.bitPattern.littleEndian }.withUnsafeBytes(body)
         #endif
     }
 }
@@ -262,8 +272,10 @@ extension Bool: NPYElement {
         return (0..<count).map { payload[$0] != 0 }
     }
 
-    static func encode(_ elements: [Bool], into data: inout Data) {
-        data.append(contentsOf: elements.lazy.map { $0 ? 1 as UInt8 : 0 })
+    static func withEncodedBytes<R>(_ elements: UnsafeBufferPointer<Bool>,
+                                    _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        // A Bool is one byte holding 0 or 1, which is what `|b1` stores.
+        try body(UnsafeRawBufferPointer(elements))
     }
 }
 
@@ -282,13 +294,13 @@ func flatToIndex(_ flat: Int, _ shape: [Int]) -> [Int] {
 
 private let magic: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]   // "\x93NUMPY"
 
-/// Encodes a tensor exactly as `numpy.save` does: sorted keys, the shape as a Python tuple,
-/// spare spaces for the first dimension to grow to 21 digits, padding so that the data starts
-/// at a multiple of 64 bytes, a final newline.
-func encodeNPY<Element: NPYElement>(_ tensor: Tensor<Element>) -> Data {
-    let shape = tensor.shape
+/// The bytes before the payload of a `.npy` file, exactly as `numpy.save` writes them:
+/// magic string, version, header length, then the header with sorted keys, the shape as a
+/// Python tuple, spare spaces for the first dimension to grow to 21 digits, and padding so
+/// that the data starts at a multiple of 64 bytes, ending in a newline.
+func npyPrefix(shape: [Int], type: NPYDataType) -> [UInt8] {
     let tuple = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
-    var header = "{'descr': '\(Element.writtenType.rawValue)', 'fortran_order': False, 'shape': \(tuple), }"
+    var header = "{'descr': '\(type.rawValue)', 'fortran_order': False, 'shape': \(tuple), }"
     if let first = shape.first {
         header += String(repeating: " ", count: max(0, 21 - String(first).count))
     }
@@ -303,17 +315,34 @@ func encodeNPY<Element: NPYElement>(_ tensor: Tensor<Element>) -> Data {
     }
     headerBytes += [UInt8](repeating: 0x20, count: padding) + [0x0A]
 
-    var data = Data(capacity: prefixLength + headerBytes.count + tensor.count * Element.writtenType.itemSize)
-    data.append(contentsOf: magic)
-    data.append(contentsOf: [version, 0])
+    var prefix = magic + [version, 0]
     if version == 1 {
-        withUnsafeBytes(of: UInt16(headerBytes.count).littleEndian) { data.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt16(headerBytes.count).littleEndian) { prefix += $0 }
     } else {
-        withUnsafeBytes(of: UInt32(headerBytes.count).littleEndian) { data.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt32(headerBytes.count).littleEndian) { prefix += $0 }
     }
-    data.append(contentsOf: headerBytes)
-    Element.encode(tensor.scalars, into: &data)
-    return data
+    return prefix + headerBytes
+}
+
+/// Calls `body` with a tensor's `.npy` file as two pieces, the prefix (``npyPrefix(shape:type:)``)
+/// and the payload, read in place where the host's layout allows (``NPYElement``).
+func withNPYPieces<Element: NPYElement, R>(_ tensor: Tensor<Element>,
+                                           _ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
+    let prefix = npyPrefix(shape: tensor.shape, type: Element.writtenType)
+    return try prefix.withUnsafeBytes { head in
+        try tensor.withUnsafeBufferPointer { elements in
+            try Element.withEncodedBytes(elements) { payload in try body([head, payload]) }
+        }
+    }
+}
+
+/// Encodes a tensor exactly as `numpy.save` does (``npyPrefix(shape:type:)``, then the payload).
+func encodeNPY<Element: NPYElement>(_ tensor: Tensor<Element>) -> Data {
+    withNPYPieces(tensor) { pieces in
+        var data = Data(capacity: pieces.reduce(0) { $0 + $1.count })
+        for piece in pieces { data.append(contentsOf: piece) }
+        return data
+    }
 }
 
 // MARK: - Reading
@@ -638,8 +667,11 @@ func parseHeader(_ bytes: UnsafeRawBufferPointer, utf8: Bool, source: String) th
 
 /// The header for messages: printable ASCII as is, other bytes as `\xNN`, cut at 160 characters.
 private func headerExcerpt(_ bytes: UnsafeRawBufferPointer, utf8: Bool) -> String {
+    // The padding (spaces) and the final newline carry no information.
+    var end = bytes.count
+    while end > 0, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x0A { end -= 1 }
     var out = ""
-    for byte in bytes {
+    for byte in bytes[..<end] {
         if out.count >= 160 { out += "…"; break }
         switch byte {
         case 0x20..<0x7F: out.unicodeScalars.append(Unicode.Scalar(byte))
@@ -647,8 +679,6 @@ private func headerExcerpt(_ bytes: UnsafeRawBufferPointer, utf8: Bool) -> Strin
         default: out += "\\x" + hexByte(byte)
         }
     }
-    // Trailing padding carries no information.
-    while out.hasSuffix(" ") { out.removeLast() }
     return out.isEmpty ? "(empty header)" : out
 }
 

@@ -172,10 +172,10 @@ struct Run: ParsableCommand {
         }
 
         // Everything to write, prepared before anything is written.
-        var files: [(path: String, data: Data)] = [(output, result.output.npyData())]
+        var files: [(path: String, content: OutputContent)] = [(output, .npy(result.output))]
         var heatmapDescription = ""
         if let weightsPath = weights, let w = result.weights {
-            files.append((weightsPath, w.npyData()))
+            files.append((weightsPath, .npy(w)))
         }
         if let heatmapPath = heatmap, let w = result.weights {
             let title = heatmapTitle ?? "Attention weights (\(URL(fileURLWithPath: query).lastPathComponent))"
@@ -190,7 +190,7 @@ struct Run: ParsableCommand {
                 try AttentionHeatmap(weights: w, batch: heatmapBatch, head: heatmapHead, title: title,
                                      headLabels: headLabels, maximumCells: heatmapCells)
             }
-            files.append((heatmapPath, Data(picture.svg().utf8)))
+            files.append((heatmapPath, .data(Data(picture.svg().utf8))))
             let (rows, columns) = picture.cellCounts
             let heads = w.rank < 4 ? "" : heatmapHead.map { ", head \($0)" } ?? (w.shape[1] == 1 ? ", head 0" : ", heads 0–\(w.shape[1] - 1)")
             let downsampled = (rows, columns) == (w.shape[w.rank - 2], w.shape[w.rank - 1]) ? "" : " (downsampled by block mean)"
@@ -312,18 +312,41 @@ private func temporaryName(besides path: String, _ suffix: String) -> String {
 /// tests pass one that fails, to exercise the undoing).
 func writeAllOrNothing(_ requested: [(path: String, data: Data)],
                        moveIntoPlace: (String, String) -> Int32 = { rename($0, $1) }) throws {
+    try writeAllOrNothing(requested.map { (path: $0.path, content: OutputContent.data($0.data)) }, moveIntoPlace: moveIntoPlace)
+}
+
+/// What `run` writes to one destination.
+enum OutputContent {
+    /// A tensor as a `.npy` file, written from the tensor's own memory: the weights can be
+    /// most of the machine's memory, and a copy of them (`npyData()`) would double that.
+    case npy(Tensor<Float>)
+    /// Bytes prepared in advance (the heatmap's SVG).
+    case data(Data)
+
+    /// Calls `body` with the bytes to write, as pieces written one after the other.
+    func withPieces<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
+        switch self {
+        case .npy(let tensor): return try tensor.withNPYBytes(body)
+        case .data(let data): return try data.withUnsafeBytes { try body([$0]) }
+        }
+    }
+}
+
+/// ``writeAllOrNothing(_:moveIntoPlace:)`` of contents (tensors are not copied).
+func writeAllOrNothing(_ requested: [(path: String, content: OutputContent)],
+                       moveIntoPlace: (String, String) -> Int32 = { rename($0, $1) }) throws {
     // Regular files by their resolved paths (messages name the path given), and streams:
     // devices and FIFOs opened now (a FIFO without a reader fails here, before anything is
     // written), and this process's descriptors (/dev/stdout).
-    var files: [(path: String, given: String, data: Data)] = []
-    var streams: [(fd: Int32, path: String, data: Data, opened: Bool)] = []
+    var files: [(path: String, given: String, content: OutputContent)] = []
+    var streams: [(fd: Int32, path: String, content: OutputContent, opened: Bool)] = []
     defer { for stream in streams where stream.opened { close(stream.fd) } }
     for file in requested {
         do {
             switch try writeDestination(file.path) {
-            case .file(let target): files.append((target, file.path, file.data))
-            case .stream(let stream): streams.append((try openStream(stream), stream, file.data, true))
-            case .descriptor(let fd): streams.append((fd, file.path, file.data, false))
+            case .file(let target): files.append((target, file.path, file.content))
+            case .stream(let stream): streams.append((try openStream(stream), stream, file.content, true))
+            case .descriptor(let fd): streams.append((fd, file.path, file.content, false))
             }
         } catch let error as AttentionError {
             throw BenchFailure(description: error.message)
@@ -348,8 +371,8 @@ func writeAllOrNothing(_ requested: [(path: String, data: Data)],
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
         guard fd >= 0 else { throw abandon(file.given, String(cString: strerror(errno))) }
         temporaries.append(temporary)
-        let failure: String? = file.data.withUnsafeBytes { bytes in
-            writeFully(fd, bytes) ?? (fsync(fd) == 0 ? nil : String(cString: strerror(errno)))
+        let failure: String? = file.content.withPieces { pieces in
+            writeFully(fd, pieces) ?? (fsync(fd) == 0 ? nil : String(cString: strerror(errno)))
         }
         let closed = close(fd) == 0
         if let reason = failure ?? (closed ? nil : String(cString: strerror(errno))) {
@@ -390,7 +413,7 @@ func writeAllOrNothing(_ requested: [(path: String, data: Data)],
     // Streams last, once every regular file is in place.
     for stream in streams {
         do {
-            try stream.data.withUnsafeBytes { try writeOpenStream($0, to: stream.fd, path: stream.path) }
+            try stream.content.withPieces { try writeOpenStream($0, to: stream.fd, path: stream.path) }
         } catch let error as AttentionError {
             _ = abandon(stream.path, "")
             throw BenchFailure(description: error.message)
