@@ -26,8 +26,10 @@ struct Run: ParsableCommand {
 
             Masks: --mask (a bool .npy, true = may attend), --bias (a float .npy
             added to the scaled scores), --causal and --key-lengths. Tensors
-            broadcast NumPy-style to the scores [B,Hq,L,S]. They can be combined:
-            every exclusion applies and biases add.
+            broadcast NumPy-style to the scores [B,Hq,L,S]. They can be combined,
+            and --mask and --bias repeated: every exclusion applies and biases add.
+
+            The outputs must be files other than the inputs and each other.
 
             Errors in the inputs (a file that is missing or not a supported .npy,
             shapes that do not fit together, a mask that does not broadcast) print
@@ -52,21 +54,22 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Values [B,Hkv,S,Dv].", valueName: "v.npy"))
     var value: String
 
-    @Option(help: ArgumentHelp("Boolean mask (dtype bool), true = may attend; broadcasts to [B,Hq,L,S].", valueName: "m.npy"))
-    var mask: String?
+    @Option(help: ArgumentHelp("Boolean mask (dtype bool), true = may attend; broadcasts to [B,Hq,L,S]. Repeat to combine masks.",
+                               valueName: "m.npy"))
+    var mask: [String] = []
 
-    @Option(help: ArgumentHelp("Additive bias (float32/float64) added to the scaled scores; broadcasts to [B,Hq,L,S]; -inf excludes.",
+    @Option(help: ArgumentHelp("Additive bias (float32/float64) added to the scaled scores; broadcasts to [B,Hq,L,S]; -inf excludes. Repeat to add biases.",
                                valueName: "b.npy"))
-    var bias: String?
+    var bias: [String] = []
 
     @Option(help: ArgumentHelp("Causal mask: upper-left (key j ≤ i, PyTorch's is_causal) or lower-right (j ≤ i + S − L, for a KV cache).",
                                valueName: "alignment"))
     var causal: CausalOption?
 
-    // `.unconditional`: a value such as "-1" is the value, not an option, so it reaches the
-    // range check in parseKeyLengths.
+    // `.unconditional` here and on the integer options: a value such as "-1" is the value,
+    // not an option, so it reaches the range check and its message.
     @Option(parsing: .unconditional,
-            help: ArgumentHelp("Comma-separated key lengths, one per batch entry: keys at or beyond the length are excluded.",
+            help: ArgumentHelp("Comma-separated key lengths, one per batch entry: keys at or beyond the length are excluded (\"\" for a batch of 0).",
                                valueName: "5,7"))
     var keyLengths: String?
 
@@ -78,10 +81,12 @@ struct Run: ParsableCommand {
                                valueName: "kernel"))
     var kernel: BenchKernel = .automatic
 
-    @Option(help: ArgumentHelp("Threads for the kernel (default: ATTENTIONKIT_NUM_THREADS or all cores).", valueName: "N"))
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("Threads for the kernel (default: ATTENTIONKIT_NUM_THREADS or all cores).", valueName: "N"))
     var threads: Int?
 
-    @Option(help: ArgumentHelp("Calls to time; the median is reported and the last call's results are written.", valueName: "N"))
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("Calls to time; the median is reported and the last call's results are written.", valueName: "N"))
     var repetitions: Int = 1
 
     // MARK: Outputs
@@ -95,13 +100,14 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Also draw the weights of one batch entry as an SVG heatmap.", valueName: "w.svg"))
     var heatmap: String?
 
-    @Option(help: ArgumentHelp("The batch entry the heatmap shows.", valueName: "b"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The batch entry the heatmap shows.", valueName: "b"))
     var heatmapBatch: Int = 0
 
-    @Option(help: ArgumentHelp("The head the heatmap shows (default: a grid of every head).", valueName: "h"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The head the heatmap shows (default: a grid of every head).", valueName: "h"))
     var heatmapHead: Int?
 
-    @Option(help: ArgumentHelp("The most heatmap cells along each axis; larger weights are downsampled by block mean.",
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("The most heatmap cells along each axis; larger weights are downsampled by block mean.",
                                valueName: "N"))
     var heatmapCells: Int = 64
 
@@ -112,11 +118,21 @@ struct Run: ParsableCommand {
         // Options that ArgumentParser cannot check, reported as one line each.
         guard repetitions >= 1 else { throw BenchFailure(description: "--repetitions must be at least 1, got \(repetitions)") }
         if let threads, threads < 1 { throw BenchFailure(description: "--threads must be at least 1, got \(threads)") }
+        guard heatmapCells >= 1 else { throw BenchFailure(description: "--heatmap-cells must be at least 1, got \(heatmapCells)") }
         let destinations = [("--output", output), ("--weights", weights), ("--heatmap", heatmap)]
             .compactMap { name, path in path.map { (name: name, path: $0, identity: fileIdentity($0)) } }
         for (n, destination) in destinations.enumerated() where destination.identity != nil {
             if let other = destinations[..<n].first(where: { $0.identity == destination.identity }) {
                 throw BenchFailure(description: "\(other.name) and \(destination.name) name the same file \(destination.path)")
+            }
+        }
+        // An output written over an input would lose the input, so it is refused rather
+        // than done silently.
+        let inputs = [("--query", query), ("--key", key), ("--value", value)] + mask.map { ("--mask", $0) } + bias.map { ("--bias", $0) }
+        for destination in destinations where destination.identity != nil {
+            if let input = inputs.first(where: { inputIdentity($0.1) == destination.identity }) {
+                throw BenchFailure(description: "\(destination.name) \(destination.path) is the \(input.0) input file; "
+                    + "write the results to another file")
             }
         }
         let lengths = try keyLengths.map(parseKeyLengths)
@@ -127,14 +143,14 @@ struct Run: ParsableCommand {
         let v = try read("--value") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: value)) }
         var parts: [AttentionMask] = []
         var maskDescription: [String] = []
-        if let mask {
+        for mask in mask {
             let m = try read("--mask", otherwise: ("float", "--bias", { _ = try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: mask)) })) {
                 try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: mask))
             }
             parts.append(.boolean(m))
             maskDescription.append("boolean \(describe(m.shape)) from \(mask)")
         }
-        if let bias {
+        for bias in bias {
             let b = try read("--bias", otherwise: ("boolean", "--mask", { _ = try Tensor<Bool>(contentsOfNPY: URL(fileURLWithPath: bias)) })) {
                 try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: bias))
             }
@@ -147,7 +163,8 @@ struct Run: ParsableCommand {
         }
         if let lengths {
             parts.append(.keyLengths(lengths))
-            maskDescription.append("key lengths \(lengths.map(String.init).joined(separator: ","))")
+            maskDescription.append(lengths.isEmpty ? "key lengths (none: a batch of 0)"
+                                   : "key lengths \(lengths.map(String.init).joined(separator: ","))")
         }
 
         // Compute.
@@ -248,8 +265,9 @@ enum CausalOption: String, CaseIterable, ExpressibleByArgument {
     var alignment: CausalAlignment { self == .upperLeft ? .upperLeft : .lowerRight }
 }
 
-/// `"5,7"` → `[5, 7]`.
+/// `"5,7"` → `[5, 7]`; `""` → `[]` (a batch of 0).
 private func parseKeyLengths(_ text: String) throws -> [Int] {
+    if text.trimmingCharacters(in: .whitespaces).isEmpty { return [] }
     let parts = text.split(separator: ",", omittingEmptySubsequences: false)
     let lengths = parts.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
     guard !parts.isEmpty, lengths.count == parts.count, lengths.allSatisfy({ $0 >= 0 }) else {
@@ -283,6 +301,13 @@ private func fileIdentity(_ path: String) -> String? {
     guard let resolved = realpath(directoryPart(of: path), nil) else { return "path \(path)" }
     defer { free(resolved) }
     return "path \(String(cString: resolved))/\(name)"
+}
+
+/// The identity of an existing input file, comparable with ``fileIdentity(_:)``'s (its
+/// device and inode); nil when it cannot be found.
+private func inputIdentity(_ path: String) -> String? {
+    var info = stat()
+    return stat(path, &info) == 0 ? "inode \(info.st_dev):\(info.st_ino)" : nil
 }
 
 /// A fresh name for a temporary file next to `path`, ending in `suffix`.

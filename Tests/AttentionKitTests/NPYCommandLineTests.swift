@@ -161,6 +161,11 @@ struct NPYCommandLineTests {
             ("unknown kernel", ["--query", q, "--key", k, "--value", v, "--kernel", "fast"] + outputs, "'fast'"),
             ("negative key length", ["--query", q, "--key", k, "--value", v, "--key-lengths", "-1"] + outputs,
              "--key-lengths must be comma-separated non-negative integers such as 5,7; got '-1'"),
+            // A negative count is the value (its range message), not a missing value.
+            ("negative threads", ["--query", q, "--key", k, "--value", v, "--threads", "-1"] + outputs,
+             "--threads must be at least 1, got -1"),
+            ("heatmap cells", ["--query", q, "--key", k, "--value", v, "--heatmap-cells", "0"] + outputs,
+             "--heatmap-cells must be at least 1, got 0"),
         ]
         for (name, arguments, phrase) in cases {
             let result = try runBench(["run"] + arguments, in: directory)
@@ -207,6 +212,44 @@ struct NPYCommandLineTests {
             }
             #expect(try manager.contentsOfDirectory(atPath: directory.appendingPathComponent("adir").path).isEmpty)
         }
+    }
+
+    /// Repeated --mask options all apply (the last one does not replace the others); key
+    /// lengths for a batch of 0 are ""; an output file that is one of the inputs is refused.
+    @Test("repeated masks combine; empty key lengths; an output onto an input is refused")
+    func repeatedMasksAndInputsAsOutputs() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let q = try fixture("cli_q.npy"), k = try fixture("cli_k.npy"), v = try fixture("cli_v.npy")
+        // cli_mask first, then a mask that allows everything: the result is the mask case's.
+        try Tensor<Bool>(shape: [1], scalars: [true]).write(toNPY: directory.appendingPathComponent("all.npy"))
+        let masked = try runBench(["run", "--query", q, "--key", k, "--value", v, "--mask", try fixture("cli_mask.npy"),
+                                   "--mask", "all.npy", "--output", "out.npy"], in: directory)
+        #expect(masked.status == 0, "\(masked.stderr)")
+        let output = try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("out.npy"))
+        let want = try Tensor<Float>(contentsOfNPY: try npyFixtureURL("cli_expected_mask.npy"))
+        assertClose(output, want.scalars.map(Double.init), shape: [2, 4, 5, 6],
+                    absolute: outputTolerance(try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: v))), "two masks")
+
+        // A batch of 0 takes no key lengths.
+        try Tensor<Float>(shape: [0, 2, 3, 4], repeating: 0).write(toNPY: directory.appendingPathComponent("q0.npy"))
+        try Tensor<Float>(shape: [0, 2, 5, 4], repeating: 0).write(toNPY: directory.appendingPathComponent("k0.npy"))
+        let empty = try runBench(["run", "--query", "q0.npy", "--key", "k0.npy", "--value", "k0.npy", "--key-lengths", "",
+                                  "--output", "o0.npy"], in: directory)
+        #expect(empty.status == 0, "\(empty.stderr)")
+        #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent("o0.npy")).shape == [0, 2, 3, 4])
+
+        // The query file as --output, and as --weights under another spelling: refused, unchanged.
+        let before = try Data(contentsOf: directory.appendingPathComponent("q0.npy"))
+        for outputs in [["--output", "q0.npy"], ["--output", "o1.npy", "--weights", "./q0.npy"]] {
+            let result = try runBench(["run", "--query", "q0.npy", "--key", "k0.npy", "--value", "k0.npy"] + outputs, in: directory)
+            #expect(result.status == 1 && result.stderr.contains("is the --query input file"), "\(outputs): \(result.stderr)")
+            #expect(try Data(contentsOf: directory.appendingPathComponent("q0.npy")) == before)
+            #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("o1.npy").path))
+        }
+        let asMask = try runBench(["run", "--query", q, "--key", k, "--value", v, "--mask", "all.npy", "--output", "all.npy"],
+                                  in: directory)
+        #expect(asMask.status == 1 && asMask.stderr.contains("is the --mask input file"), "\(asMask.stderr)")
     }
 
     @Test("--help prints the full help and exits 0; it is not an error")
