@@ -79,26 +79,28 @@ struct Suite: ParsableCommand {
 
     // MARK: Shape
 
-    @Option(help: ArgumentHelp("Batch size B.", valueName: "B"))
+    // `.unconditional` on the numeric options: a negative value is the value, not an option,
+    // so it reaches the range check and its message instead of "Missing value".
+    @Option(parsing: .unconditional, help: ArgumentHelp("Batch size B.", valueName: "B"))
     var batch: Int?
 
-    @Option(help: ArgumentHelp("Query heads Hq.", valueName: "Hq"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Query heads Hq.", valueName: "Hq"))
     var heads: Int?
 
-    @Option(help: ArgumentHelp("Key/value heads Hkv; must divide --heads (default: --heads; fewer is grouped-query attention).",
+    @Option(parsing: .unconditional, help: ArgumentHelp("Key/value heads Hkv; must divide --heads (default: --heads; fewer is grouped-query attention).",
                                valueName: "Hkv"))
     var kvHeads: Int?
 
-    @Option(help: ArgumentHelp("Query length L.", valueName: "L"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Query length L.", valueName: "L"))
     var queryLength: Int?
 
-    @Option(help: ArgumentHelp("Key/value length S (default: --query-length).", valueName: "S"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Key/value length S (default: --query-length).", valueName: "S"))
     var keyLength: Int?
 
-    @Option(help: ArgumentHelp("Head width Dk, and Dv unless --value-dim is given.", valueName: "D"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Head width Dk, and Dv unless --value-dim is given.", valueName: "D"))
     var dim: Int?
 
-    @Option(help: ArgumentHelp("Value width Dv (default: --dim).", valueName: "Dv"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Value width Dv (default: --dim).", valueName: "Dv"))
     var valueDim: Int?
 
     // MARK: What to run
@@ -137,13 +139,13 @@ struct Suite: ParsableCommand {
     @Flag(help: "Do not time naive. The other kernels are still checked against one naive run (full or slice).")
     var noNaive = false
 
-    @Option(help: ArgumentHelp("""
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
         Threads for the blas/automatic kernels (AttentionThreads.setCount). Default: the \
         library default, ATTENTIONKIT_NUM_THREADS or else all cores.
         """, valueName: "N"))
     var threads: Int?
 
-    @Option(help: ArgumentHelp("""
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
         Also time each fast kernel on this many threads (usually 1), alternating rep by rep \
         with the --threads runs (AttentionThreads.withCount), and report the thread \
         speed-up: the median over reps of (time on this count / time on --threads). Pairs \
@@ -154,25 +156,25 @@ struct Suite: ParsableCommand {
 
     // MARK: Timing
 
-    @Option(help: ArgumentHelp("""
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
         Timed repetitions per kernel after the warm-up (default: 11, stopping early after 3 \
         once a kernel has used --time-budget). An explicit value is run in full unless \
         --time-budget is also given.
         """, valueName: "N"))
     var repetitions: Int?
 
-    @Option(help: ArgumentHelp("Seconds of timed reps per kernel after which to stop early (at least 3 reps; default: 3).",
+    @Option(parsing: .unconditional, help: ArgumentHelp("Seconds of timed reps per kernel after which to stop early (at least 3 reps; default: 3).",
                                valueName: "seconds"))
     var timeBudget: Double?
 
-    @Option(help: ArgumentHelp("""
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
         Run (and time) naive on the full problem only if one run is estimated to take at \
         most this long; else check against naive on a slice cut to this budget.
         """, valueName: "seconds"))
     var naiveBudget: Double = 3
 
 
-    @Option(help: ArgumentHelp("Largest max abs error vs naive that passes the check.", valueName: "x"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Largest max abs error vs naive that passes the check.", valueName: "x"))
     var tolerance: Float = 1e-3
 
     @Option(help: "Seed of the input generator.")

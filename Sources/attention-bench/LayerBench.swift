@@ -48,14 +48,16 @@ struct LayerBench: ParsableCommand {
     @Option(help: "What to run: all, forward, generate or bandwidth.")
     var workload: Workload = .all
 
-    @Option(help: ArgumentHelp("Threads (AttentionThreads.setCount; OpenBLAS runs the projections on as many). Default: the library default.",
+    // `.unconditional` on the numeric options: a negative value is the value, not an option,
+    // so it reaches the range check and its message instead of "Missing value".
+    @Option(parsing: .unconditional, help: ArgumentHelp("Threads (AttentionThreads.setCount; OpenBLAS runs the projections on as many). Default: the library default.",
                                valueName: "N"))
     var threads: Int?
 
-    @Option(help: ArgumentHelp("Timed repetitions per workload (default: forward 11, generate 5).", valueName: "N"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Timed repetitions per workload (default: forward 11, generate 5).", valueName: "N"))
     var repetitions: Int?
 
-    @Option(help: ArgumentHelp("Tokens in the generation loop.", valueName: "N"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Tokens in the generation loop.", valueName: "N"))
     var tokens: Int = 256
 
     @Flag(help: "Skip the correctness checks (one untimed warm-up rep runs instead).")
@@ -75,7 +77,7 @@ struct LayerBench: ParsableCommand {
     @Flag(help: "No progress lines on stderr.")
     var quiet = false
 
-    @Option(help: "Seed of the inputs and weights.")
+    @Option(parsing: .unconditional, help: "Seed of the inputs and weights.")
     var seed: UInt64 = 7
 
     func validate() throws {

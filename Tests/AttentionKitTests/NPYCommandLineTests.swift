@@ -452,4 +452,18 @@ struct NPYCommandLineTests {
         let rows = result.stdout.split(separator: "\n")
         #expect(rows.first?.hasPrefix("shape,dims,batch") == true && rows.count == 3, "\(result.stdout)")
     }
+
+    /// A negative number is an option's value, so it gets the option's range message.
+    @Test("negative numbers reach the suite's and the layer's range checks")
+    func negativeNumbers() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for (arguments, phrase) in [(["--threads", "-1"], "--threads must be at least 1, got -1"),
+                                    (["--batch", "-2"], "--batch must be at least 1, got -2"),
+                                    (["--tolerance", "-1"], "--tolerance must be zero or more"),
+                                    (["layer", "--tokens", "-5"], "--tokens must be at least 1, got -5")] {
+            let result = try runBench(arguments, in: directory)
+            #expect(result.status != 0 && result.stderr.contains(phrase), "\(arguments): \(result.stderr)")
+        }
+    }
 }
