@@ -76,6 +76,22 @@ struct InputFile {
         }
         return false
     }
+
+    /// Reads from the file's current position into `buffer` until it is full or the file
+    /// ends; returns the number of bytes read.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        var filled = 0
+        while filled < buffer.count {
+            let got = posixRead(fd, buffer.baseAddress! + filled, min(buffer.count - filled, 1 << 30))
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw AttentionError(.fileAccess, "cannot read \(path): \(systemReason())")
+            }
+            if got == 0 { break }
+            filled += got
+        }
+        return filled
+    }
 }
 
 /// The C library's `close` and `read`, which `InputFile`'s methods of the same names hide.
