@@ -58,6 +58,17 @@ struct InputFile {
     /// Closes the file.
     func close() { closeDescriptor(fd) }
 
+    /// The file's size now (`fstat`), when it is a regular file: a file truncated by another
+    /// process while it was read can hand back zeros for the lost bytes with a full count,
+    /// so a reader compares this with the size it expected after reading.
+    func currentRegularFileSize() throws -> Int? {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw AttentionError(.fileAccess, "cannot read \(path): \(systemReason())")
+        }
+        return (info.st_mode & S_IFMT) == S_IFREG ? Int(info.st_size) : nil
+    }
+
     /// Appends bytes from the file's current position to `buffer` until it holds `total`
     /// bytes or the file ends; returns whether it ended first. Memory grows only as bytes
     /// arrive, whatever `total` is.

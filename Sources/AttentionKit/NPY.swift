@@ -279,6 +279,7 @@ extension Float: NPYElement {
         if !(try file.read(into: &beyond, upTo: 1)) {
             try checkNPYPayloadLength(layout, available: layout.byteCount + 1, exact: false, source: source)
         }
+        try checkSizeAfterReading(file, layout: layout, source: source)
         return Tensor(validatedShape: layout.shape, scalars: scalars)
         #else
         return nil
@@ -564,7 +565,15 @@ func readNPYFile<Element: NPYElement>(_ url: URL, as: Element.Type) throws -> Te
     let limit = layout.byteCount == Int.max ? Int.max : layout.byteCount + 1
     let atEnd = try file.read(into: &payload, upTo: limit)
     try checkNPYPayloadLength(layout, available: payload.count, exact: atEnd, source: source)
+    try checkSizeAfterReading(file, layout: layout, source: source)
     return try payload.withUnsafeBytes { try decodeNPYPayload($0, layout: layout, source: source) }
+}
+
+/// Throws when a regular file is no longer exactly as long as its header says: truncated by
+/// another process during the read, the lost bytes may have come back as zeros.
+func checkSizeAfterReading(_ file: InputFile, layout: NPYLayout, source: String) throws {
+    guard let size = try file.currentRegularFileSize() else { return }
+    try checkNPYPayloadLength(layout, available: max(0, size - layout.payloadStart), source: source)
 }
 
 private func hexByte(_ byte: UInt8) -> String {

@@ -250,6 +250,34 @@ struct NPYTests {
         #expect(badBool?.message.contains("bool byte 2 at index [1, 0]") == true, "\(String(describing: badBool))")
     }
 
+    /// A file truncated by another process while it is read must not come back as a tensor
+    /// with zeros where the lost bytes were (Linux can return a full count for such a read):
+    /// every read either gives the values written or throws.
+    @Test("a file truncated while it is read gives the right values or an error, never zeros")
+    func truncatedWhileRead() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let url = directory.appendingPathComponent("race.npy")
+        let count = 1 << 18
+        let bytes = try Tensor<Float>(shape: [count], scalars: (0..<count).map(Float.init)).npyData()
+        var wrong = 0
+        for attempt in 0..<120 {
+            try bytes.write(to: url)
+            let done = DispatchSemaphore(value: 0)
+            Thread {
+                usleep(UInt32(attempt % 7) * 60)
+                truncate(url.path, off_t(bytes.count - 4096))
+                done.signal()
+            }.start()
+            if let tensor = try? Tensor<Float>(contentsOfNPY: url),
+               tensor.count != count || tensor.scalars.enumerated().contains(where: { Float($0.offset) != $0.element }) {
+                wrong += 1
+            }
+            done.wait()
+        }
+        #expect(wrong == 0, "\(wrong) of 120 reads returned a tensor with wrong values")
+    }
+
     @Test("files that cannot be read or written throw fileAccess and leave the target as it was")
     func fileAccess() throws {
         let directory = try makeTemporaryDirectory()
