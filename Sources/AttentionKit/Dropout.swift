@@ -10,6 +10,10 @@
 /// key `j`), so the same seed gives the same pattern on every kernel, thread count and run.
 /// Use a new seed for each training step to draw a new pattern.
 ///
+/// Dropping multiplies a weight by 0, so a NaN weight stays NaN (as with PyTorch's mask
+/// multiply): a row whose scores hold a NaN stays NaN under dropout instead of hiding behind
+/// zeros.
+///
 /// ```swift
 /// let dropout = try Dropout(probability: 0.1, seed: step)
 /// let out = try scaledDotProductAttention(query: q, key: k, value: v, dropout: dropout)

@@ -80,6 +80,27 @@ struct DropoutTests {
         }
     }
 
+    /// A NaN score makes its row NaN (output and allowed weights) with dropout too: dropping
+    /// a NaN weight multiplies it by 0, which keeps it NaN, as PyTorch's mask multiply does,
+    /// rather than hiding it behind a zero row.
+    @Test func nanRowsStayNaNUnderDropout() throws {
+        let q = try Tensor<Float>(shape: [1, 1, 1, 4], repeating: 1)
+        var k = try Tensor<Float>(shape: [1, 1, 2, 4], repeating: 0.5)
+        k.withUnsafeMutableBufferPointer { $0[0] = .nan }
+        let v = try Tensor<Float>(shape: [1, 1, 2, 4], repeating: 1)
+        for kernel in allKernels {
+            for seed in UInt64(1)...3 {
+                let (out, weights) = try scaledDotProductAttentionWithWeights(
+                    query: q, key: k, value: v, dropout: try Dropout(probability: 0.9, seed: seed), kernel: kernel)
+                #expect(out.scalars.allSatisfy { $0.isNaN }, "\(kernel) seed \(seed): output \(out.scalars)")
+                #expect(weights.scalars.allSatisfy { $0.isNaN }, "\(kernel) seed \(seed): weights \(weights.scalars)")
+                let plain = try scaledDotProductAttention(
+                    query: q, key: k, value: v, dropout: try Dropout(probability: 0.9, seed: seed), kernel: kernel)
+                #expect(plain.scalars.allSatisfy { $0.isNaN }, "\(kernel) seed \(seed) without weights: \(plain.scalars)")
+            }
+        }
+    }
+
     @Test func zeroProbabilityChangesNothing() throws {
         let (q, k, v) = inputs()
         let plain = try scaledDotProductAttentionWithWeights(query: q, key: k, value: v)
