@@ -177,7 +177,7 @@ struct Suite: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp("Largest max abs error vs naive that passes the check.", valueName: "x"))
     var tolerance: Float = 1e-3
 
-    @Option(help: "Seed of the input generator.")
+    @Option(parsing: .unconditional, help: "Seed of the input generator.")
     var seed: UInt64 = 42
 
     // MARK: Output

@@ -118,7 +118,9 @@ struct Run: ParsableCommand {
         // Options that ArgumentParser cannot check, reported as one line each.
         guard repetitions >= 1 else { throw BenchFailure(description: "--repetitions must be at least 1, got \(repetitions)") }
         if let threads, threads < 1 { throw BenchFailure(description: "--threads must be at least 1, got \(threads)") }
-        guard heatmapCells >= 1 else { throw BenchFailure(description: "--heatmap-cells must be at least 1, got \(heatmapCells)") }
+        guard heatmap == nil || heatmapCells >= 1 else {
+            throw BenchFailure(description: "--heatmap-cells must be at least 1, got \(heatmapCells)")
+        }
         let destinations = [("--output", output), ("--weights", weights), ("--heatmap", heatmap)]
             .compactMap { name, path in path.map { (name: name, path: $0, identity: fileIdentity($0)) } }
         for (n, destination) in destinations.enumerated() where destination.identity != nil {
@@ -127,10 +129,11 @@ struct Run: ParsableCommand {
             }
         }
         // An output written over an input would lose the input, so it is refused rather
-        // than done silently.
+        // than done silently. (A hard link to an input is another name: replacing it leaves
+        // the input as it was.)
         let inputs = [("--query", query), ("--key", key), ("--value", value)] + mask.map { ("--mask", $0) } + bias.map { ("--bias", $0) }
-        for destination in destinations where destination.identity != nil {
-            if let input = inputs.first(where: { inputIdentity($0.1) == destination.identity }) {
+        for destination in destinations {
+            if let input = inputs.first(where: { overwrites(destination.path, input: $0.1) }) {
                 throw BenchFailure(description: "\(destination.name) \(destination.path) is the \(input.0) input file; "
                     + "write the results to another file")
             }
@@ -303,11 +306,27 @@ private func fileIdentity(_ path: String) -> String? {
     return "path \(String(cString: resolved))/\(name)"
 }
 
-/// The identity of an existing input file, comparable with ``fileIdentity(_:)``'s (its
-/// device and inode); nil when it cannot be found.
-private func inputIdentity(_ path: String) -> String? {
-    var info = stat()
-    return stat(path, &info) == 0 ? "inode \(info.st_dev):\(info.st_ino)" : nil
+/// Whether writing `destination` would destroy the input file at `input`: a regular file
+/// destination is replaced by renaming onto its path, which loses the input only when both
+/// resolve to the same path (a hard link is a different name and keeps the input); one of
+/// this process's descriptors (`/dev/stdout`, also when redirected onto the input) is
+/// written into, which loses the input when it is the same file (device and inode).
+private func overwrites(_ destination: String, input: String) -> Bool {
+    var inputInfo = stat()
+    guard stat(input, &inputInfo) == 0 else { return false }
+    switch try? writeDestination(destination) {
+    case .file(let target)?:
+        guard let a = realpath(target, nil) else { return false }        // not there yet
+        defer { free(a) }
+        guard let b = realpath(input, nil) else { return false }
+        defer { free(b) }
+        return strcmp(a, b) == 0
+    case .descriptor(let fd)?:
+        var info = stat()
+        return fstat(fd, &info) == 0 && info.st_dev == inputInfo.st_dev && info.st_ino == inputInfo.st_ino
+    default:
+        return false
+    }
 }
 
 /// A fresh name for a temporary file next to `path`, ending in `suffix`.

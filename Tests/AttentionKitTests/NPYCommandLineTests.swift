@@ -250,6 +250,13 @@ struct NPYCommandLineTests {
         let asMask = try runBench(["run", "--query", q, "--key", k, "--value", v, "--mask", "all.npy", "--output", "all.npy"],
                                   in: directory)
         #expect(asMask.status == 1 && asMask.stderr.contains("is the --mask input file"), "\(asMask.stderr)")
+        // A hard link to the query is another name: replacing it keeps the query file. And
+        // --heatmap-cells matters only with --heatmap.
+        #expect(link(directory.appendingPathComponent("q0.npy").path, directory.appendingPathComponent("qlink.npy").path) == 0)
+        let linked = try runBench(["run", "--query", "q0.npy", "--key", "k0.npy", "--value", "k0.npy", "--output", "qlink.npy",
+                                   "--heatmap-cells", "0"], in: directory)
+        #expect(linked.status == 0, "\(linked.stderr)")
+        #expect(try Data(contentsOf: directory.appendingPathComponent("q0.npy")) == before)
     }
 
     @Test("--help prints the full help and exits 0; it is not an error")
