@@ -55,7 +55,7 @@ public struct Dropout: Sendable, Equatable {
         // it even at the SSE2 baseline: 2.0–2.6 ns per weight against 3.5–4.2 ns for the
         // branching loop it replaces, which made the same decisions (micro-benchmark on one
         // core, rows of 2048 keys); at B1 H8 L2048 D64 on one thread the time dropout adds
-        // fell from 128–200 ms to 60–100 ms (the Dropout benchmark target, Benchmarks/README.md).
+        // fell from 128–200 ms to 59–100 ms (the Dropout benchmark target, Benchmarks/README.md).
         let keyStep: UInt64 = 0xD1B5_4A32_D192_ED03
         var key = UInt64(truncatingIfNeeded: keyOffset) &* keyStep
         for j in 0..<count {
