@@ -23,6 +23,7 @@ struct Run: ParsableCommand {
             with AttentionKit, prints the shapes and the time of the call, and
             writes the output [B,Hq,L,Dv] as float32 .npy; with --weights also the
             attention weights [B,Hq,L,S], and with --heatmap an SVG picture of them.
+            When one of them is /dev/stdout, the report goes to stderr instead.
 
             Masks: --mask (a bool .npy, true = may attend), --bias (a float .npy
             added to the scaled scores), --causal and --key-lengths. Tensors
@@ -139,6 +140,7 @@ struct Run: ParsableCommand {
             }
         }
         let lengths = try keyLengths.map(parseKeyLengths)
+        let reportToStandardError = destinations.contains { isStandardOutput($0.path) }
 
         // Inputs.
         let q = try read("--query") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: query)) }
@@ -238,7 +240,10 @@ struct Run: ParsableCommand {
         let width = lines.filter { !$0.2.isEmpty }.map(\.1.count).max() ?? 0
         for (name, text, shape) in lines {
             let padded = shape.isEmpty ? text : text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0)
-            print("\(name.padding(toLength: 8, withPad: " ", startingAt: 0))\(padded)\(shape.isEmpty ? "" : "  " + shape)")
+            let line = "\(name.padding(toLength: 8, withPad: " ", startingAt: 0))\(padded)\(shape.isEmpty ? "" : "  " + shape)"
+            // With a result written to stdout, the report goes to stderr so that stdout
+            // carries the .npy (or SVG) bytes alone.
+            if reportToStandardError { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
         }
     }
 
@@ -304,6 +309,15 @@ private func fileIdentity(_ path: String) -> String? {
     guard let resolved = realpath(directoryPart(of: path), nil) else { return "path \(path)" }
     defer { free(resolved) }
     return "path \(String(cString: resolved))/\(name)"
+}
+
+/// Whether `path` names this process's standard output (`/dev/stdout`, `/dev/fd/1`, or
+/// another descriptor open on the same file or pipe).
+private func isStandardOutput(_ path: String) -> Bool {
+    guard case .descriptor(let fd)? = try? writeDestination(path) else { return false }
+    var mine = stat(), standard = stat()
+    return fd == STDOUT_FILENO || (fstat(fd, &mine) == 0 && fstat(STDOUT_FILENO, &standard) == 0
+                                   && mine.st_dev == standard.st_dev && mine.st_ino == standard.st_ino)
 }
 
 /// Whether writing `destination` would destroy the input file at `input`: a regular file
