@@ -115,13 +115,17 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The heatmap's title (default: \"Attention weights\" and the query file's name).", valueName: "text"))
     var heatmapTitle: String?
 
-    mutating func run() throws {
-        // Options that ArgumentParser cannot check, reported as one line each.
-        guard repetitions >= 1 else { throw BenchFailure(description: "--repetitions must be at least 1, got \(repetitions)") }
-        if let threads, threads < 1 { throw BenchFailure(description: "--threads must be at least 1, got \(threads)") }
+    /// Ranges ArgumentParser cannot check: a malformed command line, status 64 like the
+    /// parser's own errors (errors in the files exit with 1).
+    func validate() throws {
+        guard repetitions >= 1 else { throw ValidationError("--repetitions must be at least 1, got \(repetitions)") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
         guard heatmap == nil || heatmapCells >= 1 else {
-            throw BenchFailure(description: "--heatmap-cells must be at least 1, got \(heatmapCells)")
+            throw ValidationError("--heatmap-cells must be at least 1, got \(heatmapCells)")
         }
+    }
+
+    mutating func run() throws {
         let destinations = [("--output", output), ("--weights", weights), ("--heatmap", heatmap)]
             .compactMap { name, path in path.map { (name: name, path: $0, identity: fileIdentity($0)) } }
         for (n, destination) in destinations.enumerated() where destination.identity != nil {

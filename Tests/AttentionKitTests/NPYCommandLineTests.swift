@@ -472,5 +472,10 @@ struct NPYCommandLineTests {
             let result = try runBench(arguments, in: directory)
             #expect(result.status != 0 && result.stderr.contains(phrase), "\(arguments): \(result.stderr)")
         }
+        // In run too, a range error is a malformed command line: status 64, one line.
+        let run = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy", "--output", "o.npy",
+                                "--threads", "-1"], in: directory)
+        #expect(run.status == 64 && run.stderr.split(separator: "\n").count == 1
+                && run.stderr.contains("--threads must be at least 1, got -1"), "status \(run.status): \(run.stderr)")
     }
 }
