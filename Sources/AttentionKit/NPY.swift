@@ -273,12 +273,9 @@ extension Float: NPYElement {
             got = try file.read(into: UnsafeMutableRawBufferPointer(buffer))
             initialized = got == layout.byteCount ? layout.count : 0
         }
-        // The file may have changed since its size was checked: it must still end exactly here.
+        // The file may have changed since its size was checked: a short read, or a size that
+        // is no longer the header's (grown, or cut while the bytes were copied).
         if got < layout.byteCount { try checkNPYPayloadLength(layout, available: got, source: source) }
-        var beyond: [UInt8] = []
-        if !(try file.read(into: &beyond, upTo: 1)) {
-            try checkNPYPayloadLength(layout, available: layout.byteCount + 1, exact: false, source: source)
-        }
         try checkSizeAfterReading(file, layout: layout, source: source)
         return Tensor(validatedShape: layout.shape, scalars: scalars)
         #else
