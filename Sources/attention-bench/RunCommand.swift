@@ -126,8 +126,12 @@ struct Run: ParsableCommand {
     }
 
     mutating func run() throws {
+        // Each destination resolved once (writeAllOrNothing checks it again before writing).
         let destinations = [("--output", output), ("--weights", weights), ("--heatmap", heatmap)]
-            .compactMap { name, path in path.map { (name: name, path: $0, identity: fileIdentity($0)) } }
+            .compactMap { name, path in path.map { path in
+                let target = try? writeDestination(path)
+                return (name: name, path: path, target: target, identity: fileIdentity(path, target))
+            } }
         for (n, destination) in destinations.enumerated() where destination.identity != nil {
             if let other = destinations[..<n].first(where: { $0.identity == destination.identity }) {
                 throw BenchFailure(description: "\(other.name) and \(destination.name) name the same file \(destination.path)")
@@ -138,13 +142,13 @@ struct Run: ParsableCommand {
         // the input as it was.)
         let inputs = [("--query", query), ("--key", key), ("--value", value)] + mask.map { ("--mask", $0) } + bias.map { ("--bias", $0) }
         for destination in destinations {
-            if let input = inputs.first(where: { overwrites(destination.path, input: $0.1) }) {
+            if let input = inputs.first(where: { overwrites(destination.target, input: $0.1) }) {
                 throw BenchFailure(description: "\(destination.name) \(destination.path) is the \(input.0) input file; "
                     + "write the results to another file")
             }
         }
         let lengths = try keyLengths.map(parseKeyLengths)
-        let reportToStandardError = destinations.contains { isStandardOutput($0.path) }
+        let reportToStandardError = destinations.contains { isStandardOutput($0.target) }
 
         // Inputs.
         let q = try read("--query") { try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: query)) }
@@ -292,22 +296,23 @@ private func describe(_ shape: [Int]) -> String {
     "[" + shape.map(String.init).joined(separator: ", ") + "]"
 }
 
-/// What `path` names, for spotting two options that would write the same file through
-/// different spellings (`a/out.npy` and `./a/out.npy`, or a symbolic link to `a`): the device
-/// and inode of an existing file, else its directory with symbolic links resolved and its
-/// name. Nil for a character device or FIFO, which a run may name twice (`/dev/null`).
-private func fileIdentity(_ path: String) -> String? {
-    switch try? writeDestination(path) {
+/// What `path` (resolved for writing as `target`) names, for spotting two options that would
+/// write the same file through different spellings (`a/out.npy` and `./a/out.npy`, or a
+/// symbolic link to `a`): the device and inode of an existing file, else its directory with
+/// symbolic links resolved and its name. Nil for a character device or FIFO, which a run may
+/// name twice (`/dev/null`).
+private func fileIdentity(_ path: String, _ target: WriteDestination?) -> String? {
+    switch target {
     case .stream?: return nil
     case .descriptor(let fd)?:
         // A descriptor redirected to a regular file (`> x.npy`) is that file.
         var info = stat()
         guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
-        return "inode \(info.st_dev):\(info.st_ino)"
+        return inodeIdentity(info)
     default: break
     }
     var info = stat()
-    if stat(path, &info) == 0 { return "inode \(info.st_dev):\(info.st_ino)" }
+    if stat(path, &info) == 0 { return inodeIdentity(info) }
     // The directory as written, resolved the way the kernel resolves it (`..` after links).
     let name = String(path[(path.lastIndex(of: "/").map { path.index(after: $0) } ?? path.startIndex)...])
     guard let resolved = realpath(directoryPart(of: path), nil) else { return "path \(path)" }
@@ -315,13 +320,22 @@ private func fileIdentity(_ path: String) -> String? {
     return "path \(String(cString: resolved))/\(name)"
 }
 
-/// Whether `path` names this process's standard output (`/dev/stdout`, `/dev/fd/1`, or
+/// `"inode <device>:<inode>"`: what the identity checks compare.
+private func inodeIdentity(_ info: stat) -> String { "inode \(info.st_dev):\(info.st_ino)" }
+
+/// ``inodeIdentity(_:)`` of an open descriptor; nil when `fstat` fails.
+private func inodeIdentity(descriptor fd: Int32) -> String? {
+    var info = stat()
+    return fstat(fd, &info) == 0 ? inodeIdentity(info) : nil
+}
+
+/// Whether a destination is this process's standard output (`/dev/stdout`, `/dev/fd/1`, or
 /// another descriptor open on the same file or pipe).
-private func isStandardOutput(_ path: String) -> Bool {
-    guard case .descriptor(let fd)? = try? writeDestination(path) else { return false }
-    var mine = stat(), standard = stat()
-    return fd == STDOUT_FILENO || (fstat(fd, &mine) == 0 && fstat(STDOUT_FILENO, &standard) == 0
-                                   && mine.st_dev == standard.st_dev && mine.st_ino == standard.st_ino)
+private func isStandardOutput(_ target: WriteDestination?) -> Bool {
+    guard case .descriptor(let fd)? = target else { return false }
+    guard fd != STDOUT_FILENO else { return true }
+    guard let mine = inodeIdentity(descriptor: fd) else { return false }
+    return mine == inodeIdentity(descriptor: STDOUT_FILENO)
 }
 
 /// Whether writing `destination` would destroy the input file at `input`: a regular file
@@ -329,10 +343,10 @@ private func isStandardOutput(_ path: String) -> Bool {
 /// resolve to the same path (a hard link is a different name and keeps the input); one of
 /// this process's descriptors (`/dev/stdout`, also when redirected onto the input) is
 /// written into, which loses the input when it is the same file (device and inode).
-private func overwrites(_ destination: String, input: String) -> Bool {
+private func overwrites(_ destination: WriteDestination?, input: String) -> Bool {
     var inputInfo = stat()
     guard stat(input, &inputInfo) == 0 else { return false }
-    switch try? writeDestination(destination) {
+    switch destination {
     case .file(let target)?:
         guard let a = realpath(target, nil) else { return false }        // not there yet
         defer { free(a) }
@@ -340,8 +354,7 @@ private func overwrites(_ destination: String, input: String) -> Bool {
         defer { free(b) }
         return strcmp(a, b) == 0
     case .descriptor(let fd)?:
-        var info = stat()
-        return fstat(fd, &info) == 0 && info.st_dev == inputInfo.st_dev && info.st_ino == inputInfo.st_ino
+        return inodeIdentity(descriptor: fd) == inodeIdentity(inputInfo)
     default:
         return false
     }
