@@ -316,24 +316,3 @@ func scaleRow(_ row: UnsafeMutablePointer<Float>, count: Int, by factor: Float) 
     while j + lanes <= count { store(load(row + j) * v, row + j); j += lanes }
     while j < count { row[j] *= factor; j += 1 }
 }
-
-/// `row[0..<count] *= factor`, returning whether every result is finite (no NaN, no ±∞):
-/// the BLAS kernel's normalisation of its output rows, which also tells it which rows to
-/// compute again (``repairNonFiniteRows(_:)``). The check is a mask AND per vector, off the
-/// loop's critical path.
-@inline(__always)
-func scaleRowCheckingFinite(_ row: UnsafeMutablePointer<Float>, count: Int, by factor: Float) -> Bool {
-    let v = SIMD8<Float>(repeating: factor)
-    let limit = SIMD8<Float>(repeating: .greatestFiniteMagnitude)
-    var finite = SIMDMask<SIMD8<Int32>>(repeating: true)
-    var j = 0
-    while j + lanes <= count {
-        let y = load(row + j) * v
-        store(y, row + j)
-        finite .&= (y .<= limit) .& (y .>= -limit)               // false for ±∞ and NaN
-        j += lanes
-    }
-    var tailFinite = true
-    while j < count { row[j] *= factor; tailFinite = tailFinite && row[j].isFinite; j += 1 }
-    return all(finite) && tailFinite
-}

@@ -150,14 +150,12 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
                            a: scores, lda: S, b: v, ldb: Dv, transposeB: false,
                            beta: 1, c: out, ldc: Dv)
 
-                // Whether a row came out NaN or ±∞ (it is then computed again, exactly).
-                if gemmOnly {
-                } else if deferNormalization {
-                    // out[r, :] /= Σ_j exp(s_rj − m_r)
-                    var finite = true
-                    for r in 0..<rows { finite = scaleRowCheckingFinite(out + r * Dv, count: Dv, by: inverseSums[r]) && finite }
-                    nonFinite[item] = !finite
-                } else {
+                if !gemmOnly {
+                    if deferNormalization {
+                        // out[r, :] /= Σ_j exp(s_rj − m_r)
+                        for r in 0..<rows { scaleRow(out + r * Dv, count: Dv, by: inverseSums[r]) }
+                    }
+                    // Whether a row came out NaN or ±∞ (it is then computed again, exactly).
                     nonFinite[item] = Dv > 0 ? !allFinite(out, count: rows * Dv)           // [R, Dv]
                         : a.weights != nil && (0..<rows).contains { !allFinite(scores + $0 * S, count: blockEnd) }
                 }
