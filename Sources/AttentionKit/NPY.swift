@@ -38,7 +38,9 @@ extension Tensor where Element == Float {
     ///
     /// The header is read and checked first, and then at most the payload it describes and
     /// one more byte, so a large file that is not `.npy` (or an endless source such as
-    /// `/dev/zero`) is refused after reading only its start.
+    /// `/dev/zero`) is refused after reading only its start. The payload is converted in
+    /// chunks of 256 KiB as it is read (a float32 file on disk is read straight into the
+    /// tensor), so memory holds the tensor and one chunk, not the file's bytes as well.
     ///
     /// ```swift
     /// let q = try Tensor<Float>(contentsOfNPY: URL(fileURLWithPath: "q.npy"))   // [B, H, L, D]
@@ -199,17 +201,22 @@ protocol NPYElement {
     /// The data type written, and the types that can be read into this element type.
     static var writtenType: NPYDataType { get }
     static var readableTypes: [NPYDataType] { get }
-    /// Decodes `count` elements of type `type` from `payload` (exactly `count · itemSize` bytes).
-    static func decode(_ payload: UnsafeRawBufferPointer, type: NPYDataType, count: Int,
-                       shape: [Int], source: String) throws -> [Self]
+    /// The value storage holds before elements are decoded into it.
+    static var placeholder: Self { get }
+    /// Decodes `out.count` elements of type `type` from `bytes` (exactly `out.count · itemSize`
+    /// bytes) into `out`. `first` is the flat index of the first one in the array of shape
+    /// `shape`, for messages: a payload is decoded in chunks, and an error names the element
+    /// by its index in the whole array.
+    static func decode(_ bytes: UnsafeRawBufferPointer, type: NPYDataType, into out: UnsafeMutableBufferPointer<Self>,
+                       first: Int, shape: [Int], source: String) throws
     /// Calls `body` with the little-endian bytes of `elements`: their own memory where it
     /// already has that form, otherwise an encoded copy.
     static func withEncodedBytes<R>(_ elements: UnsafeBufferPointer<Self>,
                                     _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
     /// Reads the payload described by `layout` from a regular file whose size matched it
     /// straight into the tensor's storage, when the bytes need no conversion; nil otherwise
-    /// (the caller then reads the bytes and decodes them). Saves holding the file's bytes
-    /// and the tensor at once: a 10 GB float32 file needs 10 GB, not 20.
+    /// (the caller then decodes the payload chunk by chunk). Saves copying each chunk once
+    /// more: the bytes are the values.
     static func readPayloadInPlace(_ file: InputFile, layout: NPYLayout, source: String) throws -> Tensor<Self>?
 }
 
@@ -221,27 +228,24 @@ extension Float: NPYElement {
     static var writtenType: NPYDataType { .float32 }
     static var readableTypes: [NPYDataType] { [.float32, .float64] }
 
-    static func decode(_ payload: UnsafeRawBufferPointer, type: NPYDataType, count: Int,
-                       shape: [Int], source: String) throws -> [Float] {
-        var result = [Float](repeating: 0, count: count)
+    static var placeholder: Float { 0 }
+
+    static func decode(_ bytes: UnsafeRawBufferPointer, type: NPYDataType, into out: UnsafeMutableBufferPointer<Float>,
+                       first: Int, shape: [Int], source: String) throws {
         switch type {
         case .float32:
-            result.withUnsafeMutableBufferPointer { out in
-                for n in 0..<count {
-                    let bits = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 4 * n, as: UInt32.self))
-                    out[n] = Float(bitPattern: bits)
-                }
+            for n in out.indices {
+                let bits = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4 * n, as: UInt32.self))
+                out[n] = Float(bitPattern: bits)
             }
         case .float64:
             var bad: (index: Int, value: Double)?
-            result.withUnsafeMutableBufferPointer { out in
-                for n in 0..<count {
-                    let bits = UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 8 * n, as: UInt64.self))
-                    let value = Double(bitPattern: bits)
-                    let converted = Float(value)      // round to nearest, ties to even
-                    if converted.isInfinite && value.isFinite && bad == nil { bad = (n, value) }
-                    out[n] = converted
-                }
+            for n in out.indices {
+                let bits = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8 * n, as: UInt64.self))
+                let value = Double(bitPattern: bits)
+                let converted = Float(value)      // round to nearest, ties to even
+                if converted.isInfinite && value.isFinite && bad == nil { bad = (first + n, value) }
+                out[n] = converted
             }
             if let bad {
                 throw AttentionError(.npyValueOutOfRange,
@@ -253,7 +257,6 @@ extension Float: NPYElement {
         case .bool:
             preconditionFailure("bool data is never decoded as Float")
         }
-        return result
     }
 
     static func withEncodedBytes<R>(_ elements: UnsafeBufferPointer<Float>,
@@ -288,15 +291,17 @@ extension Bool: NPYElement {
     static var writtenType: NPYDataType { .bool }
     static var readableTypes: [NPYDataType] { [.bool] }
 
-    static func decode(_ payload: UnsafeRawBufferPointer, type: NPYDataType, count: Int,
-                       shape: [Int], source: String) throws -> [Bool] {
-        // Check every byte first: a Bool must hold exactly 0 or 1.
-        if let bad = (0..<count).first(where: { payload[$0] > 1 }) {
+    static var placeholder: Bool { false }
+
+    static func decode(_ bytes: UnsafeRawBufferPointer, type: NPYDataType, into out: UnsafeMutableBufferPointer<Bool>,
+                       first: Int, shape: [Int], source: String) throws {
+        // A Bool must hold exactly 0 or 1.
+        if let bad = out.indices.first(where: { bytes[$0] > 1 }) {
             throw AttentionError(.npyFormat,
-                "\(source): bool byte \(payload[bad]) at index \(describe(flatToIndex(bad, shape))) "
+                "\(source): bool byte \(bytes[bad]) at index \(describe(flatToIndex(first + bad, shape))) "
                 + "is neither 0 (false) nor 1 (true)")
         }
-        return (0..<count).map { payload[$0] != 0 }
+        for n in out.indices { out[n] = bytes[n] != 0 }
     }
 
     static func withEncodedBytes<R>(_ elements: UnsafeBufferPointer<Bool>,
@@ -521,15 +526,28 @@ func decodeNPY<Element: NPYElement>(
 func decodeNPYPayload<Element: NPYElement>(
     _ payload: UnsafeRawBufferPointer, layout: NPYLayout, source: String
 ) throws -> Tensor<Element> {
-    let scalars = try Element.decode(payload, type: layout.type, count: layout.count, shape: layout.shape, source: source)
+    var scalars = [Element](repeating: Element.placeholder, count: layout.count)
+    try scalars.withUnsafeMutableBufferPointer {
+        try Element.decode(payload, type: layout.type, into: $0, first: 0, shape: layout.shape, source: source)
+    }
     return Tensor(validatedShape: layout.shape, scalars: scalars)
 }
 
+/// The most payload bytes read at a time before they are decoded into the tensor: half of
+/// this machine's 512 KiB L2, so a chunk is still cached when it is decoded.
+let npyReadChunkBytes = 1 << 18
+
 /// Reads a `.npy` file without ever holding more of it than its header promises: first the
-/// magic string and header, then (once they are valid) at most the payload and one more
-/// byte. A regular file's size is checked against the header before the payload is read, so
-/// a huge file that is not `.npy`, or whose header does not match its size, is refused after
-/// reading only its start; an endless source such as `/dev/zero` is refused the same way.
+/// magic string and header, then (once they are valid) at most the payload and, from a
+/// source without a size, one more byte. A regular file's size is checked against the header
+/// before the payload is read, so a huge file that is not `.npy`, or whose header does not
+/// match its size, is refused after reading only its start; an endless source such as
+/// `/dev/zero` is refused the same way.
+///
+/// The payload is read in chunks of `npyReadChunkBytes`, each decoded into the tensor's
+/// storage as it arrives, so memory holds the tensor and one chunk rather than the file's
+/// bytes as well (a float64 file is twice its tensor). From a pipe the storage grows only as
+/// bytes arrive, so a header that promises more than the pipe delivers costs only what came.
 func readNPYFile<Element: NPYElement>(_ url: URL, as: Element.Type) throws -> Tensor<Element> {
     let file = try InputFile(url)
     defer { file.close() }
@@ -552,18 +570,41 @@ func readNPYFile<Element: NPYElement>(_ url: URL, as: Element.Type) throws -> Te
     precondition(prefix.count == layout.payloadStart)
 
     // A regular file says how long it is: compare before reading anything more.
-    var payload: [UInt8] = []
+    var scalars: [Element] = []
     if let size = file.regularFileSize, size >= layout.payloadStart {
         try checkNPYPayloadLength(layout, available: size - layout.payloadStart, source: source)
         if let tensor = try Element.readPayloadInPlace(file, layout: layout, source: source) { return tensor }
-        payload.reserveCapacity(layout.byteCount + 1)
+        scalars.reserveCapacity(layout.count)
     }
-    // One byte beyond the payload tells whether anything follows it.
-    let limit = layout.byteCount == Int.max ? Int.max : layout.byteCount + 1
-    let atEnd = try file.read(into: &payload, upTo: limit)
-    try checkNPYPayloadLength(layout, available: payload.count, exact: atEnd, source: source)
+    let itemSize = layout.type.itemSize
+    let chunkCount = npyReadChunkBytes / itemSize
+    var chunk = [UInt8](repeating: 0, count: min(layout.byteCount, chunkCount * itemSize))
+    while scalars.count < layout.count {
+        let first = scalars.count
+        let n = min(chunkCount, layout.count - first)
+        let got = try chunk.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<(n * itemSize)])) }
+        if got < n * itemSize {                                  // the source ended: truncated
+            try checkNPYPayloadLength(layout, available: first * itemSize + got, source: source)
+        }
+        scalars.append(contentsOf: repeatElement(Element.placeholder, count: n))
+        try chunk.withUnsafeBytes { bytes in
+            try scalars.withUnsafeMutableBufferPointer { out in
+                try Element.decode(UnsafeRawBufferPointer(rebasing: bytes[..<(n * itemSize)]), type: layout.type,
+                                   into: UnsafeMutableBufferPointer(rebasing: out[first...]),
+                                   first: first, shape: layout.shape, source: source)
+            }
+        }
+    }
+    // One byte beyond the payload tells whether anything follows it; a regular file's size
+    // tells that after reading.
+    if file.regularFileSize == nil {
+        var next: UInt8 = 0
+        if try withUnsafeMutableBytes(of: &next, { try file.read(into: $0) }) > 0 {
+            try checkNPYPayloadLength(layout, available: layout.byteCount + 1, exact: false, source: source)
+        }
+    }
     try checkSizeAfterReading(file, layout: layout, source: source)
-    return try payload.withUnsafeBytes { try decodeNPYPayload($0, layout: layout, source: source) }
+    return Tensor(validatedShape: layout.shape, scalars: scalars)
 }
 
 /// Throws when a regular file is no longer exactly as long as its header says: truncated by

@@ -442,6 +442,19 @@ private func littleEndianBytes(_ values: [Double], size: Int) -> [UInt8] {
     }
 }
 
+/// Calls `body` with a `/dev/fd` URL of a pipe that another thread fills with `data` and then
+/// closes; `body` must read the pipe to its end (a writer left blocked would never finish).
+private func throughPipe<T>(_ data: Data, _ body: (URL) throws -> T) throws -> T {
+    let pipe = Pipe()
+    let writer = Thread {
+        try? pipe.fileHandleForWriting.write(contentsOf: data)
+        try? pipe.fileHandleForWriting.close()
+    }
+    writer.start()
+    defer { try? pipe.fileHandleForReading.close() }
+    return try body(URL(fileURLWithPath: "/dev/fd/\(pipe.fileHandleForReading.fileDescriptor)"))
+}
+
 @Suite("NumPy .npy interop and large sources")
 struct NPYSourceTests {
     // The expected values below were checked against numpy.load of the same bytes.
@@ -534,6 +547,68 @@ struct NPYSourceTests {
             }
             try pipe.fileHandleForReading.close()
         }
+    }
+
+    /// The reader decodes a payload in chunks of 256 KiB as they arrive (32 768 float64
+    /// values, 65 536 float32, 262 144 bools): values across chunk boundaries, from a file
+    /// and from a pipe, and errors that name an element of a later chunk by its index in the
+    /// whole array, not in its chunk.
+    @Test("payloads of several read chunks: exact values from a file and a pipe, errors at the right index")
+    func payloadsOfSeveralChunks() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func file(_ name: String, _ data: Data) throws -> URL {
+            let url = directory.appendingPathComponent(name)
+            try data.write(to: url)
+            return url
+        }
+        let rows = 7, columns = 14_287                    // 100 009 elements: four float64 chunks, the last partial
+        let count = rows * columns
+        let values: [Double] = (0..<count).map { (n: Int) -> Double in
+            Double(n) * 0.1 - 3_300 + 1e-9 * Double(n % 7)
+        }
+        let expected = values.map(Float.init)             // round to nearest, as the policy states
+        for size in [8, 4] {
+            let data = npyBytes(header: "{'descr': '<f\(size)', 'fortran_order': False, 'shape': (\(rows), \(columns)), }",
+                                payload: littleEndianBytes(values, size: size))
+            let fromFile = try Tensor<Float>(contentsOfNPY: file("f\(size).npy", data))
+            #expect(fromFile.shape == [rows, columns] && fromFile.scalars == expected, "f\(size) from a file")
+            let fromPipe = try throughPipe(data) { try Tensor<Float>(contentsOfNPY: $0) }
+            #expect(fromPipe.shape == [rows, columns] && fromPipe.scalars == expected, "f\(size) from a pipe")
+
+            // Cut 1000 bytes short: the message gives the bytes found, counted over all chunks.
+            let short = data.dropLast(1000)
+            for (name, error) in [("file", attentionError("short f\(size) file") { try Tensor<Float>(contentsOfNPY: file("short\(size).npy", short)) }),
+                                  ("pipe", try throughPipe(short) { url in attentionError("short f\(size) pipe") { try Tensor<Float>(contentsOfNPY: url) } })] {
+                #expect(error?.code == .npyFormat, "\(name): \(String(describing: error))")
+                #expect(error?.message.contains("truncated") == true && error?.message.contains("the file has \(count * size - 1000)") == true,
+                        "\(name): \(String(describing: error))")
+            }
+        }
+
+        // A float64 value out of Float's range in the third chunk (from a file) and in the last
+        // one (from a pipe, which is then read to its end).
+        for (bad, viaPipe) in [(70_001, false), (99_000, true)] {
+            var outOfRange = values
+            outOfRange[bad] = -1e39
+            let data = npyBytes(header: "{'descr': '<f8', 'fortran_order': False, 'shape': (\(rows), \(columns)), }",
+                                payload: littleEndianBytes(outOfRange, size: 8))
+            let error = viaPipe
+                ? try throughPipe(data) { url in attentionError("-1e39 at \(bad), pipe") { try Tensor<Float>(contentsOfNPY: url) } }
+                : attentionError("-1e39 at \(bad), file") { try Tensor<Float>(contentsOfNPY: file("bad\(bad).npy", data)) }
+            #expect(error?.code == .npyValueOutOfRange, "\(String(describing: error))")
+            #expect(error?.message.contains("at index [\(bad / columns), \(bad % columns)]") == true, "\(String(describing: error))")
+        }
+
+        // Bools: 600 000 of them, three chunks; a byte 3 in the third.
+        let pattern: [UInt8] = (0..<600_000).map { (n: Int) -> UInt8 in UInt8((n * 7 + n / 5) % 2) }
+        let boolHeader = "{'descr': '|b1', 'fortran_order': False, 'shape': (600000,), }"
+        let mask = try throughPipe(npyBytes(header: boolHeader, payload: pattern)) { try Tensor<Bool>(contentsOfNPY: $0) }
+        #expect(mask.scalars == pattern.map { $0 == 1 })
+        var badPattern = pattern
+        badPattern[530_001] = 3
+        let error = attentionError("bool byte 3") { try Tensor<Bool>(contentsOfNPY: file("bad.npy", npyBytes(header: boolHeader, payload: badPattern))) }
+        #expect(error?.code == .npyFormat && error?.message.contains("bool byte 3 at index [530001]") == true, "\(String(describing: error))")
     }
 
     @Test("a huge file is refused after reading its start: not .npy, or a header that does not match its size")
