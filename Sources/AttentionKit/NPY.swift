@@ -52,7 +52,8 @@ extension Tensor where Element == Float {
     ///   payload shorter or longer than the shape needs), `.npyUnsupported` for any other
     ///   data type (including `|b1`: read it as `Tensor<Bool>`), big-endian data or Fortran
     ///   order with more than one dimension longer than 1, `.sizeOverflow` when the shape's
-    ///   element count overflows, and `.npyValueOutOfRange` for a float64 value beyond
+    ///   element count overflows or the tensor would not fit in the machine's memory, and
+    ///   `.npyValueOutOfRange` for a float64 value beyond
     ///   `Float`'s range. The message names
     ///   the file and what was found. No tensor is made unless the whole file is valid.
     public init(contentsOfNPY url: URL) throws {
@@ -126,7 +127,8 @@ extension Tensor where Element == Bool {
     ///   `.npyFormat` when it is malformed (including a byte other than 0 or 1),
     ///   `.npyUnsupported` for any other data type or Fortran order with more than one
     ///   dimension longer than 1, and
-    ///   `.sizeOverflow` when the shape's element count overflows.
+    ///   `.sizeOverflow` when the shape's element count overflows or the tensor would not
+    ///   fit in the machine's memory.
     public init(contentsOfNPY url: URL) throws {
         self = try readNPYFile(url, as: Bool.self)
     }
@@ -526,11 +528,18 @@ func decodeNPY<Element: NPYElement>(
 func decodeNPYPayload<Element: NPYElement>(
     _ payload: UnsafeRawBufferPointer, layout: NPYLayout, source: String
 ) throws -> Tensor<Element> {
+    try checkNPYAllocation(layout, Element.self, source: source)
     var scalars = [Element](repeating: Element.placeholder, count: layout.count)
     try scalars.withUnsafeMutableBufferPointer {
         try Element.decode(payload, type: layout.type, into: $0, first: 0, shape: layout.shape, source: source)
     }
     return Tensor(validatedShape: layout.shape, scalars: scalars)
+}
+
+/// Throws `.sizeOverflow` when the tensor a header describes would not fit in the machine's
+/// memory, before anything is allocated for it (the allocation would trap).
+func checkNPYAllocation<Element>(_ layout: NPYLayout, _ type: Element.Type, source: String) throws {
+    try checkAllocation(count: layout.count, of: type, "\(source): the tensor of shape \(describe(layout.shape))")
 }
 
 /// The most payload bytes read at a time before they are decoded into the tensor: half of
@@ -548,6 +557,7 @@ let npyReadChunkBytes = 1 << 18
 /// storage as it arrives, so memory holds the tensor and one chunk rather than the file's
 /// bytes as well (a float64 file is twice its tensor). From a pipe the storage grows only as
 /// bytes arrive, so a header that promises more than the pipe delivers costs only what came.
+/// A tensor larger than the machine's memory is refused before anything is allocated for it.
 func readNPYFile<Element: NPYElement>(_ url: URL, as: Element.Type) throws -> Tensor<Element> {
     let file = try InputFile(url)
     defer { file.close() }
@@ -573,8 +583,11 @@ func readNPYFile<Element: NPYElement>(_ url: URL, as: Element.Type) throws -> Te
     var scalars: [Element] = []
     if let size = file.regularFileSize, size >= layout.payloadStart {
         try checkNPYPayloadLength(layout, available: size - layout.payloadStart, source: source)
+        try checkNPYAllocation(layout, Element.self, source: source)
         if let tensor = try Element.readPayloadInPlace(file, layout: layout, source: source) { return tensor }
         scalars.reserveCapacity(layout.count)
+    } else {
+        try checkNPYAllocation(layout, Element.self, source: source)     // before the bytes arrive
     }
     let itemSize = layout.type.itemSize
     let chunkCount = npyReadChunkBytes / itemSize

@@ -643,4 +643,33 @@ struct NPYSourceTests {
         let elapsed = clock.now - start
         #expect(elapsed < .seconds(1), "took \(elapsed)")
     }
+
+    /// A valid file (sparse here) whose tensor would not fit in the machine's memory: a
+    /// thrown `.sizeOverflow` before anything is allocated, never the allocation's trap; from
+    /// a pipe, as soon as its header is read.
+    @Test("a tensor larger than the machine's memory is refused, from a file or a pipe")
+    func largerThanMemory() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let memory = Int(ProcessInfo.processInfo.physicalMemory)
+        for (descr, itemSize, asBool) in [("<f4", 4, false), ("<f8", 8, false), ("|b1", 1, true)] {
+            let elementSize = asBool ? 1 : 4                     // Bool or Float in memory
+            let rows = memory / elementSize / 4096 + 1           // one row more than memory holds
+            let header = npyBytes(header: "{'descr': '\(descr)', 'fortran_order': False, 'shape': (\(rows), 4096), }")
+            let url = directory.appendingPathComponent("huge\(itemSize).npy")
+            try header.write(to: url)
+            let handle = try FileHandle(forWritingTo: url)
+            try handle.truncate(atOffset: UInt64(header.count + rows * 4096 * itemSize))
+            try handle.close()
+            let read = { (url: URL) throws -> Void in
+                if asBool { _ = try Tensor<Bool>(contentsOfNPY: url) } else { _ = try Tensor<Float>(contentsOfNPY: url) }
+            }
+            let fromFile = attentionError("\(descr) file") { try read(url) }
+            #expect(fromFile?.code == .sizeOverflow, "\(descr): \(String(describing: fromFile))")
+            #expect(fromFile?.message.contains("[\(rows), 4096]") == true && fromFile?.message.contains("memory") == true,
+                    "\(descr): \(String(describing: fromFile))")
+            let fromPipe = try throughPipe(header) { url in attentionError("\(descr) pipe") { try read(url) } }
+            #expect(fromPipe?.code == .sizeOverflow, "\(descr) pipe: \(String(describing: fromPipe))")
+        }
+    }
 }
