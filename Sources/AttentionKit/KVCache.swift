@@ -54,15 +54,16 @@ public struct KVCache: Sendable {
         count = 0
     }
 
-    /// Makes room for `newCount` positions: at least doubles the capacity when it grows,
-    /// copying each head's `count` cached rows into the new storage.
+    /// Makes room for `newCount` positions: at least doubles the capacity when it grows (up
+    /// to BLAS's 32-bit limit, which `newCount` itself may not pass), copying each head's
+    /// `count` cached rows into the new storage.
     /// With `exactly`, a first allocation takes exactly `newCount` positions (a cache of
     /// projected encoder output, which never grows, is then read in place).
     mutating func reserve(_ newCount: Int, exactly: Bool = false) throws {
         guard newCount > capacity else { return }
         let newCapacity = capacity == 0
             ? (exactly ? newCount : max(newCount, requestedCapacity, 8))   // requestedCapacity ≥ 0: decode checked it
-            : max(newCount, capacity.multipliedReportingOverflow(by: 2).partialValue)
+            : max(newCount, min(2 * capacity, BLAS.maximumDimension))            // capacity ≤ that limit
         let keyShape = [batch, kvHeads, newCapacity, headDim]
         let valueShape = [batch, kvHeads, newCapacity, valueHeadDim]
         let keyCount = try elementCount(of: keyShape)
@@ -401,7 +402,7 @@ extension MultiHeadAttention {
         try checkOwner(of: cache, remedy: "makeCache(key:value:)")
         try checkBatch(of: cache, batch: B, tokens: shape)
         let S = cache.count
-        try checkSizes(batch: B, queryLength: n, keyLength: S, what: "tokens \(describe(shape))")
+        try checkSizes(batch: B, queryLength: n, keyLength: 0, what: "tokens \(describe(shape))")   // no keys are projected
         // Everything the core would reject is checked here, before any arithmetic.
         let problem = try AttentionProblem(query: [B, heads, n, headDim], key: [B, kvHeads, S, headDim],
                                            value: [B, kvHeads, S, valueHeadDim])
@@ -435,9 +436,13 @@ extension AttentionMask {
     /// `capacity` columns (`false` / 0 after the valid ones, which no row reaches);
     /// `.causal(.lowerRight)`, which counts from the last key, becomes the same triangle
     /// ending at key `valid − 1` (``causalToKeyLengths(_:)`` for the `batch` entries); the
-    /// other parts do not depend on the key count. `.sizeOverflow` when a widened tensor would
-    /// not fit in memory.
+    /// other parts do not depend on the key count; with no valid key the result is `.none`.
+    /// `.sizeOverflow` when a widened tensor would not fit in memory.
     func overStorage(valid: Int, capacity: Int, batch: Int) throws -> AttentionMask {
+        // No valid key (an empty cache, which `attend` reads): the caller's part that ends
+        // every row by `valid` excludes the whole storage, and this mask has nothing left to
+        // say (its tensors have 0 key columns, which would not broadcast to `capacity`).
+        guard valid > 0 else { return .none }
         func widened<Element>(_ t: Tensor<Element>, fill: Element) throws -> Tensor<Element> {
             guard let keys = t.shape.last, keys == valid, keys > 1, capacity > valid else { return t }
             let rows = t.scalars.count / keys

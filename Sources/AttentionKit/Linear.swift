@@ -95,7 +95,8 @@ public struct Linear: Sendable {
     /// - Returns: `[..., out]`, with the input's leading dimensions.
     /// - Throws: ``AttentionError`` with code `.invalidRank` for a rank-0 input, `.inputWidth`
     ///   when the last dimension is not `in`, `.sizeOverflow` when there are more rows than
-    ///   BLAS can index, or `.threadCount` when `ATTENTIONKIT_NUM_THREADS` is malformed.
+    ///   BLAS can index or the output would not fit in the machine's memory, or
+    ///   `.threadCount` when `ATTENTIONKIT_NUM_THREADS` is malformed.
     public func callAsFunction(_ input: Tensor<Float>) throws -> Tensor<Float> {
         guard let width = input.shape.last else {
             throw AttentionError(.invalidRank, "a Linear input must have rank ≥ 1 [..., \(inputDim)], got \(describe(input.shape))")
@@ -111,6 +112,7 @@ public struct Linear: Sendable {
         }
         let outputShape = Array(input.shape.dropLast()) + [outputDim]
         let count = try elementCount(of: outputShape)
+        try checkAllocation(count: count, of: Float.self, "the output \(describe(outputShape)) of a Linear layer")
         let threads = try AttentionThreads.count()
         var scalars = ArrayPool.take(count: count)                     // every element written below
         scalars.withUnsafeMutableBufferPointer { out in

@@ -41,7 +41,7 @@ extension MultiHeadAttention {
     public init(heads: Int, inProjWeight: Tensor<Float>, inProjBias: Tensor<Float>?,
                 outProjWeight: Tensor<Float>, outProjBias: Tensor<Float>?) throws {
         let shape = inProjWeight.shape
-        guard shape.count == 2, shape[0] == 3 * shape[1] else {
+        guard shape.count == 2, shape[0] % 3 == 0, shape[0] / 3 == shape[1] else {      // 3·E could overflow
             throw AttentionError(.weightShape,
                 "in_proj_weight must be [3E, E], got \(describe(shape))")
         }
@@ -129,8 +129,11 @@ extension MultiHeadAttention {
             throw AttentionError(.headWidth, "attention weights \(describe(shape)) have no heads to average over")
         }
         let B = shape.count == 4 ? shape[0] : 1
-        let plane = shape[shape.count - 2] * shape[shape.count - 1]       // L·S
-        var scalars = [Float](repeating: 0, count: B * plane)
+        let outputShape = shape.count == 4 ? [B] + shape.suffix(2) : Array(shape.suffix(2))
+        let count = weights.count / H                                   // B·L·S; L·S alone may overflow when B = 0
+        guard count > 0 else { return Tensor(validatedShape: outputShape, scalars: []) }
+        let plane = count / B                                           // L·S
+        var scalars = [Float](repeating: 0, count: count)
         let w = weights.scalars
         for b in 0..<B {
             for h in 0..<H {
@@ -139,7 +142,6 @@ extension MultiHeadAttention {
             }
         }
         for e in scalars.indices { scalars[e] /= Float(H) }
-        let outputShape = shape.count == 4 ? [B] + shape.suffix(2) : Array(shape.suffix(2))
         return Tensor(validatedShape: outputShape, scalars: scalars)     // [B, L, S] or [L, S]
     }
 }

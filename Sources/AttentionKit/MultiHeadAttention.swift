@@ -277,8 +277,10 @@ extension MultiHeadAttention {
         }
     }
 
-    /// Checks that every intermediate of a call with `rows` query rows and `keyRows` key
-    /// rows fits in memory sizes and BLAS's 32-bit dimensions.
+    /// Checks that every intermediate of a call with `batch · queryLength` query rows and
+    /// `batch · keyLength` key rows fits BLAS's 32-bit dimensions and, all together, the
+    /// machine's memory (an allocation that does not fit would trap): the projected queries,
+    /// keys and values, the attention output and the layer's output.
     func checkSizes(batch: Int, queryLength: Int, keyLength: Int, what: String) throws {
         let limit = BLAS.maximumDimension
         let (queryRows, o1) = batch.multipliedReportingOverflow(by: queryLength)
@@ -286,8 +288,11 @@ extension MultiHeadAttention {
         guard !o1, !o2, queryRows <= limit, keyRows <= limit else {
             throw AttentionError(.sizeOverflow, "\(what) has more rows than BLAS can index")
         }
-        _ = try elementCount(of: [queryRows, max(heads * headDim, heads * valueHeadDim, outputDim)])
-        _ = try elementCount(of: [keyRows, kvHeads * max(headDim, valueHeadDim)])
+        let queryFloats = queryRows.multipliedReportingOverflow(by: heads * (headDim + valueHeadDim) + outputDim)
+        let keyFloats = keyRows.multipliedReportingOverflow(by: kvHeads * (headDim + valueHeadDim))
+        let total = queryFloats.partialValue.addingReportingOverflow(keyFloats.partialValue)
+        try checkAllocation(count: (total.partialValue, total.overflow || queryFloats.overflow || keyFloats.overflow),
+                            of: Float.self, "\(what): the projections and attention output")
     }
 
     func forward(query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,

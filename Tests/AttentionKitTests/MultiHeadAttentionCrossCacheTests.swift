@@ -58,6 +58,18 @@ struct MultiHeadAttentionCrossCacheTests {
         let noBatch = try layer.makeCache(key: try Tensor(shape: [0, 5, 8]), value: try Tensor(shape: [0, 5, 8]))
         #expect(noBatch.count == 5 && noBatch.batch == 0)
         #expect(try layer.attend(try Tensor(shape: [0, 2, 8]), to: noBatch).shape == [0, 2, 8])
+
+        // An emptied cache that keeps its storage (count 0, capacity 16): masks over its zero
+        // keys fit the scores [B, Hq, n, 0], and every row is the bias again.
+        var emptied = layer.makeCache(batch: 2)
+        _ = try layer.decode(gridTensor([2, 9, 8], seed: 322), cache: &emptied)
+        emptied.removeAll()
+        #expect(emptied.count == 0 && emptied.capacity > 0)
+        for mask in [AttentionMask.boolean(try Tensor(shape: [2, 1, 1, 0], scalars: [])), .additive(try Tensor(shape: [3, 0])),
+                     [.causal(.lowerRight), .keyLengths([0, 0])]] {
+            let rows = try layer.attend(gridTensor([2, 3, 8], seed: 323), to: emptied, mask: mask)
+            #expect(rows.shape == [2, 3, 8] && rows.scalars == Array([[Float]](repeating: bias, count: 6).joined()), "\(mask)")
+        }
     }
 
     @Test func badInputThrows() throws {

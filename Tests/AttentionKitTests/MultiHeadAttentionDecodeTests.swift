@@ -91,6 +91,22 @@ struct MultiHeadAttentionDecodeTests {
         #expect(cache.capacity == 512 && cache.reallocations == 0)
     }
 
+    /// Growth doubles up to BLAS's 32-bit limit and stops there: a cache of 2³⁰ positions
+    /// takes one more (batch 0, so nothing is allocated), and only a count past the limit
+    /// throws.
+    @Test("capacity growth stops at BLAS's 32-bit limit instead of refusing positions that fit")
+    func growthCappedAtBLASLimit() throws {
+        let layer = try MultiHeadAttention(modelDim: 8, heads: 4, kvHeads: 2, seed: 1)
+        var cache = layer.makeCache(batch: 0)
+        _ = try layer.decode(try Tensor(shape: [0, 1 << 30, 8]), cache: &cache)
+        _ = try layer.decode(try Tensor(shape: [0, 1, 8]), cache: &cache)
+        #expect(cache.count == (1 << 30) + 1 && cache.capacity == Int(Int32.max))
+        let rest = Int(Int32.max) - cache.count
+        _ = try layer.decode(try Tensor(shape: [0, rest, 8]), cache: &cache)
+        #expect(cache.count == Int(Int32.max))
+        expectError(.sizeOverflow, mentions: ["32-bit"]) { _ = try layer.decode(try Tensor(shape: [0, 1, 8]), cache: &cache) }
+    }
+
     @Test("causal-to-key-lengths mask: every kernel against the float64 reference",
           arguments: [AttentionKernel.naive, .blas, .tiled])
     func causalToKeyLengthsMask(_ kernel: AttentionKernel) throws {

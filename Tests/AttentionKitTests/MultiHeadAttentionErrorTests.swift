@@ -151,6 +151,27 @@ struct MultiHeadAttentionErrorTests {
         #expect(cache.count == 0 && cache.capacity == 0)
     }
 
+    /// Intermediates larger than the machine's memory from small inputs and weights (keys
+    /// one float wide projected to 4096): a thrown `.sizeOverflow`, not the allocator's trap.
+    @Test func intermediatesBeyondMemory() throws {
+        let layer = try MultiHeadAttention(modelDim: 4096, heads: 32, keyDim: 1, valueDim: 1)
+        let q = t([1, 1, 4096]), k = t([1, 1 << 22, 1])                          // projected keys: 2⁴⁴ bytes
+        expectError(.sizeOverflow, mentions: ["[1, 4194304, 1]", "of memory"]) { _ = try layer(query: q, key: k, value: k) }
+        let wide = try Linear(weight: t([1 << 22, 1]))                            // 16 MiB of weights
+        expectError(.sizeOverflow, mentions: ["[4194304, 4194304]", "of memory"]) { _ = try wide(self.t([1 << 22, 1])) }
+    }
+
+    /// Shapes whose products overflow an Int in arithmetic that the valid, empty case never
+    /// needed: an error or an empty result, never an overflow trap.
+    @Test func emptyTensorsWithHugeDimensions() throws {
+        let w = try Tensor<Float>(shape: [0, Int.max / 2], scalars: [])           // 3 · (Int.max / 2) overflows
+        expectError(.weightShape, mentions: ["[0, \(Int.max / 2)]"]) {
+            _ = try MultiHeadAttention(heads: 1, inProjWeight: w, inProjBias: nil, outProjWeight: w, outProjBias: nil)
+        }
+        let averaged = try MultiHeadAttention.averagingHeads(try Tensor(shape: [0, 1, 1 << 32, 1 << 32], scalars: []))
+        #expect(averaged.shape == [0, 1 << 32, 1 << 32] && averaged.count == 0)
+    }
+
     @Test func cacheOfAnotherLayerOrBatch() throws {
         let layer = try MultiHeadAttention(modelDim: 8, heads: 4, kvHeads: 2)
         let twin = try MultiHeadAttention(modelDim: 8, heads: 4, kvHeads: 2)      // same shapes, other weights
