@@ -179,7 +179,9 @@ public struct AttentionHeatmap: Sendable {
         case .automatic:
             let low = min(0, finite.min() ?? 0)
             var high = finite.max() ?? 1
-            if !(high > low) { high = low + 1 }
+            // One value throughout: a range of width 1, or up to 0 for values below −1 (where
+            // low + 1 would round back to low, and the legend would have no span).
+            if !(high > low) { high = low + max(1, -low) }
             (lower, upper) = (low, high)
         case .fixed(let low, let high):
             (lower, upper) = (low, high)
@@ -249,6 +251,8 @@ public struct AttentionHeatmap: Sendable {
 
     // MARK: - Layout
 
+    private static let queryAxisTitle = "← query position i", shortQueryAxisTitle = "← query i"
+    private static let keyAxisTitle = "key position j →"
     private var showQueryLabels: Bool { queryLabels != nil && cellCounts.rows == queryLength }
     private var showKeyLabels: Bool { keyLabels != nil && cellCounts.columns == keyLength }
 
@@ -272,8 +276,16 @@ public struct AttentionHeatmap: Sendable {
         let keyLabelOverhang = showKeyLabels ? Int(Double(keyLabelChars) * charWidth * 0.5) : 8
         let panelTitleHeight = panels.first?.title == nil ? 0 : 18
         let topGutter = panelTitleHeight + 16 + keyLabelHeight                         // title + axis title + labels
-        let panelWidth = leftGutter + columns * cell + max(16, keyLabelOverhang)
-        let panelHeight = topGutter + rows * cell + 16
+        // The axis titles need room of their own when the cells are few (a decoding step's
+        // single query row, a single key): beside a short column of cells the rotated query
+        // title is the short one, running down from the cells' top, and the panel is at
+        // least as tall and as wide as the titles.
+        func titleLength(_ title: String) -> Int { Int(Double(title.count) * charWidth) + 8 }
+        let queryAxisTitle = rows * cell >= titleLength(Self.queryAxisTitle) ? Self.queryAxisTitle : Self.shortQueryAxisTitle
+        let queryAxisLength = max(rows * cell, titleLength(queryAxisTitle))
+        let keyTitleLength = titleLength(Self.keyAxisTitle)
+        let panelWidth = leftGutter + max(columns * cell + max(16, keyLabelOverhang), keyTitleLength + 16)
+        let panelHeight = topGutter + queryAxisLength + 16
 
         let headerHeight = 56
         let gridLeft = margin, gridTop = headerHeight
@@ -310,9 +322,9 @@ public struct AttentionHeatmap: Sendable {
                 out += "<text x=\(quoted(cellsLeft)) y=\(quoted(top + 13)) font-size=\"13\" font-weight=\"bold\">\(escape(panelTitle))</text>\n"
             }
             // Axis titles.
-            out += "<text x=\(quoted(cellsLeft)) y=\(quoted(top + panelTitleHeight + 12)) fill=\"#444444\">key position j →</text>\n"
-            let axisY = cellsTop + rows * cell / 2
-            out += "<text transform=\"translate(\(left + 10),\(axisY)) rotate(-90)\" text-anchor=\"middle\" fill=\"#444444\">← query position i</text>\n"
+            out += "<text x=\(quoted(cellsLeft)) y=\(quoted(top + panelTitleHeight + 12)) fill=\"#444444\">\(Self.keyAxisTitle)</text>\n"
+            let axisY = cellsTop + queryAxisLength / 2
+            out += "<text transform=\"translate(\(left + 10),\(axisY)) rotate(-90)\" text-anchor=\"middle\" fill=\"#444444\">\(queryAxisTitle)</text>\n"
 
             // Cells.
             out += "<g shape-rendering=\"crispEdges\">\n"
@@ -398,6 +410,7 @@ public struct AttentionHeatmap: Sendable {
 /// least three of them, with the bounds themselves when no round value is near them.
 func legendTicks(lower: Float, upper: Float) -> [Float] {
     let span = Double(upper) - Double(lower)
+    guard span > 0, span.isFinite else { return [lower, upper] }
     var step = 1.0
     while span / step > 6 { step *= 10 }
     while span / step < 3 { step /= 10 }
@@ -407,7 +420,9 @@ func legendTicks(lower: Float, upper: Float) -> [Float] {
     }
     var ticks: [Float] = []
     var n = (Double(lower) / step).rounded(.up)
-    while n * step <= Double(upper) * (1 + 1e-9) + 1e-12 {
+    // At most 7 round values fit (span / step ≤ 6); the slack, relative to the step, keeps
+    // a value that equals `upper` up to rounding.
+    while n * step <= Double(upper) + step * 1e-6, ticks.count < 8 {
         ticks.append(Float(n * step))
         n += 1
     }
@@ -471,7 +486,8 @@ func formatNumber(_ value: Float) -> String {
         let decimals = max(0, 2 - exponent)
         return trimmed(String((x * power(decimals)).rounded() / power(decimals)))
     }
-    let mantissa = (x / power(exponent) * 100).rounded() / 100
+    var mantissa = (x / power(exponent) * 100).rounded() / 100
+    if abs(mantissa) >= 10 { mantissa /= 10; exponent += 1 }       // 9.999 rounds to 10: 1e(n+1)
     return trimmed(String(mantissa)) + "e\(exponent)"
 }
 

@@ -1,5 +1,5 @@
 import ArgumentParser
-import AttentionKit
+@_spi(Benchmarking) import AttentionKit
 import Foundation
 
 /// An error that ends the bench with one line on stderr and a non-zero exit status.
@@ -114,8 +114,10 @@ struct Suite: ParsableCommand {
 
     @Option(help: ArgumentHelp("""
         Sweep the sequence length (L = S) over these values with the other shape options \
-        (default B1 H8 D64), and write <sweep-output>.csv and <sweep-output>.svg: GFLOP/s \
-        against sequence length for each kernel. Naive is only the reference here, not timed.
+        (default B1 H8 D64; not --query-length or --key-length), and write \
+        <sweep-output>.csv and <sweep-output>.svg, both or neither: GFLOP/s against sequence \
+        length for each kernel. Naive is only the reference here, not timed. The two files \
+        are checked before anything is timed.
         """, valueName: "lengths"))
     var sweep: LengthList?
 
@@ -242,6 +244,14 @@ struct Suite: ParsableCommand {
         if noNaive && kernels.kernels == [.naive] {
             throw ValidationError("--no-naive with --kernels naive leaves nothing to run.")
         }
+        if sweep != nil {
+            if kernels.kernels.allSatisfy({ $0 == .naive }) {
+                throw ValidationError("--sweep times the fast kernels only (naive is their check); --kernels naive leaves nothing to plot.")
+            }
+            if queryLength != nil || keyLength != nil {
+                throw ValidationError("--sweep sets the query and key lengths (L = S = each length); leave out --query-length and --key-length.")
+            }
+        }
         if isCustomShape {
             let s = customShape
             guard s.heads % s.kvHeads == 0 else {
@@ -279,6 +289,15 @@ struct Suite: ParsableCommand {
         let progress = Progress(quiet: quiet)
         defer { progress.clear() }
 
+        if sweep != nil {
+            // A sweep can take minutes: its two files are checked before anything is timed
+            // (and written together, or neither, at the end).
+            for path in [sweepOutput + ".csv", sweepOutput + ".svg"] {
+                do { _ = try writeDestination(path) } catch let error as AttentionError {
+                    throw BenchFailure(description: "--sweep-output: \(error.message)")
+                }
+            }
+        }
         if let threads { try libraryCall { try AttentionThreads.setCount(threads) } }
         let threadCount = try libraryCall { try AttentionThreads.count() }
         let machine = MachineInfo.current(cores: AttentionThreads.coreCount)
@@ -332,8 +351,7 @@ struct Suite: ParsableCommand {
                     + "mask \(mask.rawValue), \(threadCount) thread\(threadCount == 1 ? "" : "s"), "
                     + "\(machine.cpuModel ?? "CPU"), median of reps",
                 results: results.filter { $0.kernel != .naive })
-            try plot.csv().write(toFile: sweepOutput + ".csv", atomically: true, encoding: .utf8)
-            try plot.svg().write(toFile: sweepOutput + ".svg", atomically: true, encoding: .utf8)
+            try writeAllOrNothing([(sweepOutput + ".csv", Data(plot.csv().utf8)), (sweepOutput + ".svg", Data(plot.svg().utf8))])
             progress.note("wrote \(sweepOutput).csv and \(sweepOutput).svg")
         }
 
@@ -371,7 +389,7 @@ struct Suite: ParsableCommand {
         #endif
         return [
             "attention-bench \(date) UTC | \(cpu)\(machine.cores) cores | threads: \(threads) (\(threadSource)) | \(blas)\(load)\(build)",
-            "mask: \(settings.mask.rawValue) | kernels: \(settings.kernels.map(\.rawValue).joined(separator: ",")) | "
+            "mask: \(settings.mask.rawValue)\(shapes.contains { $0.fixedMask != nil } ? " (shapes that name their own mask use it)" : "") | kernels: \(settings.kernels.map(\.rawValue).joined(separator: ",")) | "
                 + "reps: \(settings.repetitions)\(budget) | naive budget \(String(format: "%g", settings.naiveBudget)) s/rep | "
                 + "seed \(settings.seed) | GFLOP/s = 2*B*Hq*L*S*(Dk+Dv) / median (dense, also for masks)",
         ]

@@ -82,8 +82,21 @@ struct LayerBench: ParsableCommand {
 
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads).") }
+        if let threads, threads > AttentionThreads.maximum {
+            throw ValidationError("--threads must be at most \(AttentionThreads.maximum), got \(threads).")
+        }
         if let repetitions, repetitions < 1 { throw ValidationError("--repetitions must be at least 1, got \(repetitions).") }
         guard tokens >= 1 else { throw ValidationError("--tokens must be at least 1, got \(tokens).") }
+        // The loop holds about six [tokens, 2048] float arrays (inputs, their steps, outputs,
+        // the check's sequence and forward pass) and the cache, up to twice 1024 floats per
+        // token: refused beyond half the machine's memory, like the suite's shapes.
+        let bytesPerToken = 4 * (6 * 2048 + 2 * 1024)
+        let (bytes, overflow) = tokens.multipliedReportingOverflow(by: bytesPerToken)
+        if let memory = MachineInfo.current(cores: 1).physicalMemory, overflow || Double(bytes) > Double(memory) / 2 {
+            let need = overflow ? "more bytes than an Int counts" : String(format: "about %.1f GiB", Double(bytes) / 1073741824)
+            throw ValidationError("--tokens \(tokens) needs \(need) of memory; this machine has "
+                                  + String(format: "%.1f GiB.", Double(memory) / 1073741824))
+        }
     }
 
     mutating func run() throws {
@@ -112,10 +125,15 @@ struct LayerBench: ParsableCommand {
             print(try layerJSON(results, bandwidth: bandwidth, threads: threadCount))
         case .csv:
             print("workload,threads,reps,median_ms,min_ms,gflops,tokens_per_s,gb_per_s,max_err")
+            if let bandwidth {
+                // The machine's bandwidth in the gb_per_s column (median of 7 passes over 512 MiB).
+                print("bandwidth-copy,\(threadCount),7,,,,,\(fmt(bandwidth.copy / 1e9)),")
+                print("bandwidth-read,\(threadCount),7,,,,,\(fmt(bandwidth.read / 1e9)),")
+            }
             for r in results {
                 let cells: [String] = [r.name, "\(threadCount)", "\(r.times.count)", fmt(r.median * 1e3), fmt(r.minimum * 1e3),
                                        r.flops.map { fmt($0 / r.median / 1e9) } ?? "", r.tokens.map { fmt(Double($0) / r.median) } ?? "",
-                                       r.bytes.map { fmt($0 / r.median / 1e9) } ?? "", r.maxError.map { "\($0)" } ?? ""]
+                                       r.bytes.map { fmt($0 / r.median / 1e9) } ?? "", r.maxError.map { "\($0.value)" } ?? ""]
                 print(cells.joined(separator: ","))
             }
         case .table:

@@ -120,6 +120,11 @@ struct Run: ParsableCommand {
     func validate() throws {
         guard repetitions >= 1 else { throw ValidationError("--repetitions must be at least 1, got \(repetitions)") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        if let threads, threads > AttentionThreads.maximum {
+            throw ValidationError("--threads must be at most \(AttentionThreads.maximum), got \(threads)")
+        }
+        if let scale, !scale.isFinite { throw ValidationError("--scale must be a finite number, got \(scale)") }
+        if let keyLengths { _ = try parseKeyLengths(keyLengths) }
         guard heatmap == nil || heatmapCells >= 1 else {
             throw ValidationError("--heatmap-cells must be at least 1, got \(heatmapCells)")
         }
@@ -224,7 +229,8 @@ struct Run: ParsableCommand {
             let (rows, columns) = picture.cellCounts
             let heads = w.rank < 4 ? "" : heatmapHead.map { ", head \($0)" } ?? (w.shape[1] == 1 ? ", head 0" : ", heads 0–\(w.shape[1] - 1)")
             let downsampled = (rows, columns) == (w.shape[w.rank - 2], w.shape[w.rank - 1]) ? "" : " (downsampled by block mean)"
-            heatmapDescription = "\(w.rank == 2 ? "" : "batch \(heatmapBatch)")\(heads), \(rows)×\(columns) cells\(downsampled)"
+            let place = w.rank == 2 ? "" : "batch \(heatmapBatch)\(heads), "
+            heatmapDescription = "\(place)\(rows)×\(columns) cells\(downsampled)"
         }
         try writeAllOrNothing(files)
 
@@ -287,7 +293,7 @@ private func parseKeyLengths(_ text: String) throws -> [Int] {
     let parts = text.split(separator: ",", omittingEmptySubsequences: false)
     let lengths = parts.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
     guard !parts.isEmpty, lengths.count == parts.count, lengths.allSatisfy({ $0 >= 0 }) else {
-        throw BenchFailure(description: "--key-lengths must be comma-separated non-negative integers such as 5,7; got '\(text)'")
+        throw ValidationError("--key-lengths must be comma-separated non-negative integers such as 5,7; got '\(text)'")
     }
     return lengths
 }

@@ -223,14 +223,16 @@ struct ShapeBench {
                                       mask: inputs.mask, kernel: kernel.library)
     }
 
-    /// The kernel's BLAS calls alone (``automatic`` resolved to the kernel it runs).
-    private func runGEMMOnly(_ kernel: BenchKernel, _ inputs: Inputs) throws -> Tensor<Float> {
-        var library = kernel.library
-        if library == .automatic {
-            library = try automaticKernel(query: inputs.query.shape, key: inputs.key.shape, value: inputs.value.shape)
-        }
-        return try attentionGEMMOnly(query: inputs.query, key: inputs.key, value: inputs.value,
-                                     mask: inputs.mask, kernel: library)
+    /// The kernel whose BLAS calls ``runGEMMOnly(_:_:)`` makes: ``automatic`` resolved to the
+    /// kernel it runs, once before timing, so that the resolution is not timed as a product.
+    private func gemmKernel(_ kernel: BenchKernel, _ inputs: Inputs) throws -> AttentionKernel {
+        guard kernel.library == .automatic else { return kernel.library }
+        return try automaticKernel(query: inputs.query.shape, key: inputs.key.shape, value: inputs.value.shape)
+    }
+
+    /// The BLAS calls alone of `kernel` (not `.automatic`).
+    private func runGEMMOnly(_ kernel: AttentionKernel, _ inputs: Inputs) throws -> Tensor<Float> {
+        try attentionGEMMOnly(query: inputs.query, key: inputs.key, value: inputs.value, mask: inputs.mask, kernel: kernel)
     }
 
     /// Timed repetitions after a warm-up the caller has already done. With `gemmOnly`, the
@@ -242,9 +244,10 @@ struct ShapeBench {
     private func timeReps(_ kernel: BenchKernel, _ inputs: Inputs, gemmOnly: Bool, baseline: Int?) throws
         -> (kernel: [Double], gemm: [Double], baseline: [Double])
     {
+        let products = try gemmKernel(kernel, inputs)
         if gemmOnly {
             progress.update("\(label): warming up \(kernel.rawValue) GEMM-only…")
-            _ = try runGEMMOnly(kernel, inputs)
+            _ = try runGEMMOnly(products, inputs)
         }
         if let baseline {
             progress.update("\(label): warming up \(kernel.rawValue) on \(baseline) thread(s)…")
@@ -267,7 +270,7 @@ struct ShapeBench {
             kernelTimes.append(t)
             total += t
             if gemmOnly {
-                let (gemm, g) = try timed { try runGEMMOnly(kernel, inputs) }
+                let (gemm, g) = try timed { try runGEMMOnly(products, inputs) }
                 withExtendedLifetime(gemm) {}
                 gemmTimes.append(g)
             }

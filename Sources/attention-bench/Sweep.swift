@@ -59,13 +59,13 @@ struct SweepPlot {
             <text x="\(left)" y="46" font-size="12" fill="#444">\(escape(subtitle))</text>
 
             """
-        // Grid and y ticks.
-        var g = 0.0
-        while g <= maxY + step / 2 {
+        // Grid and y ticks, with as many decimals as the step needs (0.5, 0.05…).
+        let decimals = step >= 1 ? 0 : Int((-log10(step)).rounded(.up))
+        for i in 0...Int((maxY / step).rounded()) {
+            let g = Double(i) * step
             let yy = y(g)
             out += "<line x1=\"\(f(left))\" y1=\"\(f(yy))\" x2=\"\(f(left + plotW))\" y2=\"\(f(yy))\" stroke=\"#e5e5e5\"/>\n"
-            out += "<text x=\"\(f(left - 8))\" y=\"\(f(yy + 4))\" font-size=\"11\" text-anchor=\"end\">\(Int(g))</text>\n"
-            g += step
+            out += "<text x=\"\(f(left - 8))\" y=\"\(f(yy + 4))\" font-size=\"11\" text-anchor=\"end\">\(String(format: "%.\(decimals)f", g))</text>\n"
         }
         // x ticks at the measured lengths.
         for length in Set(lengths).sorted() {

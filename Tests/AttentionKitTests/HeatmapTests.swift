@@ -296,6 +296,35 @@ struct HeatmapTests {
         }
     }
 
+    /// Colour ranges far narrower than 1e-12, and one value throughout far from 0: a few
+    /// ticks on the bar (the legend's loop once ran for billions of steps on these), and
+    /// labels whose rounded mantissa reaches 10 written as the next power (1e-5, not 10e-6).
+    @Test("tiny and degenerate colour ranges give a few legend ticks on the bar", .timeLimit(.minutes(1)))
+    func tinyLegendRanges() throws {
+        func values(_ v: [Float]) throws -> Tensor<Float> { try Tensor(shape: [2, 2], scalars: v) }
+        let cases: [(String, Tensor<Float>, AttentionHeatmap.ColorRange)] = [
+            ("1e-20", try values([0, 1e-20, 0, 0]), .automatic),
+            ("-1e-20", try values([0, -1e-20, 0, 0]), .automatic),
+            ("subnormal", try values([0, .leastNonzeroMagnitude, 0, 0]), .automatic),
+            ("fixed 1e-30", try values([0, 0, 0, 0]), .fixed(lower: 0, upper: 1e-30)),
+            ("fixed 2e-12", try values([0, 0, 0, 0]), .fixed(lower: 0, upper: 2e-12)),
+            ("all -1e30", try values([-1e30, -1e30, -1e30, -1e30]), .automatic),
+            ("fixed 1e-5", try values([0, 1e-5, 0, 0]), .fixed(lower: 0, upper: 1e-5)),
+        ]
+        for (name, weights, range) in cases {
+            let heatmap = try AttentionHeatmap(weights: weights, colorRange: range)
+            #expect(heatmap.colorBounds.upper > heatmap.colorBounds.lower, "\(name)")
+            let svg = try parseSVG(Data(heatmap.svg().utf8))
+            let bar = try #require(svg.legendBar)
+            let ys = svg.legendTickYs
+            #expect((2...9).contains(ys.count), "\(name): \(ys.count) ticks")
+            #expect(ys.allSatisfy { $0.isFinite && $0 >= bar.y - 0.01 && $0 <= bar.y + bar.height + 0.01 }, "\(name): \(ys)")
+            #expect(!svg.texts.contains { $0.hasPrefix("10e") || $0.hasPrefix("-10e") || $0.contains("to 10e") }, "\(name): \(svg.texts)")
+        }
+        let fixed = try AttentionHeatmap(weights: values([0, 1e-5, 0, 0]), colorRange: .fixed(lower: 0, upper: 1e-5))
+        #expect(try parseSVG(Data(fixed.svg().utf8)).texts.contains("1e-5"))
+    }
+
     @Test("labels are escaped, odd values are drawn, the file write matches svg()")
     func labelsAndValues() throws {
         let weights = try Tensor<Float>(shape: [1, 3, 4], scalars: [0, .nan, 1, -0.5, .infinity, 2, 3, 4, 5, 6, 7, 8])

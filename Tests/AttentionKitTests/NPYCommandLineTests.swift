@@ -478,4 +478,73 @@ struct NPYCommandLineTests {
         #expect(run.status == 64 && run.stderr.split(separator: "\n").count == 1
                 && run.stderr.contains("--threads must be at least 1, got -1"), "status \(run.status): \(run.stderr)")
     }
+
+    /// Every option value the command cannot use is a malformed command line (status 64,
+    /// one line), refused before any file is read or anything is timed, in each subcommand.
+    @Test("out-of-range and malformed option values exit 64 with one line, in run, the suite and layer")
+    func malformedOptionValues() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let files = ["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy", "--output", "o.npy"]
+        let cases: [([String], String)] = [
+            (files + ["--key-lengths", "abc"], "--key-lengths must be comma-separated"),
+            (files + ["--key-lengths", "3,-1"], "--key-lengths must be comma-separated"),
+            (files + ["--threads", "5000"], "--threads must be at most 4096, got 5000"),
+            (files + ["--scale", "nan"], "--scale must be a finite number, got nan"),
+            (files + ["--scale", "inf"], "--scale must be a finite number, got inf"),
+            (["layer", "--threads", "5000"], "--threads must be at most 4096"),
+            (["layer", "--workload", "generate", "--tokens", "9223372036854775807"], "--tokens 9223372036854775807 needs"),
+            (["layer", "--workload", "generate", "--tokens", "4503599627370496"], "of memory"),
+            (["--sweep", "8,16", "--kernels", "naive"], "--kernels naive leaves nothing to plot"),
+            (["--sweep", "8,16", "--query-length", "4"], "--sweep sets the query and key lengths"),
+        ]
+        for (arguments, phrase) in cases {
+            let result = try runBench(arguments, in: directory)
+            #expect(result.status == 64 && result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(phrase),
+                    "\(arguments): status \(result.status): \(result.stderr)")
+        }
+    }
+
+    /// The sweep's two files are checked before anything is timed and written together:
+    /// a directory where the plot would go stops the run at once with one line, and the
+    /// CSV is not written either.
+    @Test("--sweep-output that cannot be written fails before timing, with neither file written")
+    func sweepOutputChecked() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("plot.svg"), withIntermediateDirectories: false)
+        let blocked = try runBench(["--sweep", "8,16", "--dim", "8", "--heads", "2", "--repetitions", "2", "--sweep-output", "plot"], in: directory)
+        #expect(blocked.status == 1 && blocked.stderr.contains("--sweep-output: cannot write plot.svg: it is a directory")
+                && !blocked.stderr.contains("timing"), "status \(blocked.status): \(blocked.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("plot.csv").path))
+        let missing = try runBench(["--sweep", "8", "--sweep-output", "no-such-dir/plot"], in: directory)
+        #expect(missing.status == 1 && missing.stderr.contains("cannot write no-such-dir/plot.csv"), "\(missing.stderr)")
+
+        // A sweep that runs writes both, and the plot's GFLOP/s labels keep the decimals
+        // their step needs (a small shape in a debug build is slow).
+        let ran = try runBench(["--sweep", "1,8", "--dim", "8", "--heads", "2", "--repetitions", "2", "--sweep-output", "ok", "--quiet"],
+                               in: directory)
+        #expect(ran.status == 0, "\(ran.stderr)")
+        let csv = try String(contentsOf: directory.appendingPathComponent("ok.csv"), encoding: .utf8)
+        #expect(csv.hasPrefix("sequence_length,kernel,gflops\n") && csv.split(separator: "\n").count >= 3, "\(csv)")
+        let svg = try String(contentsOf: directory.appendingPathComponent("ok.svg"), encoding: .utf8)
+        _ = try parseSVG(Data(svg.utf8))
+        // The y-axis labels are the right-aligned texts: distinct numbers (they once read "0, 0, 1, 1").
+        let yLabels = svg.components(separatedBy: "text-anchor=\"end\">").dropFirst().map { String($0.prefix { $0 != "<" }) }
+        #expect(yLabels.count >= 3 && Set(yLabels).count == yLabels.count && yLabels.allSatisfy { Double($0) != nil }, "\(yLabels)")
+    }
+
+    /// layer --format csv: nine fields in every row (the check's error once printed as a
+    /// struct with a comma in it), and the bandwidth rows when the bandwidth is measured.
+    @Test("layer --format csv has nine fields per row")
+    func layerCSV() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try runBench(["layer", "--workload", "generate", "--tokens", "3", "--repetitions", "2", "--format", "csv", "--quiet"],
+                                  in: directory)
+        #expect(result.status == 0, "\(result.stderr)")
+        let rows = result.stdout.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        #expect(rows.count == 2 && rows.allSatisfy { $0.count == 9 }, "\(result.stdout)")
+        #expect(rows.last.map { Double(String($0[8])) != nil } == true, "max_err is not a number: \(result.stdout)")
+    }
 }
