@@ -149,7 +149,7 @@ struct NPYCommandLineTests {
              "--bias: the file holds a boolean array; pass it with --mask"),
             ("key lengths text", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5,x"] + outputs, "'5,x'"),
             ("key lengths count", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5"] + outputs, "batch size is 2"),
-            ("scale", ["--query", q, "--key", k, "--value", v, "--scale", "nan"] + outputs, "scale must be finite"),
+            ("scale", ["--query", q, "--key", k, "--value", v, "--scale", "nan"] + outputs, "--scale must be a finite number, got nan"),
             ("heatmap head", ["--query", q, "--key", k, "--value", v, "--heatmap-head", "4"] + outputs, "head 4 is outside 0..<4"),
             ("same file twice", ["--query", q, "--key", k, "--value", v, "--output", "x.npy", "--weights", "./x.npy"],
              "name the same file"),
