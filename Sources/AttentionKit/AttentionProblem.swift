@@ -42,6 +42,11 @@ struct AttentionProblem: Sendable {
         guard query.count == key.count, key.count == value.count else {
             throw AttentionError(.invalidRank, "query, key and value ranks differ: \(shapes)")
         }
+        for (name, shape) in [("query", query), ("key", key), ("value", value)] {
+            if let bad = shape.firstIndex(where: { $0 < 0 }) {
+                throw AttentionError(.negativeDimension, "\(name) has negative size \(shape[bad]) at axis \(bad) (\(shapes))")
+            }
+        }
         rank = query.count
         queryShape = query
         keyShape = key
@@ -105,6 +110,22 @@ struct AttentionProblem: Sendable {
                             wantWeights ? "the output \(describe(outputShape)) and weights \(describe(scoreShape)) (\(shapes()))"
                                         : "the output \(describe(outputShape)) (\(shapes()))")
         return (output, weights, hasWork)
+    }
+
+    /// Throws `.sizeOverflow` when the results and the kernels' working buffers would not fit
+    /// in the machine's memory together: each of `threads` workers holds buffers that grow
+    /// with S (a block of score rows in the BLAS kernel, which the other kernels fall back on,
+    /// unless the weights hold the scores; a mask probe; the float64 row of the repair pass
+    /// for non-finite rows: 4 floats' worth per key), which a huge S with tiny or empty
+    /// Q, K or V would make larger than memory. `results` is the output and weights' count.
+    func checkWorkingMemory(threads: Int, wantWeights: Bool, results: Int, _ shapes: @autoclosure () -> String) throws {
+        let rowBlock = wantWeights ? 0 : blasRowBlock(unitRows: group * queryLength, units: batch * kvHeads,
+                                                      keyLength: keyLength, threads: threads)
+        let perThread = keyLength.multipliedReportingOverflow(by: rowBlock + 5)
+        let working = perThread.partialValue.multipliedReportingOverflow(by: threads)
+        let total = working.partialValue.addingReportingOverflow(results)
+        try checkAllocation(count: (total.partialValue, perThread.overflow || working.overflow || total.overflow), of: Float.self,
+                            "the results and the kernels' working buffers for \(keyLength) keys on \(threads) thread\(threads == 1 ? "" : "s") (\(shapes()))")
     }
 
     /// Throws `.sizeOverflow` when a size the kernels pass to BLAS exceeds its 32-bit

@@ -177,6 +177,9 @@ func runAttention(
     let threads = try AttentionThreads.count()
 
     let (outputCount, weightCount, hasWork) = try problem.checkResults(wantWeights: wantWeights, shapes())
+    if hasWork {
+        try problem.checkWorkingMemory(threads: threads, wantWeights: wantWeights, results: outputCount + weightCount, shapes())
+    }
     var output = Tensor<Float>(validatedShape: problem.outputShape,
                                scalars: [Float](repeating: 0, count: outputCount))
     var weights = wantWeights

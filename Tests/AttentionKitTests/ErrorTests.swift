@@ -1,4 +1,4 @@
-@testable import AttentionKit
+@_spi(Benchmarking) @testable import AttentionKit
 import Testing
 
 /// Every bad input throws an `AttentionError` with the right code and a message that names
@@ -168,6 +168,35 @@ struct EdgeCaseTests {
         }
         expectError(.sizeOverflow, mentions: ["[1048576, 1048576, 1024]", "of memory"]) {
             _ = try Tensor<Float>(shape: [1 << 20, 1 << 20, 1 << 10])
+        }
+    }
+
+    /// The kernels' working buffers grow with S on every worker (a block of score rows, a
+    /// mask probe, the repair pass's float64 row). A review found q [256, 0], k [2²⁸, 0],
+    /// v [2²⁸, 1] (1 GiB) trapping on a 32 GiB score block per worker: the blocks are now
+    /// capped so that all workers' blocks stay within a sixteenth of memory, and a call whose
+    /// buffers and results would still not fit throws. The check is arithmetic only here;
+    /// the inputs that reach it would take gigabytes.
+    @Test func workingBuffersBeyondMemory() throws {
+        let S = Int(Int32.max)
+        let huge = try AttentionProblem(query: [256, 0], key: [S, 0], value: [S, 1])
+        expectError(.sizeOverflow, mentions: ["working buffers", "2147483647 keys on 2 threads", "of memory"]) {
+            try huge.checkWorkingMemory(threads: 2, wantWeights: false, results: 256, "shapes")
+        }
+        // A long but ordinary call passes: 2²⁰ keys, 8 heads, two threads.
+        let long = try AttentionProblem(query: [1, 8, 4096, 64], key: [1, 8, 1 << 20, 64], value: [1, 8, 1 << 20, 64])
+        try long.checkWorkingMemory(threads: 2, wantWeights: false, results: 8 * 4096 * 64, "shapes")
+        for (keys, threads) in [(1 << 28, 2), (S, 1), (1 << 24, 64), (1 << 20, 2)] {
+            let rows = blasRowBlock(unitRows: 4096, units: 1, keyLength: keys, threads: threads)
+            let bytes = rows * keys * threads * 4
+            #expect(rows >= 1 && (rows == 1 || bytes <= Int(physicalMemory) / 16), "S \(keys), \(threads) threads: \(rows) rows")
+        }
+        // Ordinary lengths keep their cache-sized blocks.
+        #expect(blasRowBlock(unitRows: 2048, units: 8, keyLength: 8192, threads: 2) == 32)
+        #expect(blasRowBlock(unitRows: 512, units: 8, keyLength: 512, threads: 2) == 256)
+        // Shapes given as arrays (not tensors) are checked for negative sizes too.
+        expectError(.negativeDimension, mentions: ["query has negative size -1"]) {
+            _ = try automaticKernel(query: [-1, 4], key: [-1, 4], value: [-1, 4])
         }
     }
 
