@@ -82,10 +82,19 @@ func exactRow(_ a: KernelArguments, row: Int, scratch: ExactRowScratch) {
     let values = a.value + unit * S * Dv                      // [S, Dv]
     let (s, w, out) = (scratch.scores, scratch.weights, a.output + row * Dv)
 
+    // Keys from `end` on are excluded by the causal and key-length parts: never visited (a
+    // row that sees one key of millions costs one key), their weights written as zeros.
+    let end = a.mask.rowEnd(batch: b, query: i, keyLength: S)
+    func storeWeights() {
+        guard let weights = a.weights else { return }
+        (weights + row * S).update(from: w, count: end)
+        (weights + row * S + end).update(repeating: 0, count: S - end)
+    }
+
     // s = q · Kᵀ · scale + bias, −∞ where excluded; stops at the first NaN or +∞.
     var m = -Double.infinity
     var undefined = false
-    for j in 0..<S {
+    for j in 0..<end {
         guard a.mask.allows(batch: b, head: h, query: i, key: j, keyLength: S),
               let bias = a.mask.exactBias(batch: b, head: h, query: i, key: j) else { s[j] = -.infinity; continue }
         if undefined { s[j] = .nan; continue }               // only the allowed set is still needed
@@ -93,23 +102,23 @@ func exactRow(_ a: KernelArguments, row: Int, scratch: ExactRowScratch) {
         if s[j].isNaN || s[j] == .infinity { undefined = true; s[j] = .nan } else { m = max(m, s[j]) }
     }
     if undefined {
-        for j in 0..<S { w[j] = s[j] == -.infinity ? 0 : .nan }
-        if let weights = a.weights { (weights + row * S).update(from: w, count: S) }
+        for j in 0..<end { w[j] = s[j] == -.infinity ? 0 : .nan }
+        storeWeights()
         out.update(repeating: .nan, count: Dv)
         return
     }
 
     // w = softmax(s): zeros when no key is allowed.
     var total = 0.0
-    for j in 0..<S where s[j] != -.infinity { s[j] = exp(s[j] - m); total += s[j] }          // s[j] ≥ 0 from here
-    for j in 0..<S { w[j] = s[j] == -.infinity ? 0 : Float(s[j] / total) }
-    a.dropout?.apply(w, count: S, rowIndex: row)
-    if let weights = a.weights { (weights + row * S).update(from: w, count: S) }
+    for j in 0..<end where s[j] != -.infinity { s[j] = exp(s[j] - m); total += s[j] }        // s[j] ≥ 0 from here
+    for j in 0..<end { w[j] = s[j] == -.infinity ? 0 : Float(s[j] / total) }
+    a.dropout?.apply(w, count: end, rowIndex: row)
+    storeWeights()
 
     // out = Σ w[j] · v_j over the keys not excluded.
     let acc = scratch.output
     acc.update(repeating: 0, count: Dv)
-    for j in 0..<S where s[j] != -.infinity {
+    for j in 0..<end where s[j] != -.infinity {
         let weight = Double(w[j])
         let v = values + j * Dv
         for e in 0..<Dv { acc[e] += weight * Double(v[e]) }
