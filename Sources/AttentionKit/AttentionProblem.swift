@@ -115,8 +115,9 @@ struct AttentionProblem: Sendable {
     /// Throws `.sizeOverflow` when the results and the kernels' working buffers would not fit
     /// in the machine's memory together: each of `threads` workers holds buffers that grow
     /// with S (a block of score rows in the BLAS kernel, which the other kernels fall back on,
-    /// unless the weights hold the scores; a mask probe; the float64 row of the repair pass
-    /// for non-finite rows: 4 floats' worth per key), which a huge S with tiny or empty
+    /// unless the weights hold the scores; a mask probe of one float per key; the repair
+    /// pass's float64 scores and float weights for non-finite rows, three floats' worth per
+    /// key: counted as five per key with one to spare), which a huge S with tiny or empty
     /// Q, K or V would make larger than memory. `results` is the output and weights' count.
     func checkWorkingMemory(threads: Int, wantWeights: Bool, results: Int, _ shapes: @autoclosure () -> String) throws {
         let rowBlock = wantWeights ? 0 : blasRowBlock(unitRows: group * queryLength, units: batch * kvHeads,

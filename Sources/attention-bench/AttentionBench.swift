@@ -276,11 +276,8 @@ struct Suite: ParsableCommand {
             guard !overflow else { throw ValidationError("shape \(s.dims) is too large.") }
             floats = sum
         }
-        let bytes = Double(floats) * 4
-        if let memory = MachineInfo.current(cores: 1).physicalMemory, bytes > Double(memory) / 2 {
-            throw ValidationError(String(format: "shape %@ needs about %.1f GiB for its tensors; this machine has %.1f GiB.",
-                                         s.dims, bytes / 1073741824, Double(memory) / 1073741824))
-        }
+        let (bytes, overflow) = floats.multipliedReportingOverflow(by: 4)
+        try checkHalfOfMemory(bytes: overflow ? nil : bytes, "shape \(s.dims)", "for its tensors")
     }
 
     mutating func run() throws {

@@ -92,11 +92,7 @@ struct LayerBench: ParsableCommand {
         // token: refused beyond half the machine's memory, like the suite's shapes.
         let bytesPerToken = 4 * (6 * 2048 + 2 * 1024)
         let (bytes, overflow) = tokens.multipliedReportingOverflow(by: bytesPerToken)
-        if let memory = MachineInfo.current(cores: 1).physicalMemory, overflow || Double(bytes) > Double(memory) / 2 {
-            let need = overflow ? "more bytes than an Int counts" : String(format: "about %.1f GiB", Double(bytes) / 1073741824)
-            throw ValidationError("--tokens \(tokens) needs \(need) of memory; this machine has "
-                                  + String(format: "%.1f GiB.", Double(memory) / 1073741824))
-        }
+        try checkHalfOfMemory(bytes: overflow ? nil : bytes, "--tokens \(tokens)", "of memory")
     }
 
     mutating func run() throws {

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -58,9 +59,22 @@ struct MachineInfo {
         return getloadavg(&loads, 3) >= 1 ? loads[0] : nil
     }
 
-    private static func physicalMemory() -> Int? {
+    static func physicalMemory() -> Int? {
         let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
         return pages > 0 && size > 0 ? pages * size : nil
+    }
+}
+
+/// Refuses, as a command-line error (status 64), work whose arrays would take more than half
+/// the machine's physical memory (nothing is refused when the size of memory is unknown).
+/// `bytes` is their size, nil when it overflows an Int; the message reads "`what` needs about
+/// N GiB `purpose`; this machine has M GiB."
+func checkHalfOfMemory(bytes: Int?, _ what: String, _ purpose: String) throws {
+    guard let memory = MachineInfo.physicalMemory() else { return }
+    guard let bytes, Double(bytes) <= Double(memory) / 2 else {
+        let need = bytes.map { String(format: "about %.1f GiB", Double($0) / 1073741824) } ?? "more bytes than an Int counts"
+        throw ValidationError("\(what) needs \(need) \(purpose); this machine has "
+                              + String(format: "%.1f GiB.", Double(memory) / 1073741824))
     }
 }
 

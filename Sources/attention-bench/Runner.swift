@@ -244,7 +244,7 @@ struct ShapeBench {
     private func timeReps(_ kernel: BenchKernel, _ inputs: Inputs, gemmOnly: Bool, baseline: Int?) throws
         -> (kernel: [Double], gemm: [Double], baseline: [Double])
     {
-        let products = try gemmKernel(kernel, inputs)
+        let products = gemmOnly ? try gemmKernel(kernel, inputs) : kernel.library
         if gemmOnly {
             progress.update("\(label): warming up \(kernel.rawValue) GEMM-only…")
             _ = try runGEMMOnly(products, inputs)
