@@ -442,6 +442,16 @@ private func littleEndianBytes(_ values: [Double], size: Int) -> [UInt8] {
     }
 }
 
+/// Writes `start` to `url` and extends the file to `size` bytes without writing them (a
+/// sparse file: no disk space is used for the rest, which reads as zeros).
+private func makeSparseFile(_ url: URL, startingWith start: Data, size: UInt64) throws -> URL {
+    try start.write(to: url)
+    let handle = try FileHandle(forWritingTo: url)
+    try handle.truncate(atOffset: size)
+    try handle.close()
+    return url
+}
+
 /// Calls `body` with a `/dev/fd` URL of a pipe that another thread fills with `data` and then
 /// closes; `body` must read the pipe to its end (a writer left blocked would never finish).
 private func throughPipe<T>(_ data: Data, _ body: (URL) throws -> T) throws -> T {
@@ -617,12 +627,7 @@ struct NPYSourceTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let size: UInt64 = 8 << 30                   // 8 GiB, sparse: no disk space is used
         func sparseFile(_ name: String, startingWith start: Data) throws -> URL {
-            let url = directory.appendingPathComponent(name)
-            try start.write(to: url)
-            let handle = try FileHandle(forWritingTo: url)
-            try handle.truncate(atOffset: size)
-            try handle.close()
-            return url
+            try makeSparseFile(directory.appendingPathComponent(name), startingWith: start, size: size)
         }
         let notNPY = try sparseFile("huge.bin", startingWith: Data("just some text".utf8))
         let header = try Tensor<Float>(shape: [2], scalars: [1, 2]).npyData()
@@ -656,11 +661,8 @@ struct NPYSourceTests {
             let elementSize = asBool ? 1 : 4                     // Bool or Float in memory
             let rows = memory / elementSize / 4096 + 1           // one row more than memory holds
             let header = npyBytes(header: "{'descr': '\(descr)', 'fortran_order': False, 'shape': (\(rows), 4096), }")
-            let url = directory.appendingPathComponent("huge\(itemSize).npy")
-            try header.write(to: url)
-            let handle = try FileHandle(forWritingTo: url)
-            try handle.truncate(atOffset: UInt64(header.count + rows * 4096 * itemSize))
-            try handle.close()
+            let url = try makeSparseFile(directory.appendingPathComponent("huge\(itemSize).npy"), startingWith: header,
+                                         size: UInt64(header.count + rows * 4096 * itemSize))
             let read = { (url: URL) throws -> Void in
                 if asBool { _ = try Tensor<Bool>(contentsOfNPY: url) } else { _ = try Tensor<Float>(contentsOfNPY: url) }
             }
