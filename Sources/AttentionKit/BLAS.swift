@@ -15,7 +15,11 @@ enum BLAS {
     /// `transposeB` (B stored `[n, k]`) and `B` otherwise (B stored `[k, n]`).
     ///
     /// Handles the empty cases itself: OpenBLAS rejects a leading dimension of 0, and a
-    /// zero `k` must still scale `C` by `beta`.
+    /// zero `k` must still scale `C` by `beta`. With `alpha` = ±0 it keeps IEEE arithmetic's
+    /// `0 · NaN = 0 · ∞ = NaN`, which BLAS drops (it does not read A or B when alpha is 0):
+    /// `C[i, j]` becomes NaN where row `i` of A or column `j` of `op(B)` holds NaN or ±∞, as
+    /// the float64 definition and PyTorch give for a scale of 0 (a zero-scale attention row
+    /// is NaN when its query or a key it may see is).
     @inline(__always)
     static func sgemm(
         m: Int, n: Int, k: Int,
@@ -37,6 +41,40 @@ enum BLAS {
                     blasint(m), blasint(n), blasint(k),
                     alpha, a, blasint(lda), b, blasint(ldb),
                     beta, c, blasint(ldc))
+        if alpha == 0 {
+            markNonFiniteProducts(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, transposeB: transposeB, c: c, ldc: ldc)
+        }
+    }
+
+    /// Sets `C[i, j]` to NaN where row `i` of A or column `j` of `op(B)` holds NaN or ±∞:
+    /// what `0 · (A · op(B))` gives in IEEE arithmetic (any non-finite term makes the sum
+    /// non-finite or NaN, and 0 times that is NaN). Reads A and B once; only zero-alpha calls
+    /// (a scale of 0) pay for it.
+    private static func markNonFiniteProducts(
+        m: Int, n: Int, k: Int,
+        a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int, transposeB: Bool,
+        c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        let columns: [Int]
+        if transposeB {                                              // B [n, k]: column j of Bᵀ is row j
+            columns = (0..<n).filter { !allFinite(b + $0 * ldb, count: k) }
+        } else {                                                     // B [k, n]
+            var finite = [Bool](repeating: true, count: n)
+            for l in 0..<k {
+                let row = b + l * ldb
+                for j in 0..<n where !row[j].isFinite { finite[j] = false }
+            }
+            columns = (0..<n).filter { !finite[$0] }
+        }
+        for i in 0..<m {
+            let row = c + i * ldc                                    // [n]
+            if !allFinite(a + i * lda, count: k) {
+                row.update(repeating: .nan, count: n)
+            } else {
+                for j in columns { row[j] = .nan }
+            }
+        }
     }
 
     /// Row-major `y[m] = alpha · A[m, n] · x[n] + beta · y` (`transposeA: false`) or

@@ -106,6 +106,35 @@ struct NonFiniteTests {
         }
     }
 
+    /// A scale of 0 (or −0) multiplies every `q·k` by zero, but `0 · NaN` and `0 · ∞` are NaN
+    /// in IEEE arithmetic, in the float64 reference and in PyTorch: a row whose query, or a
+    /// key it may see, holds NaN or ∞ is NaN, and every other row is the mean of the values
+    /// it may see, also when `q·k` itself is beyond float's range (magnitude 1e30). BLAS does
+    /// not read A or B when alpha is 0, so the sgemm paths gave those rows the plain mean.
+    @Test(arguments: [(Float(0), Float(1)), (-0.0, 1), (0, 1e30)])
+    func zeroScaleKeepsNaNAndInfinity(_ scale: Float, _ magnitude: Float) throws {
+        let (H, L, S, D) = (2, 40, 45, 8)
+        var q = gridTensor([1, H, L, D], seed: 95, magnitude: magnitude)
+        var k = gridTensor([1, H, S, D], seed: 96, magnitude: magnitude)
+        let v = gridTensor([1, H, S, D], seed: 97)
+        q.withUnsafeMutableBufferPointer { p in
+            p[3 * D + 1] = .nan                                           // head 0, query 3
+            p[(L + 10) * D] = -.infinity                                  // head 1, query 10
+        }
+        k.withUnsafeMutableBufferPointer { p in
+            p[20 * D + 4] = .infinity                                     // head 0, key 20: rows ≥ 15 see it
+            p[(S + 44) * D + 2] = .nan                                    // head 1, key 44: no row may see it
+        }
+        let mask: [MaskSpec] = [.causal(.lowerRight), .keyLengths([44])] // row i sees keys ≤ min(i + 5, 43)
+        let want = referenceAttention(query: q, key: k, value: v, mask: mask, scale: Double(scale))
+        let nanRows = Set((0..<(H * L)).filter { r in (0..<D).contains { want.output[r * D + $0].isNaN } })
+        #expect(nanRows == Set([3] + Array(15..<L) + [L + 10]), "the reference's NaN rows: \(nanRows.sorted())")
+        for (name, output, weights) in try results(q, k, v, mask: mask, scale: scale) {
+            expectMatches(output, want.output, tolerance: outputTolerance(v), "scale \(scale), |q|, |k| ≤ \(2 * magnitude), \(name)")
+            if let weights { expectMatches(weights, want.weights, tolerance: 2e-6, "weights, scale \(scale), \(name)") }
+        }
+    }
+
     /// Values within a factor of S of float's largest: the fast kernels divide by the row sum
     /// after `P·V` (and the tiled kernel's partial outputs carry up to 2¹⁶ more), so their
     /// sums overflow to ∞ where the normalised output is finite. Those rows are computed

@@ -107,8 +107,10 @@ func referenceAttention(
                     for d in 0..<Dk { dot += q[row * Dk + d] * k[((b * Hkv + kh) * S + j) * Dk + d] }
                     s[j] = dot * scale + bias
                 }
-                let m = s.max() ?? -.infinity
-                guard m > -.infinity else { continue }        // no allowed key: zero row
+                // A NaN score makes the row NaN (Swift's max() would skip it or return it,
+                // depending on where it stands).
+                let m = s.contains(where: \.isNaN) ? .nan : s.max() ?? -.infinity
+                guard m.isNaN || m > -.infinity else { continue }   // no allowed key: zero row
                 rowHasKeys[row] = true
                 let e = s.map { Foundation.exp($0 - m) }
                 let total = e.reduce(0, +)
