@@ -132,9 +132,13 @@ extension BLAS {
     ///
     /// While a kernel holds OpenBLAS to one thread (``singleThreaded(_:)``, possibly on
     /// another thread), the count is left alone: a kernel must never run multi-threaded
-    /// sgemm calls inside its own parallel loop. Either way the results are the same; only
-    /// the speed differs. As with ``singleThreaded(_:)``, the count is not restored
-    /// afterwards, so that OpenBLAS's idle threads are not woken for nothing.
+    /// sgemm calls inside its own parallel loop. The results then agree only up to rounding:
+    /// multi-threaded sgemm and sgemv split the products differently from one thread, so
+    /// outputs can differ in the last bits with OpenBLAS's count (an E = 2048 projection of
+    /// four rows: by 2.7e-5 on outputs of about 26, one ulp), and so a projection can round
+    /// differently while another thread runs a kernel. As with ``singleThreaded(_:)``, the
+    /// count is not restored afterwards, so that OpenBLAS's idle threads are not woken for
+    /// nothing.
     static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
         let target = Int32(clamping: max(1, count))
         runningKernels.withLock { kernels in

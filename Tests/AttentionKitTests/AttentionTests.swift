@@ -313,6 +313,37 @@ struct ThreadTests {
         }
     }
 
+    /// Same inputs and thread count, same bits: calls running concurrently (each pinned to two
+    /// threads, sharing the array pool and OpenBLAS) give exactly what one call gives alone,
+    /// on both kernels, for prefill blocks and for a decode step whose keys are split.
+    @Test func concurrentCallsGiveTheSameBits() throws {
+        let cases = [
+            Cases.c("prefill", [2, 4, 150, 32], [2, 2, 170, 32], [2, 2, 170, 24], mask: [.causal(.upperLeft), .keyLengths([170, 90])]),
+            Cases.c("decode", [1, 4, 1, 32], [1, 1, 2500, 32], [1, 1, 2500, 16], mask: [.causal(.lowerRight)]),
+        ]
+        for c in cases {
+            let (q, k, v) = c.inputs()
+            let mask = AttentionMask(c.mask.map(\.library))
+            for kernel in [AttentionKernel.blas, .tiled] {
+                let alone = try AttentionThreads.withCount(2) {
+                    try scaledDotProductAttention(query: q, key: k, value: v, mask: mask, kernel: kernel)
+                }
+                let lock = NSLock()
+                nonisolated(unsafe) var results: [Tensor<Float>?] = Array(repeating: nil, count: 6)
+                DispatchQueue.concurrentPerform(iterations: 6) { i in
+                    let out = try? AttentionThreads.withCount(2) {
+                        try scaledDotProductAttention(query: q, key: k, value: v, mask: mask, kernel: kernel)
+                    }
+                    lock.lock(); results[i] = out; lock.unlock()
+                }
+                for (i, out) in results.enumerated() {
+                    #expect(out?.scalars.map(\.bitPattern) == alone.scalars.map(\.bitPattern),
+                            "\(c.name), \(kernel): concurrent call \(i) differs from the call alone")
+                }
+            }
+        }
+    }
+
     @Test func invalidThreadCountsThrow() {
         #expect(throws: AttentionError.self) { try AttentionThreads.setCount(0) }
         #expect(throws: AttentionError.self) { try AttentionThreads.setCount(-3) }

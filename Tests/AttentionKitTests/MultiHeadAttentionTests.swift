@@ -304,7 +304,7 @@ struct MultiHeadAttentionTests {
         expectError(.headWidth, mentions: ["[2, 0, 4, 4]"]) { _ = try MultiHeadAttention.averagingHeads(Tensor(shape: [2, 0, 4, 4])) }
     }
 
-    @Test("the layer's threads: one and two threads give the same result")
+    @Test("the layer's threads: one, two and three threads each give the reference result")
     func threadCounts() throws {
         let layer = try gridLayer(modelDim: 32, heads: 4, kvHeads: 2, seed: 120)
         let x = gridTensor([4, 33, 32], seed: 121)
