@@ -122,7 +122,7 @@ OpenBLAS packing K and V (sgemm_incopy/itcopy) for 4-row sgemm calls and ~14% in
 sgemm compute kernel, so its GEMM share ≈ 1 means "all GEMM", not "near optimal": an
 sgemv or streaming path for very few rows would read K and V (33.5 MB) once instead.
 
-Later versions of the tiled kernel (README, "How the tiled kernel works"; B1 H8 L2048 D64
+Later versions of the tiled kernel (Benchmarks/NOTES.md, "How the tiled kernel works"; B1 H8 L2048 D64
 and the decode shapes, --kernels tiled --no-naive, medians, 2026-11-25):
 - v1 (18:46 UTC): online softmax in natural base, max pass with NaN tracking, sgemv per row
   for decode blocks. 173-184 ms on one thread, GEMM share 0.70-0.72.
