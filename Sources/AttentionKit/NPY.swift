@@ -579,15 +579,16 @@ func readNPYFile<Element: NPYElement>(_ url: URL, as: Element.Type) throws -> Te
     }
     precondition(prefix.count == layout.payloadStart)
 
-    // A regular file says how long it is: compare before reading anything more.
+    // A regular file says how long it is: compare before reading anything more (so a short
+    // file claiming a huge shape is truncated, not too large). Then, from any source, the
+    // tensor must fit in memory before anything is allocated for it or read into it.
+    let size = file.regularFileSize.flatMap { $0 >= layout.payloadStart ? $0 : nil }
+    if let size { try checkNPYPayloadLength(layout, available: size - layout.payloadStart, source: source) }
+    try checkNPYAllocation(layout, Element.self, source: source)
     var scalars: [Element] = []
-    if let size = file.regularFileSize, size >= layout.payloadStart {
-        try checkNPYPayloadLength(layout, available: size - layout.payloadStart, source: source)
-        try checkNPYAllocation(layout, Element.self, source: source)
+    if size != nil {
         if let tensor = try Element.readPayloadInPlace(file, layout: layout, source: source) { return tensor }
         scalars.reserveCapacity(layout.count)
-    } else {
-        try checkNPYAllocation(layout, Element.self, source: source)     // before the bytes arrive
     }
     let itemSize = layout.type.itemSize
     let chunkCount = npyReadChunkBytes / itemSize
