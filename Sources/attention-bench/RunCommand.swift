@@ -71,8 +71,9 @@ struct Run: ParsableCommand {
     // not an option, so it reaches the range check and its message.
     @Option(parsing: .unconditional,
             help: ArgumentHelp("Comma-separated key lengths, one per batch entry: keys at or beyond the length are excluded (\"\" for a batch of 0).",
-                               valueName: "5,7"))
-    var keyLengths: String?
+                               valueName: "5,7"),
+            transform: parseKeyLengths)
+    var keyLengths: [Int]?
 
     // `.unconditional`: a negative scale such as "-0.125" is legal and is the value.
     @Option(parsing: .unconditional, help: ArgumentHelp("Multiplies query · keyᵀ (default 1/√Dk; negative is legal).", valueName: "x"))
@@ -124,7 +125,6 @@ struct Run: ParsableCommand {
             throw ValidationError("--threads must be at most \(AttentionThreads.maximum), got \(threads)")
         }
         if let scale, !scale.isFinite { throw ValidationError("--scale must be a finite number, got \(scale)") }
-        if let keyLengths { _ = try parseKeyLengths(keyLengths) }
         guard heatmap == nil || heatmapCells >= 1 else {
             throw ValidationError("--heatmap-cells must be at least 1, got \(heatmapCells)")
         }
@@ -152,7 +152,6 @@ struct Run: ParsableCommand {
                     + "write the results to another file")
             }
         }
-        let lengths = try keyLengths.map(parseKeyLengths)
         let reportToStandardError = destinations.contains { isStandardOutput($0.target) }
 
         // Inputs.
@@ -179,7 +178,7 @@ struct Run: ParsableCommand {
             parts.append(.causal(causal.alignment))
             maskDescription.append("causal \(causal.rawValue)")
         }
-        if let lengths {
+        if let lengths = keyLengths {
             parts.append(.keyLengths(lengths))
             maskDescription.append(lengths.isEmpty ? "key lengths (none: a batch of 0)"
                                    : "key lengths \(lengths.map(String.init).joined(separator: ","))")
@@ -293,7 +292,8 @@ private func parseKeyLengths(_ text: String) throws -> [Int] {
     let parts = text.split(separator: ",", omittingEmptySubsequences: false)
     let lengths = parts.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
     guard !parts.isEmpty, lengths.count == parts.count, lengths.allSatisfy({ $0 >= 0 }) else {
-        throw ValidationError("--key-lengths must be comma-separated non-negative integers such as 5,7; got '\(text)'")
+        // ArgumentParser names the option and the value around this message.
+        throw ValidationError("expected comma-separated non-negative integers such as 5,7")
     }
     return lengths
 }

@@ -160,7 +160,7 @@ struct NPYCommandLineTests {
             ("missing option", ["--query", q, "--value", v] + outputs, "Missing expected argument '--key <k.npy>'"),
             ("unknown kernel", ["--query", q, "--key", k, "--value", v, "--kernel", "fast"] + outputs, "'fast'"),
             ("negative key length", ["--query", q, "--key", k, "--value", v, "--key-lengths", "-1"] + outputs,
-             "--key-lengths must be comma-separated non-negative integers such as 5,7; got '-1'"),
+             "The value '-1' is invalid for '--key-lengths <5,7>': expected comma-separated non-negative integers such as 5,7"),
             // A negative count is the value (its range message), not a missing value.
             ("negative threads", ["--query", q, "--key", k, "--value", v, "--threads", "-1"] + outputs,
              "--threads must be at least 1, got -1"),
@@ -487,8 +487,8 @@ struct NPYCommandLineTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let files = ["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy", "--output", "o.npy"]
         let cases: [([String], String)] = [
-            (files + ["--key-lengths", "abc"], "--key-lengths must be comma-separated"),
-            (files + ["--key-lengths", "3,-1"], "--key-lengths must be comma-separated"),
+            (files + ["--key-lengths", "abc"], "The value 'abc' is invalid for '--key-lengths <5,7>': expected comma-separated"),
+            (files + ["--key-lengths", "3,-1"], "The value '3,-1' is invalid for '--key-lengths <5,7>': expected comma-separated"),
             (files + ["--threads", "5000"], "--threads must be at most 4096, got 5000"),
             (files + ["--scale", "nan"], "--scale must be a finite number, got nan"),
             (files + ["--scale", "inf"], "--scale must be a finite number, got inf"),
