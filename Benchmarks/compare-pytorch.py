@@ -37,6 +37,15 @@ untimed rep), run as a subprocess; the two sides alternate in rounds (Swift, PyT
 over all rounds and PyTorch time / AttentionKit time (> 1: AttentionKit is faster), plus
 the rate at which the generation loop reads its weights and K/V (bytes / time; part comes from the L3) against the machine's copy and read bandwidth
 (`attention-bench layer --workload bandwidth`).
+    python3 Benchmarks/compare-pytorch.py accuracy [--threads 1] [--seed 7]
+
+`accuracy` measures how far each side's float32 result lies from a float64 computation on the
+same float32 inputs (PyTorch's SDPA in float64, independent of AttentionKit), as the logits
+grow: B1 H8 L512 S512, D 64 and 128, inputs uniform in [−m, m] for m = 1, 3, 10, 30. The
+table gives max|s| (the largest score), the largest output error of PyTorch in float32 and of
+AttentionKit's blas and tiled kernels (`attention-bench run` on .npy files), the scale
+u·max|s|·max|V| (u = 2⁻²⁴) to which any float32 computation's error grows, and the tests'
+tolerance 2e-5·max(1, max|V|) + 2e-5·max|out|.
 """
 import argparse
 import json
@@ -288,6 +297,44 @@ def layer(args):
                   f"   machine: copy {bw['copy_gb_per_s']:.1f} GB/s (read+write), read {bw['read_gb_per_s']:.1f} GB/s")
 
 
+def accuracy(args):
+    import tempfile
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    if not args.no_build:
+        build()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    u = 2.0 ** -24
+    print(f"torch {torch.__version__}, {args.threads} thread(s), inputs uniform in [-m, m], seed {args.seed}; "
+          "errors are max |float32 result - float64 result|")
+    print(f"{'shape':<22} {'m':>3} {'max|s|':>8} {'torch':>9} {'blas':>9} {'tiled':>9} {'u·s·V':>9} {'tolerance':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for D in (64, 128):
+            for m in (1, 3, 10, 30):
+                B, H, L, S = 1, 8, 512, 512
+                q, k, v = (((rng.random((B, H, n, D)) * 2 - 1) * m).astype(np.float32) for n in (L, S, S))
+                paths = {}
+                for name, a in (("q", q), ("k", k), ("v", v)):
+                    paths[name] = os.path.join(tmp, name + ".npy")
+                    np.save(paths[name], a)
+                want = F.scaled_dot_product_attention(*(torch.from_numpy(a).double() for a in (q, k, v))).numpy()
+                torch_out = F.scaled_dot_product_attention(*(torch.from_numpy(a) for a in (q, k, v))).numpy()
+                errors = [np.abs(torch_out.astype(np.float64) - want).max()]
+                for kernel in ("blas", "tiled"):
+                    out = os.path.join(tmp, "out.npy")
+                    subprocess.run([BENCH, "run", "--query", paths["q"], "--key", paths["k"], "--value", paths["v"],
+                                    "--kernel", kernel, "--threads", str(args.threads), "--output", out],
+                                   check=True, capture_output=True)
+                    errors.append(np.abs(np.load(out).astype(np.float64) - want).max())
+                max_s = np.abs(np.einsum("bhld,bhsd->bhls", q.astype(np.float64), k.astype(np.float64))).max() / math.sqrt(D)
+                max_v = np.abs(v).max()
+                tolerance = 2e-5 * max(1.0, max_v) + 2e-5 * np.abs(want).max()
+                print(f"{f'B{B} H{H} L{L} S{S} D{D}':<22} {m:>3} {max_s:8.1f} " + " ".join(f"{e:9.1e}" for e in errors)
+                      + f" {u * max_s * max_v:9.1e} {tolerance:9.1e}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,7 +353,13 @@ def main():
     p.add_argument("--tokens", type=int, default=256, help="tokens in the generation loop (default: 256)")
     p.add_argument("--workloads", nargs="+", choices=["forward", "generate"], default=["forward", "generate"])
     p.add_argument("--no-build", action="store_true")
+    p = sub.add_parser("accuracy", help="float32 error against float64 as the logits grow, both sides")
+    p.add_argument("--threads", type=int, default=1, help="threads on both sides (default: 1)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the random inputs (default: 7)")
+    p.add_argument("--no-build", action="store_true")
     args = parser.parse_args()
+    if args.command == "accuracy":
+        accuracy(args)
     if args.command == "layer":
         layer(args)
     if args.command == "sdpa":
