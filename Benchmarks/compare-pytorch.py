@@ -37,6 +37,7 @@ untimed rep), run as a subprocess; the two sides alternate in rounds (Swift, PyT
 over all rounds and PyTorch time / AttentionKit time (> 1: AttentionKit is faster), plus
 the rate at which the generation loop reads its weights and K/V (bytes / time; part comes from the L3) against the machine's copy and read bandwidth
 (`attention-bench layer --workload bandwidth`).
+
     python3 Benchmarks/compare-pytorch.py accuracy [--threads 1] [--seed 7]
 
 `accuracy` measures how far each side's float32 result lies from a float64 computation on the

@@ -10,13 +10,13 @@ struct RandomCase: CustomTestStringConvertible, Sendable {
 
 /// Problems drawn from a fixed seed, combining what the hand-written cases take one or two at
 /// a time: rank, grouped heads, lengths around the tiled kernel's tiles (256 query rows, 512
-/// keys), every mask kind with random broadcast shapes, scales, and inputs off any grid.
-/// Sizes are kept to about two million multiply-adds per problem so that the float64
+/// keys), every mask kind with random broadcast shapes, scales, and queries, keys and values
+/// off any grid. Sizes are kept to about two million multiply-adds per problem so that the float64
 /// reference stays quick in a debug build.
 enum RandomCases {
     static let all: [RandomCase] = {
         var rng = SplitMix64(seed: 2026_11_26)
-        func pick<T>(_ values: [T]) -> T { values[Int.random(in: 0..<values.count, using: &rng)] }
+        func pick<T>(_ values: [T]) -> T { values.randomElement(using: &rng)! }
         func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &rng) < p }
         var cases: [RandomCase] = []
         for n in 0..<48 {
@@ -49,11 +49,7 @@ enum RandomCases {
                 mask.append(.boolean(shape: s, data: randomBools(s, seed: rng.next(), probabilityTrue: 0.8)))
             }
             if chance(0.35) {
-                let s = broadcastShape()
-                let data = (0..<s.reduce(1, *)).map { _ in
-                    chance(0.1) ? -Float.infinity : Float.random(in: -2...2, using: &rng)
-                }
-                mask.append(.additive(shape: s, data: data))
+                mask.append(Cases.bias(broadcastShape(), seed: rng.next(), withInfinity: chance(0.3)))
             }
             let scale: Float? = chance(0.7) ? nil : pick([0, -0.3, 0.02, 1.5])
             let name = "#\(n): \(shape(Hq, L, Dk)) · \(shape(Hkv, S, Dk)) → Dv \(Dv), "
@@ -82,11 +78,9 @@ struct RandomCombinationTests {
         #expect(Set(problems.map(\.query.count)) == [2, 3, 4])
         #expect(problems.contains { $0.query.count == 4 && $0.query[1] > $0.key[1] })
         #expect(problems.contains { $0.key[$0.key.count - 2] > 512 })
-        #expect(problems.contains { $0.mask.contains { if case .causal(.upperLeft) = $0 { true } else { false } } })
-        #expect(problems.contains { $0.mask.contains { if case .causal(.lowerRight) = $0 { true } else { false } } })
-        #expect(problems.contains { $0.mask.contains { if case .keyLengths = $0 { true } else { false } } })
-        #expect(problems.contains { $0.mask.contains { if case .boolean = $0 { true } else { false } } })
-        #expect(problems.contains { $0.mask.contains { if case .additive = $0 { true } else { false } } })
+        // Each part's kind: its description up to the shape or lengths ("boolean[2, 1, 9]" → "boolean").
+        let kinds = Set(problems.flatMap { $0.mask.map { String($0.description.prefix { $0 != "[" }) } })
+        #expect(kinds == ["causal(upperLeft)", "causal(lowerRight)", "keyLengths", "boolean", "additive"])
         #expect(problems.contains { $0.mask.count >= 3 })
         #expect(problems.contains { $0.scale != nil })
         #expect(Set(RandomCases.all.map(\.threads)) == [1, 2])
