@@ -244,8 +244,9 @@ struct ShapeBench {
     private func timeReps(_ kernel: BenchKernel, _ inputs: Inputs, gemmOnly: Bool, baseline: Int?) throws
         -> (kernel: [Double], gemm: [Double], baseline: [Double])
     {
-        let products = gemmOnly ? try gemmKernel(kernel, inputs) : kernel.library
-        if gemmOnly {
+        // The kernel whose products the GEMM-only runs time (automatic resolved), if any.
+        let products = gemmOnly ? try gemmKernel(kernel, inputs) : nil
+        if let products {
             progress.update("\(label): warming up \(kernel.rawValue) GEMM-only…")
             _ = try runGEMMOnly(products, inputs)
         }
@@ -269,7 +270,7 @@ struct ShapeBench {
             withExtendedLifetime(output) {}
             kernelTimes.append(t)
             total += t
-            if gemmOnly {
+            if let products {
                 let (gemm, g) = try timed { try runGEMMOnly(products, inputs) }
                 withExtendedLifetime(gemm) {}
                 gemmTimes.append(g)
