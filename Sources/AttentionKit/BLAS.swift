@@ -139,11 +139,21 @@ extension BLAS {
     /// differently while another thread runs a kernel. As with ``singleThreaded(_:)``, the
     /// count is not restored afterwards, so that OpenBLAS's idle threads are not woken for
     /// nothing.
+    ///
+    /// OpenBLAS gets at most ``AttentionThreads/coreCount`` threads, whatever `count`:
+    /// more would only take turns on the same cores, and each OpenBLAS thread reserves about
+    /// 140 MB of address space (a C program's virtual size after one sgemm: 0.3 GB with 2
+    /// threads, 8.9 GB with 64, OpenBLAS 0.3.21), so that under `ulimit -v` a layer set to 64
+    /// threads left Dispatch unable to start a thread for the next kernel, which then waited
+    /// forever.
     static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
-        let target = Int32(clamping: max(1, count))
+        let target = Int32(clamping: min(max(1, count), AttentionThreads.coreCount))
         runningKernels.withLock { kernels in
             if kernels == 0, openblas_get_num_threads() != target { openblas_set_num_threads(target) }
         }
         return try body()
     }
+
+    /// OpenBLAS's current thread count, for tests.
+    static var openBLASThreadCount: Int { Int(openblas_get_num_threads()) }
 }

@@ -304,15 +304,17 @@ struct MultiHeadAttentionTests {
         expectError(.headWidth, mentions: ["[2, 0, 4, 4]"]) { _ = try MultiHeadAttention.averagingHeads(Tensor(shape: [2, 0, 4, 4])) }
     }
 
-    @Test("the layer's threads: one, two and three threads each give the reference result")
+    @Test("the layer's threads: 1, 2, 3 and 64 threads each give the reference result; OpenBLAS gets at most the cores")
     func threadCounts() throws {
         let layer = try gridLayer(modelDim: 32, heads: 4, kvHeads: 2, seed: 120)
         let x = gridTensor([4, 33, 32], seed: 121)
         let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: [.causal(.upperLeft)])
-        for threads in [1, 2, 3] {
+        for threads in [1, 2, 3, 64] {
             let got = try AttentionThreads.withCount(threads) { try layer(query: x, key: x, value: x, mask: .causal(.upperLeft)) }
             assertClose(got, want.output, shape: [4, 33, 32], absolute: layerTolerance(layer, value: x), relative: 0,
                         "\(threads) threads")
+            // The output projection set OpenBLAS's pool last (or a kernel elsewhere set it to 1).
+            #expect(BLAS.openBLASThreadCount <= AttentionThreads.coreCount, "\(threads) threads")
         }
     }
 
