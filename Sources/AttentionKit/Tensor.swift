@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A dense, row-major (C-order), contiguous n-dimensional array.
 ///
@@ -144,18 +147,62 @@ func elementCount(of shape: [Int]) throws -> Int {
 }
 
 /// Throws `.sizeOverflow` when `count` elements of `type` would take more bytes than the
-/// machine's physical memory: such an allocation would trap (or, if it succeeded, swap the
-/// machine to a halt) instead of giving the caller an error to handle. `what` names the
-/// allocation in the message.
+/// machine's physical memory, or, under an address-space or data limit (`ulimit -v`,
+/// `ulimit -d`), more than the process has left of it: such an allocation would trap (or, if
+/// it succeeded, swap the machine to a halt) instead of giving the caller an error to handle.
+/// `what` names the allocation in the message.
 func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> String) throws {
     let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
+    let need = overflow ? "more bytes than an Int can count" : formatBytes(Double(bytes))
     let memory = physicalMemory
     guard !overflow, UInt64(bytes) <= memory else {
-        let need = overflow ? "more bytes than an Int can count" : formatBytes(Double(bytes))
         throw AttentionError(.sizeOverflow,
             "\(what()) would need \(need), more than this machine's \(formatBytes(Double(memory))) of memory")
     }
+    if let limit = processMemoryLimit(), UInt64(bytes) > limit.left {
+        throw AttentionError(.sizeOverflow,
+            "\(what()) would need \(need), more than the \(formatBytes(Double(limit.left))) of memory "
+            + "this process has left under its \(limit.name)")
+    }
 }
+
+/// The tightest of the process's address-space and data limits (`RLIMIT_AS`, `RLIMIT_DATA`),
+/// less what it already uses of each (`/proc/self/statm`), or nil without such limits (the
+/// usual case, which costs two `getrlimit` calls). Linux only: elsewhere these limits are
+/// not enforced on allocations, or not read here.
+func processMemoryLimit() -> (left: UInt64, name: String)? {
+    #if os(Linux) && canImport(Glibc)
+    var tightest: (left: UInt64, name: String)?
+    var usage: [UInt64]?                    // statm fields, in pages: size, resident, shared, text, lib, data
+    for (resource, field, name) in [(RLIMIT_AS, 0, "address-space limit (ulimit -v)"),
+                                    (RLIMIT_DATA, 5, "data limit (ulimit -d)")] {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(resource.rawValue), &limit) == 0,
+              limit.rlim_cur != rlim_t.max else { continue }     // rlim_t.max: RLIM_INFINITY
+        if usage == nil { usage = statmPages() ?? [] }
+        let pages = field < usage!.count ? usage![field] : 0
+        let used = pages.multipliedReportingOverflow(by: UInt64(max(1, sysconf(Int32(_SC_PAGESIZE)))))
+        let cap = UInt64(limit.rlim_cur)
+        let left = used.overflow || used.partialValue >= cap ? 0 : cap - used.partialValue
+        if left < (tightest?.left ?? .max) { tightest = (left, name) }
+    }
+    return tightest
+    #else
+    return nil
+    #endif
+}
+
+#if os(Linux) && canImport(Glibc)
+/// The fields of `/proc/self/statm` (sizes in pages), or nil if it cannot be read.
+private func statmPages() -> [UInt64]? {
+    guard let file = fopen("/proc/self/statm", "r") else { return nil }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 256)
+    guard fgets(&line, Int32(line.count), file) != nil else { return nil }
+    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }
+}
+#endif
 
 /// ``checkAllocation(count:of:_:)`` for a count computed with overflow reporting
 /// (`addingReportingOverflow`, `multipliedReportingOverflow`): an overflowed count is too large.

@@ -25,13 +25,23 @@ private func benchExecutable() throws -> URL {
 }
 
 /// Runs attention-bench in `directory`; with `standardOutput`, its stdout goes there (such as
-/// a file opened for appending, as a shell's `>>` would give it) and `stdout` is empty.
-private func runBench(_ arguments: [String], in directory: URL, standardOutput: FileHandle? = nil) throws -> CommandResult {
+/// a file opened for appending, as a shell's `>>` would give it) and `stdout` is empty. With
+/// `ulimit`, such as `["-v", "3000000"]`, it runs under that shell limit, through `/bin/sh`,
+/// with OpenBLAS's pool at one thread from the start (its threads reserve address space).
+private func runBench(_ arguments: [String], in directory: URL, standardOutput: FileHandle? = nil,
+                      ulimit: [String]? = nil) throws -> CommandResult {
     let process = Process()
-    process.executableURL = try benchExecutable()
-    process.arguments = arguments
-    process.currentDirectoryURL = directory
     var environment = ProcessInfo.processInfo.environment
+    if let ulimit {
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "ulimit \(ulimit.joined(separator: " ")) && exec \"$0\" \"$@\"",
+                             try benchExecutable().path] + arguments
+        environment["OPENBLAS_NUM_THREADS"] = "1"
+    } else {
+        process.executableURL = try benchExecutable()
+        process.arguments = arguments
+    }
+    process.currentDirectoryURL = directory
     environment["ATTENTIONKIT_NUM_THREADS"] = "2"
     process.environment = environment
     let out = Pipe(), err = Pipe()
@@ -503,6 +513,41 @@ struct NPYCommandLineTests {
             #expect(result.status == 64 && result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(phrase),
                     "\(arguments): status \(result.status): \(result.stderr)")
         }
+    }
+
+    /// Under `ulimit -v` or `ulimit -d` an allocation that fits the machine's memory but not
+    /// what the process has left of its limit would make Swift trap ("failed to allocate");
+    /// it is refused with `.sizeOverflow` instead, naming the limit. Here 3.7 GiB of weights
+    /// from inputs of a few hundred bytes (Dk = 0), under a limit of about 2.9 GB.
+    @Test("results beyond the process's address-space or data limit are refused, not a crash")
+    func processMemoryLimits() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try Tensor<Float>(shape: [1, 1, 40000, 0]).write(toNPY: directory.appendingPathComponent("q.npy"))
+        try Tensor<Float>(shape: [1, 1, 25000, 0]).write(toNPY: directory.appendingPathComponent("k.npy"))
+        try Tensor<Float>(shape: [1, 1, 25000, 1], repeating: 1).write(toNPY: directory.appendingPathComponent("v.npy"))
+        let need: UInt64 = 40000 * 25000 * 4
+        for (flag, name) in [("-v", "address-space limit (ulimit -v)"), ("-d", "data limit (ulimit -d)")] {
+            let result = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy",
+                                       "--output", "o.npy", "--weights", "w.npy"],
+                                      in: directory, ulimit: [flag, "3000000"])
+            // Status 1 and one line: an AttentionError, not a crash (SIGABRT before the check).
+            #expect(result.status == 1 && result.stderr.split(separator: "\n").count == 1
+                    && result.stderr.contains("sizeOverflow") && result.stderr.contains("3.7 GiB"),
+                    "ulimit \(flag): status \(result.status): \(result.stderr)")
+            if ProcessInfo.processInfo.physicalMemory > need {   // else the machine's memory is named first
+                #expect(result.stderr.contains("this process has left under its \(name)"), "\(result.stderr)")
+            }
+            for file in ["o.npy", "w.npy"] {
+                #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent(file).path))
+            }
+        }
+        // Under the same limit a small result runs (S = 4).
+        try Tensor<Float>(shape: [1, 1, 4, 0]).write(toNPY: directory.appendingPathComponent("k.npy"))
+        try Tensor<Float>(shape: [1, 1, 4, 1], repeating: 1).write(toNPY: directory.appendingPathComponent("v.npy"))
+        let small = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy", "--output", "o.npy"],
+                                 in: directory, ulimit: ["-v", "3000000"])
+        #expect(small.status == 0, "\(small.stderr)")
     }
 
     /// The sweep's two files are checked before anything is timed and written together:
