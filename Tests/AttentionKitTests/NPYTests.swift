@@ -304,8 +304,18 @@ struct NPYTests {
         #expect(attentionError("onto a directory") { try tensor.write(toNPY: sub) }?.code == .fileAccess)
         var isDirectory: ObjCBool = false
         #expect(FileManager.default.fileExists(atPath: sub.path, isDirectory: &isDirectory) && isDirectory.boolValue)
+        // Names up to the 255-byte limit of a file name are written (the temporary file's
+        // name is cut to fit), in ASCII and in two-byte characters; one byte more is refused.
+        let long = ["\(String(repeating: "a", count: 251)).npy", "a\(String(repeating: "é", count: 125)).npy"]
+        for name in long {
+            #expect(name.utf8.count == 255)
+            try tensor.write(toNPY: directory.appendingPathComponent(name))
+            #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent(name)) == tensor)
+        }
+        let tooLong = directory.appendingPathComponent("b\(long[0])")
+        #expect(attentionError("a 256-byte name") { try tensor.write(toNPY: tooLong) }?.code == .fileAccess)
         let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
-        #expect(names == ["out.npy", "sub.npy"], "left behind: \(names)")
+        #expect(names == (["out.npy", "sub.npy"] + long).sorted(), "left behind: \(names)")
         #expect(attentionError("web URL") { try Tensor<Float>(contentsOfNPY: URL(string: "https://example.com/a.npy")!) }?.code == .fileAccess)
     }
 
