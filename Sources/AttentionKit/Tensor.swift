@@ -153,15 +153,15 @@ func elementCount(of shape: [Int]) throws -> Int {
 /// `what` names the allocation in the message.
 func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> String) throws {
     let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
-    let need = overflow ? "more bytes than an Int can count" : formatBytes(Double(bytes))
+    func need() -> String { overflow ? "more bytes than an Int can count" : formatBytes(Double(bytes)) }
     let memory = physicalMemory
     guard !overflow, UInt64(bytes) <= memory else {
         throw AttentionError(.sizeOverflow,
-            "\(what()) would need \(need), more than this machine's \(formatBytes(Double(memory))) of memory")
+            "\(what()) would need \(need()), more than this machine's \(formatBytes(Double(memory))) of memory")
     }
     if let limit = processMemoryLimit(), UInt64(bytes) > limit.left {
         throw AttentionError(.sizeOverflow,
-            "\(what()) would need \(need), more than the \(formatBytes(Double(limit.left))) of memory "
+            "\(what()) would need \(need()), more than the \(formatBytes(Double(limit.left))) of memory "
             + "this process has left under its \(limit.name)")
     }
 }
@@ -172,21 +172,25 @@ func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> 
 /// not enforced on allocations, or not read here.
 func processMemoryLimit() -> (left: UInt64, name: String)? {
     #if os(Linux) && canImport(Glibc)
-    var tightest: (left: UInt64, name: String)?
-    var usage: [UInt64]?                    // statm fields, in pages: size, resident, shared, text, lib, data
-    for (resource, field, name) in [(RLIMIT_AS, 0, "address-space limit (ulimit -v)"),
-                                    (RLIMIT_DATA, 5, "data limit (ulimit -d)")] {
+    func softLimit(_ resource: __rlimit_resource) -> UInt64? {
         var limit = rlimit()
         guard getrlimit(__rlimit_resource_t(resource.rawValue), &limit) == 0,
-              limit.rlim_cur != rlim_t.max else { continue }     // rlim_t.max: RLIM_INFINITY
-        if usage == nil { usage = statmPages() ?? [] }
-        let pages = field < usage!.count ? usage![field] : 0
-        let used = pages.multipliedReportingOverflow(by: UInt64(max(1, sysconf(Int32(_SC_PAGESIZE)))))
-        let cap = UInt64(limit.rlim_cur)
-        let left = used.overflow || used.partialValue >= cap ? 0 : cap - used.partialValue
-        if left < (tightest?.left ?? .max) { tightest = (left, name) }
+              limit.rlim_cur != rlim_t.max else { return nil }       // rlim_t.max: RLIM_INFINITY
+        return UInt64(limit.rlim_cur)
     }
-    return tightest
+    let addressSpace = softLimit(RLIMIT_AS), data = softLimit(RLIMIT_DATA)
+    guard addressSpace != nil || data != nil else { return nil }
+    // statm's fields, in pages: size (the address space), resident, shared, text, lib, data.
+    let usage = statmPages() ?? []
+    let page = UInt64(max(1, sysconf(Int32(_SC_PAGESIZE))))
+    func left(_ cap: UInt64?, usedPagesAt field: Int) -> UInt64 {
+        guard let cap else { return .max }
+        let used = (field < usage.count ? usage[field] : 0).multipliedReportingOverflow(by: page)
+        return used.overflow || used.partialValue >= cap ? 0 : cap - used.partialValue
+    }
+    let addressSpaceLeft = left(addressSpace, usedPagesAt: 0), dataLeft = left(data, usedPagesAt: 5)
+    return addressSpaceLeft <= dataLeft
+        ? (addressSpaceLeft, "address-space limit (ulimit -v)") : (dataLeft, "data limit (ulimit -d)")
     #else
     return nil
     #endif
