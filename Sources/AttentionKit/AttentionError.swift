@@ -19,9 +19,10 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         /// A dimension is negative.
         case negativeDimension
         /// The product of a shape overflows `Int`, a size exceeds what BLAS can index, or a
-        /// result would take more bytes than the machine's memory (or, under an address-space
-        /// or data limit such as `ulimit -v` or `ulimit -d` on Linux, than the process has
-        /// left of it). Such an allocation would otherwise trap.
+        /// result would take more bytes than the memory the process may use: the machine's,
+        /// or on Linux its cgroup's memory limit (a container's) when lower, or what it has
+        /// left under `ulimit -v` or `ulimit -d`. Such an allocation would otherwise trap,
+        /// or get the process killed.
         case sizeOverflow
         /// A tensor's rank is outside 2...4, or query, key and value ranks differ.
         case invalidRank

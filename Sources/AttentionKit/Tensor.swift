@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// A dense, row-major (C-order), contiguous n-dimensional array.
 ///
@@ -144,84 +141,4 @@ func elementCount(of shape: [Int]) throws -> Int {
         count = product
     }
     return count
-}
-
-/// Throws `.sizeOverflow` when `count` elements of `type` would take more bytes than the
-/// machine's physical memory, or, under an address-space or data limit (`ulimit -v`,
-/// `ulimit -d`), more than the process has left of it: such an allocation would trap (or, if
-/// it succeeded, swap the machine to a halt) instead of giving the caller an error to handle.
-/// `what` names the allocation in the message.
-func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> String) throws {
-    let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
-    func need() -> String { overflow ? "more bytes than an Int can count" : formatBytes(Double(bytes)) }
-    let memory = physicalMemory
-    guard !overflow, UInt64(bytes) <= memory else {
-        throw AttentionError(.sizeOverflow,
-            "\(what()) would need \(need()), more than this machine's \(formatBytes(Double(memory))) of memory")
-    }
-    if let limit = processMemoryLimit(), UInt64(bytes) > limit.left {
-        throw AttentionError(.sizeOverflow,
-            "\(what()) would need \(need()), more than the \(formatBytes(Double(limit.left))) of memory "
-            + "this process has left under its \(limit.name)")
-    }
-}
-
-/// The tightest of the process's address-space and data limits (`RLIMIT_AS`, `RLIMIT_DATA`),
-/// less what it already uses of each (`/proc/self/statm`), or nil without such limits (the
-/// usual case, which costs two `getrlimit` calls). Linux only: elsewhere these limits are
-/// not enforced on allocations, or not read here.
-func processMemoryLimit() -> (left: UInt64, name: String)? {
-    #if os(Linux) && canImport(Glibc)
-    func softLimit(_ resource: __rlimit_resource) -> UInt64? {
-        var limit = rlimit()
-        guard getrlimit(__rlimit_resource_t(resource.rawValue), &limit) == 0,
-              limit.rlim_cur != rlim_t.max else { return nil }       // rlim_t.max: RLIM_INFINITY
-        return UInt64(limit.rlim_cur)
-    }
-    let addressSpace = softLimit(RLIMIT_AS), data = softLimit(RLIMIT_DATA)
-    guard addressSpace != nil || data != nil else { return nil }
-    // statm's fields, in pages: size (the address space), resident, shared, text, lib, data.
-    let usage = statmPages() ?? []
-    let page = UInt64(max(1, sysconf(Int32(_SC_PAGESIZE))))
-    func left(_ cap: UInt64?, usedPagesAt field: Int) -> UInt64 {
-        guard let cap else { return .max }
-        let used = (field < usage.count ? usage[field] : 0).multipliedReportingOverflow(by: page)
-        return used.overflow || used.partialValue >= cap ? 0 : cap - used.partialValue
-    }
-    let addressSpaceLeft = left(addressSpace, usedPagesAt: 0), dataLeft = left(data, usedPagesAt: 5)
-    return addressSpaceLeft <= dataLeft
-        ? (addressSpaceLeft, "address-space limit (ulimit -v)") : (dataLeft, "data limit (ulimit -d)")
-    #else
-    return nil
-    #endif
-}
-
-#if os(Linux) && canImport(Glibc)
-/// The fields of `/proc/self/statm` (sizes in pages), or nil if it cannot be read.
-private func statmPages() -> [UInt64]? {
-    guard let file = fopen("/proc/self/statm", "r") else { return nil }
-    defer { fclose(file) }
-    var line = [CChar](repeating: 0, count: 256)
-    guard fgets(&line, Int32(line.count), file) != nil else { return nil }
-    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }
-}
-#endif
-
-/// ``checkAllocation(count:of:_:)`` for a count computed with overflow reporting
-/// (`addingReportingOverflow`, `multipliedReportingOverflow`): an overflowed count is too large.
-func checkAllocation<T>(count: (partialValue: Int, overflow: Bool), of type: T.Type,
-                        _ what: @autoclosure () -> String) throws {
-    try checkAllocation(count: count.overflow ? .max : count.partialValue, of: type, what())
-}
-
-/// The machine's physical memory in bytes, asked of the system once per process.
-let physicalMemory: UInt64 = ProcessInfo.processInfo.physicalMemory
-
-/// Bytes for messages: "8.0 TiB", "512.0 MiB".
-func formatBytes(_ bytes: Double) -> String {
-    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-    var value = bytes, unit = 0
-    while value >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
-    return unit == 0 ? "\(Int(value)) bytes" : String(format: "%.1f %@", value, units[unit])
 }

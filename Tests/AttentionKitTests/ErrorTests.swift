@@ -1,4 +1,5 @@
 @_spi(Benchmarking) @testable import AttentionKit
+import Foundation
 import Testing
 
 /// Every bad input throws an `AttentionError` with the right code and a message that names
@@ -171,6 +172,44 @@ struct EdgeCaseTests {
         }
     }
 
+    /// The memory ceiling follows the process's cgroup: the lowest limit from its cgroup up to
+    /// the root, in cgroup v2 (`memory.max`, "max" for none) and v1 (`memory.limit_in_bytes`,
+    /// near 2⁶³ for none), with the files given here by hand.
+    @Test func cgroupMemoryLimits() {
+        func limit(_ cgroups: String, _ files: [String: String]) -> UInt64? {
+            cgroupMemoryLimit(processCgroups: cgroups, readFile: { files[$0] })
+        }
+        // v2: a service whose slice holds the limit.
+        #expect(limit("0::/user.slice/app.service\n", [
+            "/sys/fs/cgroup/user.slice/app.service/memory.max": "max\n",
+            "/sys/fs/cgroup/user.slice/memory.max": "4294967296\n",
+        ]) == 4294967296)
+        // v2 inside a container's own namespace: its cgroup is the root of what it sees.
+        #expect(limit("0::/\n", ["/sys/fs/cgroup/memory.max": "1073741824\n"]) == 1073741824)
+        #expect(limit("0::/a/b\n", ["/sys/fs/cgroup/a/b/memory.max": "max", "/sys/fs/cgroup/a/memory.max": "max"]) == nil)
+        // v1, the memory controller alone or with others; unlimited values are ignored.
+        let v1 = "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n1:name=systemd:/docker/abc\n"
+        #expect(limit(v1, [
+            "/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": "2147483648\n",
+            "/sys/fs/cgroup/memory/docker/memory.limit_in_bytes": "9223372036854771712\n",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "/sys/fs/cgroup/cpu,cpuacct/docker/abc/memory.limit_in_bytes": "1",    // not the memory hierarchy
+        ]) == 2147483648)
+        #expect(limit("5:blkio,memory:/x\n", ["/sys/fs/cgroup/memory/x/memory.limit_in_bytes": "3000000000"]) == 3000000000)
+        #expect(limit(v1, ["/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": "9223372036854771712"]) == nil)
+        // A hybrid system: the lower of its two hierarchies' limits.
+        #expect(limit("4:memory:/s\n0::/s\n", [
+            "/sys/fs/cgroup/memory/s/memory.limit_in_bytes": "8000000000",
+            "/sys/fs/cgroup/s/memory.max": "6000000000",
+        ]) == 6000000000)
+        // Nothing readable or nothing that parses: no limit.
+        #expect(limit("", [:]) == nil)
+        #expect(limit("garbage\n3:memory\n0::relative\n", ["/sys/fs/cgroup/memory.max": "12"]) == nil)
+        #expect(limit("0::/\n", ["/sys/fs/cgroup/memory.max": "-5"]) == nil)
+        // The process's own ceiling is never above the machine's memory.
+        #expect(memoryCeiling.bytes <= ProcessInfo.processInfo.physicalMemory && memoryCeiling.bytes > 0)
+    }
+
     /// The kernels' working buffers grow with S on every worker (a block of score rows, a
     /// mask probe, the repair pass's float64 row). A review found q [256, 0], k [2²⁸, 0],
     /// v [2²⁸, 1] (1 GiB) trapping on a 32 GiB score block per worker: the blocks are now
@@ -189,7 +228,7 @@ struct EdgeCaseTests {
         for (keys, threads) in [(1 << 28, 2), (S, 1), (1 << 24, 64), (1 << 20, 2)] {
             let rows = blasRowBlock(unitRows: 4096, units: 1, keyLength: keys, threads: threads)
             let bytes = rows * keys * threads * 4
-            #expect(rows >= 1 && (rows == 1 || bytes <= Int(physicalMemory) / 16), "S \(keys), \(threads) threads: \(rows) rows")
+            #expect(rows >= 1 && (rows == 1 || bytes <= Int(memoryCeiling.bytes) / 16), "S \(keys), \(threads) threads: \(rows) rows")
         }
         // Ordinary lengths keep their cache-sized blocks.
         #expect(blasRowBlock(unitRows: 2048, units: 8, keyLength: 8192, threads: 2) == 32)

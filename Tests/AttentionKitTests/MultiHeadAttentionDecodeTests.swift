@@ -319,7 +319,7 @@ struct MultiHeadAttentionDecodeTests {
     /// anything is allocated.
     @Test func wideningBeyondMemoryThrows() throws {
         let bias = try Tensor<Float>(shape: [1, 2, 3, 5], repeating: 0)
-        for capacity in [Int.max / 2, Int(physicalMemory / 4)] {
+        for capacity in [Int.max / 2, Int(memoryCeiling.bytes / 4)] {
             #expect { try AttentionMask.additive(bias).overStorage(valid: 5, capacity: capacity, batch: 1) } throws: {
                 ($0 as? AttentionError)?.code == .sizeOverflow
             }

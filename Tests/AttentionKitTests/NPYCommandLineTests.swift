@@ -3,7 +3,7 @@
 // computed in float64 (cli_expected_*.npy). Bad inputs must end with one line on stderr, a
 // non-zero status and no file written.
 
-import AttentionKit
+@testable import AttentionKit
 import Foundation
 import Synchronization
 import Testing
@@ -56,6 +56,31 @@ private func runBench(_ arguments: [String], in directory: URL, standardOutput: 
                          stdout: String(decoding: stdout, as: UTF8.self),
                          stderr: String(decoding: stderr, as: UTF8.self))
 }
+
+/// A new child of this process's memory cgroup (v1 or v2) limited to `limit` bytes, or nil
+/// where none can be made (not root, a read-only or absent hierarchy). Remove it with
+/// `rmdir` once the processes run in it have exited.
+private func makeMemoryCgroup(limit: UInt64) -> String? {
+    let cgroups = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+    for cgroup in memoryCgroups(processCgroups: cgroups) {
+        let directory = ([cgroup.root] + cgroup.path + ["attentionkit-test-\(UUID().uuidString)"]).joined(separator: "/")
+        guard mkdir(directory, 0o755) == 0 else { continue }
+        let file = "\(directory)/\(cgroup.limitFile)"
+        if FileManager.default.fileExists(atPath: file),
+           (try? "\(limit)\n".write(toFile: file, atomically: false, encoding: .utf8)) != nil {
+            return directory
+        }
+        rmdir(directory)
+    }
+    return nil
+}
+
+/// Whether this machine lets the tests make a memory cgroup (checked once).
+private let memoryCgroupsAvailable: Bool = {
+    guard let directory = makeMemoryCgroup(limit: 1 << 30) else { return false }
+    rmdir(directory)
+    return true
+}()
 
 private func fixture(_ name: String) throws -> String { try npyFixtureURL(name).path }
 
@@ -548,6 +573,38 @@ struct NPYCommandLineTests {
         let small = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy", "--output", "o.npy"],
                                  in: directory, ulimit: ["-v", "3000000"])
         #expect(small.status == 0, "\(small.stderr)")
+    }
+
+    /// In a cgroup with a 2 GB memory limit (a container's `--memory`) on a machine with more,
+    /// a 3.7 GiB result got the process killed by the kernel (status 137); the limit is read
+    /// from the cgroup and the call throws `.sizeOverflow` naming it. Runs where the tests can
+    /// make a cgroup (as root, on a writable hierarchy, as on the CI machines).
+    @Test("results beyond the process's cgroup memory limit are refused, not killed",
+          .enabled(if: memoryCgroupsAvailable && ProcessInfo.processInfo.physicalMemory > 4_000_000_000))
+    func cgroupMemoryLimit() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try Tensor<Float>(shape: [1, 1, 40000, 0]).write(toNPY: directory.appendingPathComponent("q.npy"))
+        try Tensor<Float>(shape: [1, 1, 25000, 0]).write(toNPY: directory.appendingPathComponent("k.npy"))
+        try Tensor<Float>(shape: [1, 1, 25000, 1], repeating: 1).write(toNPY: directory.appendingPathComponent("v.npy"))
+        let cgroup = try #require(makeMemoryCgroup(limit: 2_000_000_000))
+        defer { rmdir(cgroup) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"", cgroup, try benchExecutable().path,
+                             "run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy",
+                             "--output", "o.npy", "--weights", "w.npy"]
+        process.currentDirectoryURL = directory
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 1
+                && stderr.contains("sizeOverflow") && stderr.contains("memory limit of this process's cgroup"),
+                "status \(process.terminationStatus) (\(process.terminationReason)): \(stderr)")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("w.npy").path))
     }
 
     /// The sweep's two files are checked before anything is timed and written together:

@@ -172,9 +172,10 @@ func blasAttention(_ a: KernelArguments, gemmOnly: Bool = false, units selected:
 func blasRowBlock(unitRows: Int, units: Int, keyLength: Int, threads: Int) -> Int {
     guard unitRows > 0 else { return 1 }
     let cacheRows = max(32, (128 * 1024) / max(1, keyLength))       // ≈ 512 KiB of scores
-    // All workers' score blocks within a sixteenth of the machine's memory: fewer than 32
+    // All workers' score blocks within a sixteenth of the memory the process may use
+    // (`memoryCeiling`: the machine's, or its cgroup's limit): fewer than 32
     // rows only past about 6 M keys on two threads of this 24 GiB machine.
-    let memoryRows = max(1, Int(physicalMemory / 64) / max(1, threads * keyLength))
+    let memoryRows = max(1, Int(memoryCeiling.bytes / 64) / max(1, threads * keyLength))
     var block = min(unitRows, 256, cacheRows, memoryRows)
     // Give every thread a few items to balance uneven (causal) rows.
     let wanted = 4 * threads
