@@ -75,6 +75,17 @@ private func makeMemoryCgroup(limit: UInt64) -> String? {
     return nil
 }
 
+/// q [1, 1, 40000, 0], k [1, 1, 25000, 0] and v [1, 1, 25000, 1] as q.npy, k.npy and v.npy
+/// in `directory`: a few hundred bytes whose attention weights take `largeWeightsBytes`.
+private func writeLargeWeightsInputs(in directory: URL) throws {
+    try Tensor<Float>(shape: [1, 1, 40000, 0]).write(toNPY: directory.appendingPathComponent("q.npy"))
+    try Tensor<Float>(shape: [1, 1, 25000, 0]).write(toNPY: directory.appendingPathComponent("k.npy"))
+    try Tensor<Float>(shape: [1, 1, 25000, 1], repeating: 1).write(toNPY: directory.appendingPathComponent("v.npy"))
+}
+
+/// The bytes of the weights [1, 1, 40000, 25000] of ``writeLargeWeightsInputs(in:)``: 3.7 GiB.
+private let largeWeightsBytes: UInt64 = 40000 * 25000 * 4
+
 /// Whether this machine lets the tests make a memory cgroup (checked once).
 private let memoryCgroupsAvailable: Bool = {
     guard let directory = makeMemoryCgroup(limit: 1 << 30) else { return false }
@@ -548,10 +559,8 @@ struct NPYCommandLineTests {
     func processMemoryLimits() throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        try Tensor<Float>(shape: [1, 1, 40000, 0]).write(toNPY: directory.appendingPathComponent("q.npy"))
-        try Tensor<Float>(shape: [1, 1, 25000, 0]).write(toNPY: directory.appendingPathComponent("k.npy"))
-        try Tensor<Float>(shape: [1, 1, 25000, 1], repeating: 1).write(toNPY: directory.appendingPathComponent("v.npy"))
-        let need: UInt64 = 40000 * 25000 * 4
+        try writeLargeWeightsInputs(in: directory)
+        let need: UInt64 = largeWeightsBytes
         for (flag, name) in [("-v", "address-space limit (ulimit -v)"), ("-d", "data limit (ulimit -d)")] {
             let result = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy",
                                        "--output", "o.npy", "--weights", "w.npy"],
@@ -580,13 +589,11 @@ struct NPYCommandLineTests {
     /// from the cgroup and the call throws `.sizeOverflow` naming it. Runs where the tests can
     /// make a cgroup (as root, on a writable hierarchy, as on the CI machines).
     @Test("results beyond the process's cgroup memory limit are refused, not killed",
-          .enabled(if: memoryCgroupsAvailable && ProcessInfo.processInfo.physicalMemory > 4_000_000_000))
+          .enabled(if: memoryCgroupsAvailable && ProcessInfo.processInfo.physicalMemory > largeWeightsBytes))
     func cgroupMemoryLimit() throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        try Tensor<Float>(shape: [1, 1, 40000, 0]).write(toNPY: directory.appendingPathComponent("q.npy"))
-        try Tensor<Float>(shape: [1, 1, 25000, 0]).write(toNPY: directory.appendingPathComponent("k.npy"))
-        try Tensor<Float>(shape: [1, 1, 25000, 1], repeating: 1).write(toNPY: directory.appendingPathComponent("v.npy"))
+        try writeLargeWeightsInputs(in: directory)
         let cgroup = try #require(makeMemoryCgroup(limit: 2_000_000_000))
         defer { rmdir(cgroup) }
         let process = Process()
