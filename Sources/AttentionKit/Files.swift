@@ -322,13 +322,20 @@ private func replaceFile(_ path: String, with pieces: [UnsafeRawBufferPointer], 
     renamed = true
 }
 
-/// A fresh name for a temporary file in the directory of `path`: `.<name>.<pid>.<random>.tmp`,
-/// with `<name>` cut to its first 200 bytes (whole characters), so that a destination whose
-/// name is near the 255-byte limit of a file name still gets a temporary name within it.
-private func temporaryPath(besides path: String) -> String {
+/// A fresh name for a temporary file in the directory of `path`:
+/// `.<name>.<pid>.<random>.<suffix>`, with `<name>` cut to its first 200 bytes (whole
+/// characters), so that a destination whose name is near the 255-byte limit of a file name
+/// still gets a temporary name within it. attention-bench names its temporaries and backups
+/// with it too.
+///
+/// - Parameters:
+///   - path: The destination.
+///   - suffix: The last part of the name, at most 10 bytes (`tmp`, `old`).
+@_spi(Benchmarking)
+public func temporaryPath(besides path: String, suffix: String = "tmp") -> String {
     let slash = path.lastIndex(of: "/")
     let directory = slash.map { String(path[...$0]) } ?? ""
     var name = Substring(slash.map { String(path[path.index(after: $0)...]) } ?? path)
     while name.utf8.count > 200 { name = name.dropLast() }
-    return "\(directory).\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
+    return "\(directory).\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).\(suffix.prefix(10))"
 }

@@ -366,13 +366,6 @@ private func overwrites(_ destination: WriteDestination?, input: String) -> Bool
     }
 }
 
-/// A fresh name for a temporary file next to `path`, ending in `suffix`.
-private func temporaryName(besides path: String, _ suffix: String) -> String {
-    let destination = URL(fileURLWithPath: path)
-    return destination.deletingLastPathComponent()
-        .appendingPathComponent(".\(destination.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).\(suffix)").path
-}
-
 /// Writes every file or none.
 ///
 /// First every destination is resolved and checked (``writeDestination(_:)``: not a
@@ -448,7 +441,7 @@ func writeAllOrNothing(_ requested: [(path: String, content: OutputContent)],
         return BenchFailure(description: "cannot write \(path): \(reason)")
     }
     for file in files {
-        let temporary = temporaryName(besides: file.path, "tmp")
+        let temporary = temporaryPath(besides: file.path, suffix: "tmp")
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
         guard fd >= 0 else { throw abandon(file.given, String(cString: strerror(errno))) }
         temporaries.append(temporary)
@@ -470,7 +463,7 @@ func writeAllOrNothing(_ requested: [(path: String, content: OutputContent)],
             // Checked above, but the file system may have changed since: never move a
             // directory aside or replace it.
             guard (info.st_mode & S_IFMT) != S_IFDIR else { throw abandon(file.given, "it is a directory") }
-            let name = temporaryName(besides: file.path, "old")
+            let name = temporaryPath(besides: file.path, suffix: "old")
             // A hard link keeps the destination in place; where links are not possible, the
             // old file is moved aside instead (and moved back if the rename fails).
             linked = link(file.path, name) == 0

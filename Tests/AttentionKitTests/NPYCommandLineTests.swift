@@ -551,6 +551,26 @@ struct NPYCommandLineTests {
         }
     }
 
+    /// Output names up to the 255-byte limit of a file name are written, and replaced (the
+    /// temporary and backup names are cut to fit), leaving nothing else behind.
+    @Test("outputs with 255-byte names are written and replaced")
+    func longOutputNames() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let output = String(repeating: "o", count: 251) + ".npy", weights = "w" + String(repeating: "é", count: 125) + ".npy"
+        #expect(output.utf8.count == 255 && weights.utf8.count == 255)
+        for round in 0..<2 {                                     // new files, then replacing them
+            let result = try runBench(["run", "--query", try fixture("cli_q.npy"), "--key", try fixture("cli_k.npy"),
+                                       "--value", try fixture("cli_v.npy"), "--output", output, "--weights", weights],
+                                      in: directory)
+            #expect(result.status == 0, "round \(round): \(result.stderr)")
+            #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent(output)).shape == [2, 4, 5, 6])
+            #expect(try Tensor<Float>(contentsOfNPY: directory.appendingPathComponent(weights)).shape == [2, 4, 5, 7])
+            let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+            #expect(names == [output, weights].sorted(), "left behind: \(names)")
+        }
+    }
+
     /// Under `ulimit -v` or `ulimit -d` an allocation that fits the machine's memory but not
     /// what the process has left of its limit would make Swift trap ("failed to allocate");
     /// it is refused with `.sizeOverflow` instead, naming the limit. Here 3.7 GiB of weights
