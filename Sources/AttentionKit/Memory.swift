@@ -15,8 +15,9 @@ import Glibc
 // - on Linux, what the process has left of its address-space and data limits (`ulimit -v`,
 //   `ulimit -d`), where exceeding them makes the allocation fail.
 //
-// The limits are read once per process; what the process uses of the last two is read at
-// each check when they are set. They bound single allocations, not the process's total: an
+// The limits are read once per process. Under `ulimit -v` or `-d`, what the process already
+// uses is read at each check of 64 MiB or more (smaller allocations are not checked against
+// those limits). The ceilings bound single allocations, not the process's total: an
 // allocation below them can still fail when the rest of the memory is in use.
 
 /// Throws `.sizeOverflow` when `count` elements of `type` would take more bytes than the
@@ -28,12 +29,17 @@ func checkAllocation<T>(count: Int, of type: T.Type, _ what: @autoclosure () -> 
     guard !overflow, UInt64(bytes) <= ceiling.bytes else {
         throw AttentionError(.sizeOverflow, "\(what()) would need \(need()), more than \(ceiling.description)")
     }
-    if let limit = processMemoryLimit(), UInt64(bytes) > limit.left {
+    if bytes >= minimumCheckedAgainstLimits, let limit = processMemoryLimit(), UInt64(bytes) > limit.left {
         throw AttentionError(.sizeOverflow,
             "\(what()) would need \(need()), more than the \(formatBytes(Double(limit.left))) of memory "
             + "this process has left under its \(limit.name)")
     }
 }
+
+/// The smallest allocation checked against the address-space and data limits, 64 MiB: under
+/// such a limit each check reads `/proc/self/statm` (9 µs here, more than a small attention
+/// call's work), and what the check is for is the allocation that tiny inputs make huge.
+let minimumCheckedAgainstLimits = 64 << 20
 
 /// ``checkAllocation(count:of:_:)`` for a count computed with overflow reporting
 /// (`addingReportingOverflow`, `multipliedReportingOverflow`): an overflowed count is too large.
@@ -112,20 +118,31 @@ func processMemoryLimit() -> (left: UInt64, name: String)? {
     #if os(Linux) && canImport(Glibc)
     let (addressSpace, data) = resourceLimits
     guard addressSpace != nil || data != nil else { return nil }
-    // statm's fields, in pages: size (the address space), resident, shared, text, lib, data.
-    let usage = statmPages() ?? []
-    let page = UInt64(max(1, sysconf(Int32(_SC_PAGESIZE))))
-    func left(_ cap: UInt64?, usedPagesAt field: Int) -> UInt64 {
-        guard let cap else { return .max }
-        let used = (field < usage.count ? usage[field] : 0).multipliedReportingOverflow(by: page)
-        return used.overflow || used.partialValue >= cap ? 0 : cap - used.partialValue
-    }
-    let addressSpaceLeft = left(addressSpace, usedPagesAt: 0), dataLeft = left(data, usedPagesAt: 5)
-    return addressSpaceLeft <= dataLeft
-        ? (addressSpaceLeft, "address-space limit (ulimit -v)") : (dataLeft, "data limit (ulimit -d)")
+    return memoryLeft(addressSpace: addressSpace, data: data, statm: statmPages() ?? [],
+                      pageSize: UInt64(max(1, sysconf(Int32(_SC_PAGESIZE)))))
     #else
     return nil
     #endif
+}
+
+/// What is left under the address-space and data limits (bytes, nil for none), given the
+/// fields of `/proc/self/statm` (in pages: size, resident, shared, text, lib, data): the
+/// address space against `size`, the data limit against `data`, which also counts the main
+/// thread's stack (up to 8 MiB) where the kernel counts only data, so that the result errs
+/// low by that much. Nil when neither limit is set; 0 when one is used up.
+func memoryLeft(addressSpace: UInt64?, data: UInt64?, statm: [UInt64], pageSize: UInt64)
+    -> (left: UInt64, name: String)? {
+    func left(_ cap: UInt64?, usedPagesAt field: Int) -> UInt64? {
+        guard let cap else { return nil }
+        let used = (field < statm.count ? statm[field] : 0).multipliedReportingOverflow(by: pageSize)
+        return used.overflow || used.partialValue >= cap ? 0 : cap - used.partialValue
+    }
+    switch (left(addressSpace, usedPagesAt: 0), left(data, usedPagesAt: 5)) {
+    case (nil, nil): return nil
+    case let (a?, d?) where d < a: return (d, "data limit (ulimit -d)")
+    case let (a?, _): return (a, "address-space limit (ulimit -v)")
+    case let (nil, d?): return (d, "data limit (ulimit -d)")
+    }
 }
 
 #if os(Linux) && canImport(Glibc)

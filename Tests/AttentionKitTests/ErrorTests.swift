@@ -210,6 +210,27 @@ struct EdgeCaseTests {
         #expect(memoryCeiling.bytes <= ProcessInfo.processInfo.physicalMemory && memoryCeiling.bytes > 0)
     }
 
+    /// What is left under `ulimit -v` and `ulimit -d`: each limit less what the process uses
+    /// of it (statm's size and data fields, in pages), the tighter one named; nothing without
+    /// limits; 0, not a wrapped-around number, when the use reaches the limit or overflows.
+    @Test func memoryLeftUnderLimits() {
+        let statm: [UInt64] = [25_000, 900, 300, 10, 0, 12_000, 0]       // pages of 4 KiB
+        #expect(memoryLeft(addressSpace: nil, data: nil, statm: statm, pageSize: 4096) == nil)
+        let v = memoryLeft(addressSpace: 200_000_000, data: nil, statm: statm, pageSize: 4096)
+        #expect(v?.left == 200_000_000 - 25_000 * 4096 && v?.name == "address-space limit (ulimit -v)")
+        let d = memoryLeft(addressSpace: nil, data: 100_000_000, statm: statm, pageSize: 4096)
+        #expect(d?.left == 100_000_000 - 12_000 * 4096 && d?.name == "data limit (ulimit -d)")
+        // Both set: the one with less left, whichever limit is lower.
+        #expect(memoryLeft(addressSpace: 200_000_000, data: 100_000_000, statm: statm, pageSize: 4096)?.name
+                == "data limit (ulimit -d)")
+        #expect(memoryLeft(addressSpace: 150_000_000, data: 140_000_000, statm: statm, pageSize: 4096)?.left
+                == 150_000_000 - 25_000 * 4096)
+        // Used up, overflowing, or statm unreadable.
+        #expect(memoryLeft(addressSpace: 25_000 * 4096, data: nil, statm: statm, pageSize: 4096)?.left == 0)
+        #expect(memoryLeft(addressSpace: 1 << 40, data: nil, statm: [UInt64.max / 2], pageSize: 4096)?.left == 0)
+        #expect(memoryLeft(addressSpace: 1 << 30, data: 1 << 29, statm: [], pageSize: 4096)?.left == 1 << 29)
+    }
+
     /// The kernels' working buffers grow with S on every worker (a block of score rows, a
     /// mask probe, the repair pass's float64 row). A review found q [256, 0], k [2²⁸, 0],
     /// v [2²⁸, 1] (1 GiB) trapping on a 32 GiB score block per worker: the blocks are now
