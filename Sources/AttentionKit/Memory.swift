@@ -118,7 +118,9 @@ func processMemoryLimit() -> (left: UInt64, name: String)? {
     #if os(Linux) && canImport(Glibc)
     let (addressSpace, data) = resourceLimits
     guard addressSpace != nil || data != nil else { return nil }
-    return memoryLeft(addressSpace: addressSpace, data: data, statm: statmPages() ?? [],
+    let statm = ((try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? "")
+        .split(whereSeparator: \.isWhitespace).compactMap { UInt64($0) }         // pages; [] if unreadable
+    return memoryLeft(addressSpace: addressSpace, data: data, statm: statm,
                       pageSize: UInt64(max(1, sysconf(Int32(_SC_PAGESIZE)))))
     #else
     return nil
@@ -159,16 +161,6 @@ private let resourceLimits: (addressSpace: UInt64?, data: UInt64?) = {
     }
     return (softLimit(RLIMIT_AS), softLimit(RLIMIT_DATA))
 }()
-
-/// The fields of `/proc/self/statm` (sizes in pages), or nil if it cannot be read.
-private func statmPages() -> [UInt64]? {
-    guard let file = fopen("/proc/self/statm", "r") else { return nil }
-    defer { fclose(file) }
-    var line = [CChar](repeating: 0, count: 256)
-    guard fgets(&line, Int32(line.count), file) != nil else { return nil }
-    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }
-}
 #endif
 
 /// Bytes for messages: "8.0 TiB", "512.0 MiB".

@@ -10,6 +10,8 @@ import Testing
 
 struct CommandResult {
     var status: Int32
+    /// `.exit`, or `.uncaughtSignal` when `status` is the signal that ended the process.
+    var reason: Process.TerminationReason
     var stdout: String
     var stderr: String
 }
@@ -26,16 +28,16 @@ private func benchExecutable() throws -> URL {
 
 /// Runs attention-bench in `directory`; with `standardOutput`, its stdout goes there (such as
 /// a file opened for appending, as a shell's `>>` would give it) and `stdout` is empty. With
-/// `ulimit`, such as `["-v", "3000000"]`, it runs under that shell limit, through `/bin/sh`,
-/// with OpenBLAS's pool at one thread from the start (its threads reserve address space).
+/// `shellPrefix`, a shell command such as `ulimit -v 3000000` or one that moves the shell
+/// into a cgroup, it runs through `/bin/sh` after that command, with OpenBLAS's pool at one
+/// thread from the start (its threads reserve address space and memory).
 private func runBench(_ arguments: [String], in directory: URL, standardOutput: FileHandle? = nil,
-                      ulimit: [String]? = nil) throws -> CommandResult {
+                      shellPrefix: String? = nil) throws -> CommandResult {
     let process = Process()
     var environment = ProcessInfo.processInfo.environment
-    if let ulimit {
+    if let shellPrefix {
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "ulimit \(ulimit.joined(separator: " ")) && exec \"$0\" \"$@\"",
-                             try benchExecutable().path] + arguments
+        process.arguments = ["-c", "\(shellPrefix) && exec \"$0\" \"$@\"", try benchExecutable().path] + arguments
         environment["OPENBLAS_NUM_THREADS"] = "1"
     } else {
         process.executableURL = try benchExecutable()
@@ -52,7 +54,7 @@ private func runBench(_ arguments: [String], in directory: URL, standardOutput: 
     let stdout = out.fileHandleForReading.readDataToEndOfFile()
     let stderr = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus,
+    return CommandResult(status: process.terminationStatus, reason: process.terminationReason,
                          stdout: String(decoding: stdout, as: UTF8.self),
                          stderr: String(decoding: stderr, as: UTF8.self))
 }
@@ -586,7 +588,7 @@ struct NPYCommandLineTests {
         for (flag, name) in [("-v", "address-space limit (ulimit -v)"), ("-d", "data limit (ulimit -d)")] {
             let result = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy",
                                        "--output", "o.npy", "--weights", "w.npy"],
-                                      in: directory, ulimit: [flag, "3000000"])
+                                      in: directory, shellPrefix: "ulimit \(flag) 3000000")
             // Status 1 and one line: an AttentionError, not a crash (SIGABRT before the check).
             #expect(result.status == 1 && result.stderr.split(separator: "\n").count == 1
                     && result.stderr.contains("sizeOverflow") && result.stderr.contains("3.7 GiB"),
@@ -603,7 +605,7 @@ struct NPYCommandLineTests {
         try Tensor<Float>(shape: [1, 1, 4, 1], repeating: 1).write(toNPY: directory.appendingPathComponent("v.npy"))
         for flag in ["-v", "-d"] {
             let small = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy", "--output", "o.npy"],
-                                     in: directory, ulimit: [flag, "3000000"])
+                                     in: directory, shellPrefix: "ulimit \(flag) 3000000")
             #expect(small.status == 0, "ulimit \(flag): \(small.stderr)")
         }
     }
@@ -621,21 +623,12 @@ struct NPYCommandLineTests {
         try writeLargeWeightsInputs(in: directory)
         let cgroup = try #require(makeMemoryCgroup(limit: 2_000_000_000))
         defer { rmdir(cgroup) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"", cgroup, try benchExecutable().path,
-                             "run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy",
-                             "--output", "o.npy", "--weights", "w.npy"]
-        process.currentDirectoryURL = directory
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit && process.terminationStatus == 1
-                && stderr.contains("sizeOverflow") && stderr.contains("memory limit of this process's cgroup"),
-                "status \(process.terminationStatus) (\(process.terminationReason)): \(stderr)")
+        let result = try runBench(["run", "--query", "q.npy", "--key", "k.npy", "--value", "v.npy",
+                                   "--output", "o.npy", "--weights", "w.npy"],
+                                  in: directory, shellPrefix: "echo $$ > '\(cgroup)/cgroup.procs'")
+        #expect(result.reason == .exit && result.status == 1
+                && result.stderr.contains("sizeOverflow") && result.stderr.contains("memory limit of this process's cgroup"),
+                "status \(result.status) (\(result.reason)): \(result.stderr)")
         #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("w.npy").path))
     }
 
