@@ -291,35 +291,101 @@ private func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> String?
     return nil
 }
 
-/// Writes `pieces` to a temporary file beside the regular file `path` (new or existing),
-/// flushes it and renames it over `path`; on failure removes it and leaves `path` as it was.
-/// Messages name `reported`, the path the caller gave.
+/// Writes `pieces` to a ``PendingFile`` beside the regular file `path` (new or existing),
+/// flushes it, names it and renames it over `path`; on failure removes it and leaves `path`
+/// as it was. Messages name `reported`, the path the caller gave.
 private func replaceFile(_ path: String, with pieces: [UnsafeRawBufferPointer], reportedAs reported: String) throws {
-    let temporary = temporaryPath(besides: path)
-    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
-    guard fd >= 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
-    }
-    var closed = false
+    func failure(_ reason: String) -> AttentionError { AttentionError(.fileAccess, "cannot write \(reported): \(reason)") }
+    var file: PendingFile
+    do { file = try PendingFile(besides: path) } catch let reason as PendingFile.Failure { throw failure(reason.reason) }
     var renamed = false
-    defer {
-        if !closed { close(fd) }
-        if !renamed { unlink(temporary) }
-    }
-    if let failure = writeFully(fd, pieces) {
-        throw AttentionError(.fileAccess, "cannot write \(reported): \(failure)")
-    }
-    guard fsync(fd) == 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
-    }
-    closed = true
-    guard close(fd) == 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
-    }
-    guard rename(temporary, path) == 0 else {
-        throw AttentionError(.fileAccess, "cannot write \(reported): \(systemReason())")
-    }
+    defer { if !renamed { file.discard() } }
+    if let reason = file.write(pieces) ?? file.name() { throw failure(reason) }
+    guard rename(file.temporary!, path) == 0 else { throw failure(systemReason()) }
     renamed = true
+}
+
+/// A file being written for a destination, which has no name until it is complete where the
+/// system allows it: on Linux, an unnamed file in the destination's directory (`O_TMPFILE`),
+/// which the system removes by itself if the process ends first (Ctrl-C, a kill, running out
+/// of memory), so an interrupted write leaves nothing behind. Where the file system has no
+/// unnamed files (and on other systems) it is a temporary file with a hidden name
+/// (``temporaryPath(besides:suffix:)``) from the start. Either way, once written it is given
+/// its temporary name (``name()``), which the writer renames over the destination; the
+/// temporary name exists only for that moment.
+///
+/// Use: ``init(besides:)``, ``write(_:)``, ``name()``, then rename ``temporary`` into place;
+/// ``discard()`` on every failure.
+@_spi(Benchmarking)
+public struct PendingFile {
+    /// Why a pending file could not be created: the system's reason.
+    public struct Failure: Error { public let reason: String }
+
+    /// The destination this file will replace.
+    public let destination: String
+    /// The open descriptor, until ``name()`` closes it.
+    private var fd: Int32?
+    /// The hidden name beside the destination: set from the start for a named temporary file,
+    /// by ``name()`` for an unnamed one; nil before that.
+    public private(set) var temporary: String?
+
+    /// Creates the file for `destination` (a regular file's path, new or existing), writable
+    /// and empty, with mode 0666 less the umask.
+    ///
+    /// - Throws: ``Failure`` when neither an unnamed nor a named file can be created there.
+    public init(besides destination: String) throws {
+        self.destination = destination
+        #if os(Linux) && (arch(x86_64) || arch(arm64))
+        // O_TMPFILE (not imported into Swift): __O_TMPFILE | O_DIRECTORY. The link that later
+        // names the file goes through /proc/self/fd (naming a descriptor directly needs a
+        // privilege), so without /proc the file is named from the start.
+        let unnamedFile: Int32 = 0o20000000 | O_DIRECTORY
+        if access("/proc/self/fd", X_OK) == 0 {
+            let fd = open(directoryPart(of: destination), unnamedFile | O_WRONLY | O_CLOEXEC, 0o666)
+            if fd >= 0 { self.fd = fd; return }
+            // The file system has no unnamed files (EOPNOTSUPP, or EISDIR from kernels before
+            // 3.11), or the directory refuses new files, which the named file reports below.
+        }
+        #endif
+        let name = temporaryPath(besides: destination, suffix: "tmp")
+        let fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
+        guard fd >= 0 else { throw Failure(reason: systemReason()) }
+        self.fd = fd
+        temporary = name
+    }
+
+    /// Writes `pieces` one after the other and flushes them to disk; returns the system's
+    /// reason when that fails, nil when everything was written.
+    public func write(_ pieces: [UnsafeRawBufferPointer]) -> String? {
+        guard let fd else { return "the file is already closed" }
+        return writeFully(fd, pieces) ?? (fsync(fd) == 0 ? nil : systemReason())
+    }
+
+    /// Gives the written file its hidden name beside the destination (``temporary``) and
+    /// closes it; returns the system's reason when that fails, nil on success.
+    public mutating func name() -> String? {
+        guard let fd else { return "the file is already closed" }
+        self.fd = nil
+        if temporary == nil {
+            let name = temporaryPath(besides: destination, suffix: "tmp")
+            guard linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, name, AT_SYMLINK_FOLLOW) == 0 else {
+                let reason = systemReason()
+                close(fd)
+                return reason
+            }
+            temporary = name
+        }
+        return close(fd) == 0 ? nil : systemReason()
+    }
+
+    /// Closes the file if it is open and removes its name if it has one (an unnamed file then
+    /// goes away by itself).
+    public mutating func discard() {
+        if let fd { close(fd) }
+        fd = nil
+        if let temporary { unlink(temporary) }
+        temporary = nil
+    }
 }
 
 /// A fresh name for a temporary file in the directory of `path`:

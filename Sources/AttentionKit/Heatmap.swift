@@ -76,6 +76,31 @@ public struct AttentionHeatmap: Sendable {
     let lower: Float
     let upper: Float
 
+    /// Checks the arguments of ``init(weights:batch:head:title:queryLabels:keyLabels:headLabels:maximumCells:downsampling:colorRange:)``
+    /// that depend only on the weights' shape, so that a caller can check them before it
+    /// computes the weights (attention-bench `run` does).
+    ///
+    /// - Throws: ``AttentionError`` with code `.invalidRank` for a rank other than 2, 3 or 4,
+    ///   and `.heatmapArgument` when `batch` or `head` is out of range, H, L or S is 0, or
+    ///   `maximumCells < 1`.
+    @_spi(Benchmarking)
+    public static func checkSelection(weightsShape shape: [Int], batch: Int, head: Int?, maximumCells: Int) throws {
+        guard (2...4).contains(shape.count) else {
+            throw AttentionError(.invalidRank,
+                "heatmap weights must have rank 2 [L, S], 3 [B, L, S] or 4 [B, H, L, S], got \(describe(shape))")
+        }
+        let B = shape.count == 2 ? 1 : shape[0]
+        let H = shape.count == 4 ? shape[1] : 1
+        let (L, S) = (shape[shape.count - 2], shape[shape.count - 1])
+        func bad(_ message: String) -> AttentionError {
+            AttentionError(.heatmapArgument, "\(message) (weights \(describe(shape)))")
+        }
+        guard (0..<B).contains(batch) else { throw bad("batch \(batch) is outside 0..<\(B)") }
+        if let head, !(0..<H).contains(head) { throw bad("head \(head) is outside 0..<\(H)") }
+        guard H > 0, L > 0, S > 0 else { throw bad("there is nothing to draw: H, L and S must be positive") }
+        guard maximumCells >= 1 else { throw bad("maximumCells must be at least 1, got \(maximumCells)") }
+    }
+
     /// Prepares a heatmap of one batch entry's weights.
     ///
     /// - Parameters:
@@ -105,20 +130,12 @@ public struct AttentionHeatmap: Sendable {
         maximumCells: Int = 64, downsampling: Downsampling = .mean, colorRange: ColorRange = .automatic
     ) throws {
         let shape = weights.shape
-        guard (2...4).contains(shape.count) else {
-            throw AttentionError(.invalidRank,
-                "heatmap weights must have rank 2 [L, S], 3 [B, L, S] or 4 [B, H, L, S], got \(describe(shape))")
-        }
-        let B = shape.count == 2 ? 1 : shape[0]
+        try Self.checkSelection(weightsShape: shape, batch: batch, head: head, maximumCells: maximumCells)
         let H = shape.count == 4 ? shape[1] : 1
         let (L, S) = (shape[shape.count - 2], shape[shape.count - 1])
         func bad(_ message: String) -> AttentionError {
             AttentionError(.heatmapArgument, "\(message) (weights \(describe(shape)))")
         }
-        guard (0..<B).contains(batch) else { throw bad("batch \(batch) is outside 0..<\(B)") }
-        if let head, !(0..<H).contains(head) { throw bad("head \(head) is outside 0..<\(H)") }
-        guard H > 0, L > 0, S > 0 else { throw bad("there is nothing to draw: H, L and S must be positive") }
-        guard maximumCells >= 1 else { throw bad("maximumCells must be at least 1, got \(maximumCells)") }
         if let queryLabels, queryLabels.count != L {
             throw bad("\(queryLabels.count) query labels for L = \(L) queries")
         }

@@ -223,6 +223,10 @@ struct Suite: ParsableCommand {
     }
 
     func validate() throws {
+        if sweepOutput.isEmpty || sweepOutput.hasSuffix("/") {
+            throw ValidationError("--sweep-output must end in a file name prefix such as attention-sweep or results/run1, "
+                + "got \"\(sweepOutput)\"")
+        }
         let sizes: [(String, Int?)] = [("--batch", batch), ("--heads", heads), ("--kv-heads", kvHeads),
                                        ("--query-length", queryLength), ("--key-length", keyLength),
                                        ("--dim", dim), ("--value-dim", valueDim), ("--threads", threads),

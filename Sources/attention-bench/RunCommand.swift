@@ -5,9 +5,9 @@ import Foundation
 /// `attention-bench run`: scaled dot-product attention on tensors read from NumPy `.npy`
 /// files, writing the output (and optionally the weights and an SVG heatmap of them).
 ///
-/// Everything is read, validated and computed before anything is written; every destination
-/// is checked, the files are written to temporary files next to their destinations and
-/// renamed into place, and a rename that still fails undoes the earlier ones, so an error
+/// Every destination is checked first; everything is read, validated and computed before
+/// anything is written; the files are written to unnamed or temporary files next to their
+/// destinations (``PendingFile``) and renamed into place, and a rename that still fails undoes the earlier ones, so an error
 /// leaves every destination as it was. Character devices and FIFOs (`/dev/stdout`) are
 /// written last.
 struct Run: ParsableCommand {
@@ -102,16 +102,17 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Also draw the weights of one batch entry as an SVG heatmap.", valueName: "w.svg"))
     var heatmap: String?
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("The batch entry the heatmap shows.", valueName: "b"))
-    var heatmapBatch: Int = 0
+    // The --heatmap-… options are optionals so that one given without --heatmap is noticed.
+    @Option(parsing: .unconditional, help: ArgumentHelp("The batch entry the heatmap shows (default: 0).", valueName: "b"))
+    var heatmapBatch: Int?
 
     @Option(parsing: .unconditional, help: ArgumentHelp("The head the heatmap shows (default: a grid of every head).", valueName: "h"))
     var heatmapHead: Int?
 
     @Option(parsing: .unconditional,
-            help: ArgumentHelp("The most heatmap cells along each axis; larger weights are downsampled by block mean.",
+            help: ArgumentHelp("The most heatmap cells along each axis; larger weights are downsampled by block mean (default: 64).",
                                valueName: "N"))
-    var heatmapCells: Int = 64
+    var heatmapCells: Int?
 
     @Option(help: ArgumentHelp("The heatmap's title (default: \"Attention weights\" and the query file's name).", valueName: "text"))
     var heatmapTitle: String?
@@ -124,19 +125,30 @@ struct Run: ParsableCommand {
         if let threads, threads > AttentionThreads.maximum {
             throw ValidationError("--threads must be at most \(AttentionThreads.maximum), got \(threads)")
         }
-        if let scale, !scale.isFinite { throw ValidationError("--scale must be a finite number, got \(scale)") }
-        guard heatmap == nil || heatmapCells >= 1 else {
+        if let scale, !scale.isFinite {
+            throw ValidationError("--scale must be a finite float32 number (magnitude at most 3.4e38), got \(scale)")
+        }
+        if heatmap == nil, let given = [("--heatmap-batch", heatmapBatch != nil), ("--heatmap-head", heatmapHead != nil),
+                                        ("--heatmap-cells", heatmapCells != nil), ("--heatmap-title", heatmapTitle != nil)]
+            .first(where: \.1) {
+            throw ValidationError("\(given.0) applies to the heatmap; add --heatmap <w.svg> or leave it out")
+        }
+        if let heatmapCells, heatmapCells < 1 {
             throw ValidationError("--heatmap-cells must be at least 1, got \(heatmapCells)")
         }
     }
 
     mutating func run() throws {
-        // Each destination resolved once (writeAllOrNothing checks it again before writing).
-        let destinations = [("--output", output), ("--weights", weights), ("--heatmap", heatmap)]
-            .compactMap { name, path in path.map { path in
-                let target = try? writeDestination(path)
-                return (name: name, path: path, target: target, identity: fileIdentity(path, target))
-            } }
+        // Each destination resolved and checked once, before anything is read or computed
+        // (writeAllOrNothing checks it again before writing).
+        var destinations: [(name: String, path: String, target: WriteDestination, identity: String?)] = []
+        for case let (name, path?) in [("--output", output), ("--weights", weights), ("--heatmap", heatmap)] {
+            let target: WriteDestination
+            do { target = try writeDestination(path) } catch let error as AttentionError {
+                throw BenchFailure(description: error.message)
+            }
+            destinations.append((name, path, target, fileIdentity(path, target)))
+        }
         for (n, destination) in destinations.enumerated() where destination.identity != nil {
             if let other = destinations[..<n].first(where: { $0.identity == destination.identity }) {
                 throw BenchFailure(description: "\(other.name) and \(destination.name) name the same file \(destination.path)")
@@ -184,6 +196,17 @@ struct Run: ParsableCommand {
                                    : "key lengths \(lengths.map(String.init).joined(separator: ","))")
         }
 
+        // The heatmap's batch entry and head, checked against the weights' shape (the query's,
+        // with S last) before the computation; shapes that do not fit together are left to
+        // the library's checks below.
+        if heatmap != nil, (2...4).contains(q.rank), k.rank == q.rank {
+            let weightsShape = Array(q.shape.dropLast()) + [k.shape[k.rank - 2]]
+            try libraryCall {
+                try AttentionHeatmap.checkSelection(weightsShape: weightsShape, batch: heatmapBatch ?? 0, head: heatmapHead,
+                                                    maximumCells: heatmapCells ?? 64)
+            }
+        }
+
         // Compute.
         if let threads { try libraryCall { try AttentionThreads.setCount(threads) } }
         let threadCount = try libraryCall { try AttentionThreads.count() }
@@ -191,7 +214,11 @@ struct Run: ParsableCommand {
         let clock = ContinuousClock()
         var times: [Double] = []
         var result: (output: Tensor<Float>, weights: Tensor<Float>?) = (try Tensor<Float>(shape: [0]), nil)
-        for _ in 0..<repetitions {
+        // Progress on a terminal, and on any stderr when there are several calls.
+        let progress = Progress(quiet: repetitions == 1 && isatty(STDERR_FILENO) != 1)
+        for n in 0..<repetitions {
+            progress.update("call \(n + 1) of \(repetitions)"
+                + (times.last.map { String(format: " (last %.3f ms)", $0 * 1000) } ?? "") + "…")
             let start = clock.now
             result = try libraryCall {
                 if wantWeights {
@@ -204,6 +231,7 @@ struct Run: ParsableCommand {
             }
             times.append(seconds(clock.now - start))
         }
+        progress.clear()
 
         // Everything to write, prepared before anything is written.
         var files: [(path: String, content: OutputContent)] = [(output, .npy(result.output))]
@@ -221,14 +249,14 @@ struct Run: ParsableCommand {
                 headLabels = (0..<w.shape[1]).map { "head \($0) · kv \($0 / group)" }
             }
             let picture = try libraryCall {
-                try AttentionHeatmap(weights: w, batch: heatmapBatch, head: heatmapHead, title: title,
-                                     headLabels: headLabels, maximumCells: heatmapCells)
+                try AttentionHeatmap(weights: w, batch: heatmapBatch ?? 0, head: heatmapHead, title: title,
+                                     headLabels: headLabels, maximumCells: heatmapCells ?? 64)
             }
             files.append((heatmapPath, .data(Data(picture.svg().utf8))))
             let (rows, columns) = picture.cellCounts
             let heads = w.rank < 4 ? "" : heatmapHead.map { ", head \($0)" } ?? (w.shape[1] == 1 ? ", head 0" : ", heads 0–\(w.shape[1] - 1)")
             let downsampled = (rows, columns) == (w.shape[w.rank - 2], w.shape[w.rank - 1]) ? "" : " (downsampled by block mean)"
-            let place = w.rank == 2 ? "" : "batch \(heatmapBatch)\(heads), "
+            let place = w.rank == 2 ? "" : "batch \(heatmapBatch ?? 0)\(heads), "
             heatmapDescription = "\(place)\(rows)×\(columns) cells\(downsampled)"
         }
         try writeAllOrNothing(files)
@@ -243,7 +271,8 @@ struct Run: ParsableCommand {
             ("value", value, describe(v.shape)),
             ("mask", maskDescription.isEmpty ? "none" : maskDescription.joined(separator: " + "), ""),
             ("scale", scale.map { "\($0)" } ?? "1/√Dk (default)", ""),
-            ("kernel", "\(kernel.rawValue), \(threadCount) thread\(threadCount == 1 ? "" : "s")", ""),
+            ("kernel", kernel == .naive ? "naive, 1 thread (single-threaded by design)"
+                : "\(kernel.rawValue), \(threadCount) thread\(threadCount == 1 ? "" : "s")", ""),
             ("time", String(format: "%.3f ms", median * 1000)
                 + " (\(timing)\(wantWeights ? ", with weights" : ""), including validation and allocation)", ""),
             ("output", output, describe(result.output.shape)),
@@ -305,15 +334,17 @@ private func describe(_ shape: [Int]) -> String {
 /// What `path` (resolved for writing as `target`) names, for spotting two options that would
 /// write the same file through different spellings (`a/out.npy` and `./a/out.npy`, or a
 /// symbolic link to `a`): the device and inode of an existing file, else its directory with
-/// symbolic links resolved and its name. Nil for a character device or FIFO, which a run may
-/// name twice (`/dev/null`).
-private func fileIdentity(_ path: String, _ target: WriteDestination?) -> String? {
+/// symbolic links resolved and its name; for one of this process's descriptors, the file or
+/// pipe it is open on (two outputs into one pipe would run together). Nil for a character
+/// device or a FIFO named by path, which a run may name twice (`/dev/null`).
+private func fileIdentity(_ path: String, _ target: WriteDestination) -> String? {
     switch target {
-    case .stream?: return nil
-    case .descriptor(let fd)?:
-        // A descriptor redirected to a regular file (`> x.npy`) is that file.
+    case .stream: return nil
+    case .descriptor(let fd):
+        // A descriptor redirected to a regular file (`> x.npy`) is that file; one on a pipe
+        // (`| python3 …`) is that pipe.
         var info = stat()
-        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) != S_IFCHR else { return nil }
         return inodeIdentity(info)
     default: break
     }
@@ -337,8 +368,8 @@ private func inodeIdentity(descriptor fd: Int32) -> String? {
 
 /// Whether a destination is this process's standard output (`/dev/stdout`, `/dev/fd/1`, or
 /// another descriptor open on the same file or pipe).
-private func isStandardOutput(_ target: WriteDestination?) -> Bool {
-    guard case .descriptor(let fd)? = target else { return false }
+private func isStandardOutput(_ target: WriteDestination) -> Bool {
+    guard case .descriptor(let fd) = target else { return false }
     guard fd != STDOUT_FILENO else { return true }
     guard let mine = inodeIdentity(descriptor: fd) else { return false }
     return mine == inodeIdentity(descriptor: STDOUT_FILENO)
@@ -349,19 +380,19 @@ private func isStandardOutput(_ target: WriteDestination?) -> Bool {
 /// resolve to the same path (a hard link is a different name and keeps the input); one of
 /// this process's descriptors (`/dev/stdout`, also when redirected onto the input) is
 /// written into, which loses the input when it is the same file (device and inode).
-private func overwrites(_ destination: WriteDestination?, input: String) -> Bool {
+private func overwrites(_ destination: WriteDestination, input: String) -> Bool {
     var inputInfo = stat()
     guard stat(input, &inputInfo) == 0 else { return false }
     switch destination {
-    case .file(let target)?:
+    case .file(let target):
         guard let a = realpath(target, nil) else { return false }        // not there yet
         defer { free(a) }
         guard let b = realpath(input, nil) else { return false }
         defer { free(b) }
         return strcmp(a, b) == 0
-    case .descriptor(let fd)?:
+    case .descriptor(let fd):
         return inodeIdentity(descriptor: fd) == inodeIdentity(inputInfo)
-    default:
+    case .stream:
         return false
     }
 }
@@ -373,14 +404,15 @@ private func overwrites(_ destination: WriteDestination?, input: String) -> Bool
 /// target replaced; a character device or FIFO such as `/dev/null` or `/dev/stdout` is a
 /// stream, opened now so that a FIFO without a reader fails before anything is written;
 /// `/dev/stdout`, `/dev/stderr` and `/dev/fd/N` are this process's descriptors, written as
-/// they are). Then each regular file goes to a temporary file in its destination's directory,
-/// and only when all of them are complete are they renamed into place. A destination that
+/// they are). Then each regular file goes to a ``PendingFile`` in its destination's directory
+/// (unnamed where the system allows it, so that a run interrupted while writing leaves
+/// nothing behind), and only when all of them are complete are they named and renamed into
+/// place. A destination that
 /// already exists is first hard-linked to a backup name, so that if a later rename fails,
 /// the renames already made are undone: replaced files get their old contents back and new
 /// ones are removed. Streams are written last, once every regular file is in place; if one
 /// fails, the renames are undone too (what a stream has already taken cannot be taken back).
-/// Every failure leaves the regular destinations as they were and removes the temporary
-/// files.
+/// Every failure leaves the regular destinations as they were and removes the pending files.
 ///
 /// `moveIntoPlace` renames a finished temporary file onto its destination (`rename(2)`;
 /// tests pass one that fails, to exercise the undoing).
@@ -427,35 +459,33 @@ func writeAllOrNothing(_ requested: [(path: String, content: OutputContent)],
         }
     }
 
-    var temporaries: [String] = []
+    // The files being written (unnamed until their renames where the system allows it, so
+    // an interrupted run leaves nothing behind: ``PendingFile``).
+    var pending: [PendingFile] = []
     // Destinations replaced so far, each with the backup of the file it replaced (nil when
     // there was none): the way back if a later rename fails.
     var done: [(path: String, backup: String?)] = []
-    /// Undoes everything so far (renames back, then removes the temporaries) and returns the
-    /// error to throw.
+    /// Undoes everything so far (renames back, then discards the pending files) and returns
+    /// the error to throw.
     func abandon(_ path: String, _ reason: String) -> BenchFailure {
         for (destination, backup) in done.reversed() {
             if let backup { rename(backup, destination) } else { unlink(destination) }
         }
-        for temporary in temporaries { unlink(temporary) }
+        for n in pending.indices { pending[n].discard() }
         return BenchFailure(description: "cannot write \(path): \(reason)")
     }
     for file in files {
-        let temporary = temporaryPath(besides: file.path, suffix: "tmp")
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
-        guard fd >= 0 else { throw abandon(file.given, String(cString: strerror(errno))) }
-        temporaries.append(temporary)
-        let failure: String? = file.content.withPieces { pieces in
-            writeFully(fd, pieces) ?? (fsync(fd) == 0 ? nil : String(cString: strerror(errno)))
+        do { pending.append(try PendingFile(besides: file.path)) } catch let failure as PendingFile.Failure {
+            throw abandon(file.given, failure.reason)
         }
-        let closed = close(fd) == 0
-        if let reason = failure ?? (closed ? nil : String(cString: strerror(errno))) {
+        if let reason = file.content.withPieces({ pending[pending.count - 1].write($0) }) {
             throw abandon(file.given, reason)
         }
     }
-
-    // Rename into place, keeping a way back (`done`).
-    for (file, temporary) in zip(files, temporaries) {
+    // Rename into place, keeping a way back (`done`); each file is named just before.
+    for (n, file) in files.enumerated() {
+        if let reason = pending[n].name() { throw abandon(file.given, reason) }
+        let temporary = pending[n].temporary!
         var backup: String?
         var linked = false
         var info = stat()

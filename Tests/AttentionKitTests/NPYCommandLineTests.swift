@@ -197,12 +197,21 @@ struct NPYCommandLineTests {
              "--bias: the file holds a boolean array; pass it with --mask"),
             ("key lengths text", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5,x"] + outputs, "'5,x'"),
             ("key lengths count", ["--query", q, "--key", k, "--value", v, "--key-lengths", "5"] + outputs, "batch size is 2"),
-            ("scale", ["--query", q, "--key", k, "--value", v, "--scale", "nan"] + outputs, "--scale must be a finite number, got nan"),
+            ("scale", ["--query", q, "--key", k, "--value", v, "--scale", "nan"] + outputs, "--scale must be a finite float32 number"),
             ("heatmap head", ["--query", q, "--key", k, "--value", v, "--heatmap-head", "4"] + outputs, "head 4 is outside 0..<4"),
             ("same file twice", ["--query", q, "--key", k, "--value", v, "--output", "x.npy", "--weights", "./x.npy"],
              "name the same file"),
             ("missing directory", ["--query", q, "--key", k, "--value", v, "--weights", "w.npy", "--output",
                                    directory.appendingPathComponent("none/out.npy").path], "cannot write"),
+            // Destinations are checked before the inputs are read, the heatmap's head before
+            // the computation (which would refuse the mask).
+            ("missing directory, missing input", ["--query", "missing.npy", "--key", k, "--value", v, "--output",
+                                                  directory.appendingPathComponent("none/out.npy").path], "cannot write"),
+            ("heatmap head, then mask shape", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("b1_rank2.npy"),
+                                               "--heatmap-head", "4"] + outputs, "head 4 is outside 0..<4"),
+            // Two outputs into one pipe (the test's stdout) would run together.
+            ("stdout twice", ["--query", q, "--key", k, "--value", v, "--output", "/dev/stdout", "--weights", "/dev/stdout"],
+             "--output and --weights name the same file /dev/stdout"),
             // Command-line errors: one line too, not ArgumentParser's help and usage after it.
             ("unknown option", ["--query", q, "--key", k, "--value", v, "--bogus"] + outputs, "Unknown option '--bogus'"),
             ("missing option", ["--query", q, "--value", v] + outputs, "Missing expected argument '--key <k.npy>'"),
@@ -298,11 +307,10 @@ struct NPYCommandLineTests {
         let asMask = try runBench(["run", "--query", q, "--key", k, "--value", v, "--mask", "all.npy", "--output", "all.npy"],
                                   in: directory)
         #expect(asMask.status == 1 && asMask.stderr.contains("is the --mask input file"), "\(asMask.stderr)")
-        // A hard link to the query is another name: replacing it keeps the query file. And
-        // --heatmap-cells matters only with --heatmap.
+        // A hard link to the query is another name: replacing it keeps the query file.
         #expect(link(directory.appendingPathComponent("q0.npy").path, directory.appendingPathComponent("qlink.npy").path) == 0)
-        let linked = try runBench(["run", "--query", "q0.npy", "--key", "k0.npy", "--value", "k0.npy", "--output", "qlink.npy",
-                                   "--heatmap-cells", "0"], in: directory)
+        let linked = try runBench(["run", "--query", "q0.npy", "--key", "k0.npy", "--value", "k0.npy", "--output", "qlink.npy"],
+                                  in: directory)
         #expect(linked.status == 0, "\(linked.stderr)")
         #expect(try Data(contentsOf: directory.appendingPathComponent("q0.npy")) == before)
     }
@@ -538,8 +546,12 @@ struct NPYCommandLineTests {
             (files + ["--key-lengths", "abc"], "The value 'abc' is invalid for '--key-lengths <5,7>': expected comma-separated"),
             (files + ["--key-lengths", "3,-1"], "The value '3,-1' is invalid for '--key-lengths <5,7>': expected comma-separated"),
             (files + ["--threads", "5000"], "--threads must be at most 4096, got 5000"),
-            (files + ["--scale", "nan"], "--scale must be a finite number, got nan"),
-            (files + ["--scale", "inf"], "--scale must be a finite number, got inf"),
+            (files + ["--scale", "nan"], "--scale must be a finite float32 number (magnitude at most 3.4e38), got nan"),
+            (files + ["--scale", "1e39"], "--scale must be a finite float32 number (magnitude at most 3.4e38), got inf"),
+            (files + ["--heatmap-cells", "4"], "--heatmap-cells applies to the heatmap; add --heatmap <w.svg>"),
+            (files + ["--heatmap-title", "t"], "--heatmap-title applies to the heatmap"),
+            (["--sweep", "8", "--sweep-output", ""], "--sweep-output must end in a file name prefix"),
+            (["--sweep", "8", "--sweep-output", "results/"], "--sweep-output must end in a file name prefix"),
             (["layer", "--threads", "5000"], "--threads must be at most 4096"),
             (["layer", "--workload", "generate", "--tokens", "9223372036854775807"], "--tokens 9223372036854775807 needs"),
             (["layer", "--workload", "generate", "--tokens", "4503599627370496"], "of memory"),

@@ -3,7 +3,7 @@
 // throws a named error, and a fuzz test over thousands of corrupted files sees only tensors
 // that match their bytes or thrown AttentionErrors.
 
-import AttentionKit
+@_spi(Benchmarking) import AttentionKit
 import Foundation
 import Testing
 
@@ -317,6 +317,46 @@ struct NPYTests {
         let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
         #expect(names == (["out.npy", "sub.npy"] + long).sorted(), "left behind: \(names)")
         #expect(attentionError("web URL") { try Tensor<Float>(contentsOfNPY: URL(string: "https://example.com/a.npy")!) }?.code == .fileAccess)
+    }
+
+    /// A file being written has no name in its directory until it is complete (on Linux), so
+    /// an interrupted write leaves nothing; it is named beside its destination, and a
+    /// discarded one leaves nothing either.
+    @Test("a pending file is unnamed while written, then named beside its destination; discarding removes it")
+    func pendingFile() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let destination = directory.appendingPathComponent("out.npy").path
+        let listing = { try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() }
+        let bytes: [UInt8] = Array("written".utf8)
+        for keep in [true, false] {
+            var file = try PendingFile(besides: destination)
+            let failure = bytes.withUnsafeBytes { file.write([$0]) }
+            #expect(failure == nil)
+            #if os(Linux)
+            let whileWritten = try listing()
+            #expect(whileWritten.isEmpty, "named while written: \(whileWritten)")
+            #endif
+            #expect(file.name() == nil)
+            let temporary = try #require(file.temporary)
+            #expect(temporary.hasPrefix(directory.path + "/.out.npy.") && temporary.hasSuffix(".tmp"), "\(temporary)")
+            #expect(try listing() == [String(temporary.split(separator: "/").last!)])
+            #expect(try Data(contentsOf: URL(fileURLWithPath: temporary)) == Data(bytes))
+            if keep {
+                #expect(rename(temporary, destination) == 0)
+                #expect(try listing() == ["out.npy"])
+                try FileManager.default.removeItem(atPath: destination)
+            } else {
+                file.discard()
+                #expect(try listing().isEmpty)
+            }
+        }
+        // Discarded before it is named: nothing appears, and nothing is left.
+        var unnamed = try PendingFile(besides: destination)
+        unnamed.discard()
+        #expect(try listing().isEmpty)
+        // A directory that does not exist: the system's reason.
+        #expect(throws: PendingFile.Failure.self) { try PendingFile(besides: directory.path + "/none/out.npy") }
     }
 
     @Test("writing through a symbolic link replaces its target and keeps the link; a device is written into, not replaced")
