@@ -14,7 +14,9 @@ import Darwin
 ///     out       = Σ_j p[j] · v_j
 ///
 /// Single-threaded and scalar on purpose: it is the readable oracle that attention-bench
-/// checks the fast kernels against, not a kernel to use.
+/// checks the fast kernels against, not a kernel to use. The scores are float32, as in the
+/// other kernels; the sums over the keys (the softmax's denominator and P·V) are Double, so
+/// that long rows keep the tolerance.
 func naiveAttention(_ a: KernelArguments) {
     let p = a.problem
     let (S, Dk, Dv) = (p.keyLength, p.keyDim, p.valueDim)
@@ -44,9 +46,11 @@ func naiveAttention(_ a: KernelArguments) {
                 if m == -.infinity {
                     for j in 0..<S { scores[j] = 0 }
                 } else {
-                    var sum: Float = 0
-                    for j in 0..<S { scores[j] = expf(scores[j] - m); sum += scores[j] }
-                    for j in 0..<S { scores[j] /= sum }
+                    // Sums over S keys in Double: a float32 sum of thousands of alike terms
+                    // drifts by about S · 2⁻²⁴ relative, beyond the tolerance at S ≈ 4096.
+                    var sum = 0.0
+                    for j in 0..<S { scores[j] = expf(scores[j] - m); sum += Double(scores[j]) }
+                    for j in 0..<S { scores[j] = Float(Double(scores[j]) / sum) }
                 }
 
                 scores.withUnsafeMutableBufferPointer { row in
@@ -59,9 +63,9 @@ func naiveAttention(_ a: KernelArguments) {
                 // out = p · V
                 let out = a.output + rowIndex * Dv
                 for e in 0..<Dv {
-                    var acc: Float = 0
-                    for j in 0..<S { acc += scores[j] * values[j * Dv + e] }
-                    out[e] = acc
+                    var acc = 0.0
+                    for j in 0..<S { acc += Double(scores[j]) * Double(values[j * Dv + e]) }
+                    out[e] = Float(acc)
                 }
                 // Allowed keys but no weight (−∞ biases, or scores beyond float's range): marked
                 // NaN, so that the row is computed again exactly, as the other kernels do.

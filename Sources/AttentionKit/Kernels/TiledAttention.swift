@@ -109,9 +109,11 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) -> Bool {
             let sums = UnsafeMutablePointer<Float>.allocate(capacity: Rq)
             let offsets = UnsafeMutablePointer<Float>.allocate(capacity: Rq)           // c per row
             let queryNorms = UnsafeMutablePointer<Double>.allocate(capacity: Rq)       // ‖q_r‖
+            // One key tile's P·V for row-wise blocks, added to the output tile by tile.
+            let tileOutput = UnsafeMutablePointer<Float>.allocate(capacity: min(Rq, plan.rowwiseLimit) * Dv)  // [R, Dv]
             defer {
                 scores.deallocate(); rowEnds.deallocate(); maxima.deallocate(); sums.deallocate()
-                offsets.deallocate(); queryNorms.deallocate()
+                offsets.deallocate(); queryNorms.deallocate(); tileOutput.deallocate()
             }
 
             while let item = claim() {
@@ -243,8 +245,15 @@ func tiledAttention(_ a: KernelArguments, gemmOnly: Bool = false) -> Bool {
 
                     // O[R, Dv] += P[R, n] · V[n, Dv]
                     if perRow {
+                        // Summed per tile, then added: one float32 accumulator over every key
+                        // of a long cache would drift by about S · 2⁻²⁴ relative when the terms
+                        // are alike (a repeated token), beyond the tolerance from S ≈ 4096.
+                        // sgemm blocks its sums the same way. The extra pass is R · Dv adds per
+                        // n · R · Dv multiply-adds.
+                        tileOutput.update(repeating: 0, count: rows * Dv)
                         rowwiseAccumulate(weights: scores, rows: rows, weightStride: Sk, values: vTile,
-                                          count: n, dim: Dv, output: out)
+                                          count: n, dim: Dv, output: tileOutput)                        // [R, Dv]
+                        axpy1(1, tileOutput, out, count: rows * Dv)
                     } else {
                         BLAS.sgemm(m: rows, n: Dv, k: n, alpha: 1,
                                    a: scores, lda: Sk, b: vTile, ldb: Dv, transposeB: false,
