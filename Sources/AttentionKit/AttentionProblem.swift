@@ -113,20 +113,26 @@ struct AttentionProblem: Sendable {
     }
 
     /// Throws `.sizeOverflow` when the results and the kernels' working buffers would not fit
-    /// in the machine's memory together: each of `threads` workers holds buffers that grow
+    /// in the machine's memory together: each worker holds buffers that grow
     /// with S (a block of score rows in the BLAS kernel, which the other kernels fall back on,
     /// unless the weights hold the scores; a mask probe of one float per key; the repair
     /// pass's float64 scores and float weights for non-finite rows, three floats' worth per
     /// key: counted as five per key with one to spare), which a huge S with tiny or empty
-    /// Q, K or V would make larger than memory. `results` is the output and weights' count.
+    /// Q, K or V would make larger than memory. The kernels with such buffers (BLAS, and the
+    /// repair pass) start at most one worker per work item, and each item holds at least one
+    /// query row, so there are at most min(`threads`, B·Hq·L) workers: a thread count far
+    /// beyond the cores (up to ``AttentionThreads/maximum``) does not refuse a long decode
+    /// step. `results` is the output and weights' count.
     func checkWorkingMemory(threads: Int, wantWeights: Bool, results: Int, _ shapes: @autoclosure () -> String) throws {
         let rowBlock = wantWeights ? 0 : blasRowBlock(unitRows: group * queryLength, units: batch * kvHeads,
                                                       keyLength: keyLength, threads: threads)
+        let rows = (try? elementCount(of: [batch, queryHeads, queryLength])) ?? Int.max
+        let workers = max(1, min(threads, rows))
         let perThread = keyLength.multipliedReportingOverflow(by: rowBlock + 5)
-        let working = perThread.partialValue.multipliedReportingOverflow(by: threads)
+        let working = perThread.partialValue.multipliedReportingOverflow(by: workers)
         let total = working.partialValue.addingReportingOverflow(results)
         try checkAllocation(count: (total.partialValue, perThread.overflow || working.overflow || total.overflow), of: Float.self,
-                            "the results and the kernels' working buffers for \(keyLength) keys on \(threads) thread\(threads == 1 ? "" : "s") (\(shapes()))")
+                            "the results and the kernels' working buffers for \(keyLength) keys on \(workers) thread\(workers == 1 ? "" : "s") (\(shapes()))")
     }
 
     /// Throws `.sizeOverflow` when a size the kernels pass to BLAS exceeds its 32-bit

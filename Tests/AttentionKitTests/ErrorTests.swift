@@ -246,6 +246,10 @@ struct EdgeCaseTests {
         // A long but ordinary call passes: 2²⁰ keys, 8 heads, two threads.
         let long = try AttentionProblem(query: [1, 8, 4096, 64], key: [1, 8, 1 << 20, 64], value: [1, 8, 1 << 20, 64])
         try long.checkWorkingMemory(threads: 2, wantWeights: false, results: 8 * 4096 * 64, "shapes")
+        // Workers need a query row each: a decode step of 32 rows counts 32 workers' buffers,
+        // not those of the 4096 threads asked for (which a review found refusing it).
+        let decode = try AttentionProblem(query: [1, 32, 1, 128], key: [1, 8, 1 << 22, 128], value: [1, 8, 1 << 22, 128])
+        try decode.checkWorkingMemory(threads: AttentionThreads.maximum, wantWeights: false, results: 32 * 128, "shapes")
         for (keys, threads) in [(1 << 28, 2), (S, 1), (1 << 24, 64), (1 << 20, 2)] {
             let rows = blasRowBlock(unitRows: 4096, units: 1, keyLength: keys, threads: threads)
             let bytes = rows * keys * threads * 4
@@ -257,6 +261,24 @@ struct EdgeCaseTests {
         // Shapes given as arrays (not tensors) are checked for negative sizes too.
         expectError(.negativeDimension, mentions: ["query has negative size -1"]) {
             _ = try automaticKernel(query: [-1, 4], key: [-1, 4], value: [-1, 4])
+        }
+    }
+
+    /// A long decode step on the largest thread count: most threads have nothing to do, and
+    /// the call computes what it does on two threads (a review found it refused with
+    /// `.sizeOverflow` from about 256k keys on 4096 threads).
+    @Test func longDecodeOnManyThreads() throws {
+        let S = 1_000_000
+        let q = try Tensor<Float>(shape: [1, 1, 1, 1], scalars: [1])
+        let k = gridTensor([1, 1, S, 1], seed: 81), v = normalTensor([1, 1, S, 1], seed: 82)
+        let want = referenceAttention(query: q, key: k, value: v)
+        for kernel in [AttentionKernel.automatic, .blas] {
+            for threads in [2, AttentionThreads.maximum] {
+                let out = try AttentionThreads.withCount(threads) {
+                    try scaledDotProductAttention(query: q, key: k, value: v, kernel: kernel)
+                }
+                assertClose(out, want.output, shape: [1, 1, 1, 1], absolute: outputTolerance(v), "\(kernel), \(threads) threads")
+            }
         }
     }
 
