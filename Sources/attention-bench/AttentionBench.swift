@@ -117,7 +117,7 @@ struct Suite: ParsableCommand {
         (default B1 H8 D64; not --query-length or --key-length), and write \
         <sweep-output>.csv and <sweep-output>.svg, both or neither: GFLOP/s against sequence \
         length for each kernel. Naive is only the reference here, not timed. The two files \
-        are checked before anything is timed.
+        are checked before anything is timed, and not written if a kernel fails its check.
         """, valueName: "lengths"))
     var sweep: LengthList?
 
@@ -345,7 +345,8 @@ struct Suite: ParsableCommand {
             if !quiet { progress.note(String(format: "total wall time: %.1f s", wall)) }
         }
 
-        if sweep != nil {
+        let failures = results.filter(\.failed)
+        if sweep != nil && failures.isEmpty {
             let plot = SweepPlot(
                 title: "AttentionKit: GFLOP/s against sequence length",
                 subtitle: "\(shapes.first.map { "B\($0.batch) H\($0.heads)/\($0.kvHeads) D\($0.keyDim)" } ?? ""), "
@@ -356,13 +357,14 @@ struct Suite: ParsableCommand {
             progress.note("wrote \(sweepOutput).csv and \(sweepOutput).svg")
         }
 
-        let failures = results.filter(\.failed)
         if !failures.isEmpty {
             let list = failures.map { r in
                 "\(r.kernel.rawValue) on \(r.shape.name) (max err \(r.maxError.map { "\($0)" } ?? "NaN"))"
             }
+            // A sweep's plot would show kernels that computed wrong results: not written.
             throw BenchFailure(description: "check against naive failed (tolerance \(tolerance)): "
-                               + list.joined(separator: ", "))
+                               + list.joined(separator: ", ")
+                               + (sweep != nil ? "; \(sweepOutput).csv and \(sweepOutput).svg were not written" : ""))
         }
     }
 

@@ -86,6 +86,12 @@ struct LayerBench: ParsableCommand {
             throw ValidationError("--threads must be at most \(AttentionThreads.maximum), got \(threads).")
         }
         if let repetitions, repetitions < 1 { throw ValidationError("--repetitions must be at least 1, got \(repetitions).") }
+        if repetitions != nil && workload == .bandwidth {
+            throw ValidationError("--repetitions applies to forward and generate; the bandwidth workload always takes 7 passes.")
+        }
+        if breakdown && (workload == .generate || workload == .bandwidth) {
+            throw ValidationError("--breakdown times the forward pass's parts; use it with --workload forward or all.")
+        }
         guard tokens >= 1 else { throw ValidationError("--tokens must be at least 1, got \(tokens).") }
         // The loop holds about six [tokens, 2048] float arrays (inputs, their steps, outputs,
         // the check's sequence and forward pass) and the cache, up to twice 1024 floats per
@@ -131,6 +137,8 @@ struct LayerBench: ParsableCommand {
                                        r.flops.map { fmt($0 / r.median / 1e9) } ?? "", r.tokens.map { fmt(Double($0) / r.median) } ?? "",
                                        r.bytes.map { fmt($0 / r.median / 1e9) } ?? "", r.maxError.map { "\($0.value)" } ?? ""]
                 print(cells.joined(separator: ","))
+                // --breakdown: each part's median as a row of its own ("forward-projections", …).
+                for (part, seconds) in r.parts { print("\(r.name)-\(part),\(threadCount),\(r.times.count),\(fmt(seconds * 1e3)),,,,,") }
             }
         case .table:
             let cpu = machine.cpuModel.map { "\($0), " } ?? ""

@@ -552,6 +552,8 @@ struct NPYCommandLineTests {
             (files + ["--heatmap-title", "t"], "--heatmap-title applies to the heatmap"),
             (["--sweep", "8", "--sweep-output", ""], "--sweep-output must end in a file name prefix"),
             (["--sweep", "8", "--sweep-output", "results/"], "--sweep-output must end in a file name prefix"),
+            (["layer", "--workload", "generate", "--breakdown"], "--breakdown times the forward pass's parts"),
+            (["layer", "--workload", "bandwidth", "--repetitions", "1"], "--repetitions applies to forward and generate"),
             (["layer", "--threads", "5000"], "--threads must be at most 4096"),
             (["layer", "--workload", "generate", "--tokens", "9223372036854775807"], "--tokens 9223372036854775807 needs"),
             (["layer", "--workload", "generate", "--tokens", "4503599627370496"], "of memory"),
@@ -658,6 +660,12 @@ struct NPYCommandLineTests {
         #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("plot.csv").path))
         let missing = try runBench(["--sweep", "8", "--sweep-output", "no-such-dir/plot"], in: directory)
         #expect(missing.status == 1 && missing.stderr.contains("cannot write no-such-dir/plot.csv"), "\(missing.stderr)")
+        // A kernel that fails its check (a tolerance of 0 against the naive kernel's Double
+        // sums): the plot is not written.
+        let failed = try runBench(["--sweep", "64", "--heads", "2", "--repetitions", "1", "--tolerance", "0", "--sweep-output", "bad",
+                                   "--quiet"], in: directory)
+        #expect(failed.status == 1 && failed.stderr.contains("bad.csv and bad.svg were not written"), "\(failed.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("bad.csv").path))
 
         // A sweep that runs writes both, and the plot's GFLOP/s labels keep the decimals
         // their step needs (a small shape in a debug build is slow).
@@ -685,5 +693,14 @@ struct NPYCommandLineTests {
         let rows = result.stdout.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
         #expect(rows.count == 2 && rows.allSatisfy { $0.count == 9 }, "\(result.stdout)")
         #expect(rows.last.map { Double(String($0[8])) != nil } == true, "max_err is not a number: \(result.stdout)")
+
+        // --breakdown adds a row per part of the forward pass, nine fields each.
+        let parts = try runBench(["layer", "--workload", "forward", "--repetitions", "1", "--breakdown", "--format", "csv", "--quiet"],
+                                 in: directory)
+        #expect(parts.status == 0, "\(parts.stderr)")
+        let partRows = parts.stdout.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        #expect(partRows.dropFirst().map { String($0[0]) } == ["forward", "forward-projections", "forward-attention", "forward-rest"]
+                && partRows.allSatisfy { $0.count == 9 } && partRows.dropFirst().allSatisfy { Double(String($0[3])) != nil },
+                "\(parts.stdout)")
     }
 }
