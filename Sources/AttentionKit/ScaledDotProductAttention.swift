@@ -1,6 +1,8 @@
 /// Which implementation computes attention.
 public enum AttentionKernel: String, Sendable, CaseIterable {
-    /// Plain scalar loops that read like the formula; single-threaded. The readable oracle.
+    /// Plain scalar loops that read like the formula; single-threaded. The readable oracle:
+    /// float32 scores, with the sums over the keys (the softmax's denominator and P·V) in
+    /// Double.
     case naive
     /// Two `cblas_sgemm` calls per block of query rows around a vectorised Swift
     /// mask + softmax layer, parallel over blocks. Materialises one block of scores per thread.
