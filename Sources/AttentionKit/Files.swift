@@ -306,13 +306,14 @@ private func replaceFile(_ path: String, with pieces: [UnsafeRawBufferPointer], 
 }
 
 /// A file being written for a destination, which has no name until it is complete where the
-/// system allows it: on Linux, an unnamed file in the destination's directory (`O_TMPFILE`),
-/// which the system removes by itself if the process ends first (Ctrl-C, a kill, running out
-/// of memory), so an interrupted write leaves nothing behind. Where the file system has no
-/// unnamed files (and on other systems) it is a temporary file with a hidden name
-/// (``temporaryPath(besides:suffix:)``) from the start. Either way, once written it is given
-/// its temporary name (``name()``), which the writer renames over the destination; the
-/// temporary name exists only for that moment.
+/// system allows it: on Linux (x86-64 and arm64, with `/proc` mounted, on a file system
+/// with unnamed files: ext4, XFS, Btrfs, tmpfs, not NFS), an unnamed file in the
+/// destination's directory (`O_TMPFILE`), which the system removes by itself if the process
+/// ends first (Ctrl-C, a kill, running out of memory), so an interrupted write leaves
+/// nothing behind (``isUnnamed``). Elsewhere it is a temporary file with a hidden name
+/// (``temporaryPath(besides:suffix:)``) from the start, which an interrupted write leaves
+/// behind. Once written, the file has that hidden name (``name()`` gives an unnamed one its
+/// name then), and the writer renames it over the destination.
 ///
 /// Use: ``init(besides:)``, ``write(_:)``, ``name()``, then rename ``temporary`` into place;
 /// ``discard()`` on every failure.
@@ -328,6 +329,9 @@ public struct PendingFile {
     /// The hidden name beside the destination: set from the start for a named temporary file,
     /// by ``name()`` for an unnamed one; nil before that.
     public private(set) var temporary: String?
+    /// Whether the file was created without a name (`O_TMPFILE`), so that it disappears by
+    /// itself if the process ends before ``name()``.
+    public private(set) var isUnnamed = false
 
     /// Creates the file for `destination` (a regular file's path, new or existing), writable
     /// and empty, with mode 0666 less the umask.
@@ -340,9 +344,20 @@ public struct PendingFile {
         // names the file goes through /proc/self/fd (naming a descriptor directly needs a
         // privilege), so without /proc the file is named from the start.
         let unnamedFile: Int32 = 0o20000000 | O_DIRECTORY
-        if access("/proc/self/fd", X_OK) == 0 {
+        if access("/proc/self/fd", X_OK) == 0, let umask = processUmask() {
             let fd = open(directoryPart(of: destination), unnamedFile | O_WRONLY | O_CLOEXEC, 0o666)
-            if fd >= 0 { self.fd = fd; return }
+            if fd >= 0 {
+                // Kernels before 6.0 left the umask off unnamed files on file systems without
+                // POSIX ACLs (0666 where a named file gets 0644): applied here.
+                var info = stat()
+                let allowed = mode_t(0o666) & ~umask
+                if fstat(fd, &info) == 0 && info.st_mode & 0o777 & ~allowed != 0 {
+                    _ = fchmod(fd, info.st_mode & 0o777 & allowed)
+                }
+                self.fd = fd
+                isUnnamed = true
+                return
+            }
             // The file system has no unnamed files (EOPNOTSUPP, or EISDIR from kernels before
             // 3.11), or the directory refuses new files, which the named file reports below.
         }
@@ -386,6 +401,17 @@ public struct PendingFile {
         if let temporary { unlink(temporary) }
         temporary = nil
     }
+}
+
+/// This process's file mode creation mask, from `/proc/self/status` (Linux 4.7 and later;
+/// `umask(2)` itself can only read it by changing it, which would race with other threads);
+/// nil where it cannot be read.
+private func processUmask() -> mode_t? {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }),
+          let mask = mode_t(line.dropFirst("Umask:".count).trimmingCharacters(in: .whitespaces), radix: 8)
+    else { return nil }
+    return mask
 }
 
 /// A fresh name for a temporary file in the directory of `path`:

@@ -7,9 +7,9 @@ import Foundation
 ///
 /// Every destination is checked first; everything is read, validated and computed before
 /// anything is written; the files are written to unnamed or temporary files next to their
-/// destinations (``PendingFile``) and renamed into place, and a rename that still fails undoes the earlier ones, so an error
-/// leaves every destination as it was. Character devices and FIFOs (`/dev/stdout`) are
-/// written last.
+/// destinations (``PendingFile``) and renamed into place, and a rename that still fails
+/// undoes the earlier ones, so an error leaves every destination as it was. Character
+/// devices and FIFOs (`/dev/stdout`) are written last.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
@@ -216,6 +216,7 @@ struct Run: ParsableCommand {
         var result: (output: Tensor<Float>, weights: Tensor<Float>?) = (try Tensor<Float>(shape: [0]), nil)
         // Progress on a terminal, and on any stderr when there are several calls.
         let progress = Progress(quiet: repetitions == 1 && isatty(STDERR_FILENO) != 1)
+        defer { progress.clear() }                          // also when a call throws
         for n in 0..<repetitions {
             progress.update("call \(n + 1) of \(repetitions)"
                 + (times.last.map { String(format: " (last %.3f ms)", $0 * 1000) } ?? "") + "…")
@@ -231,7 +232,7 @@ struct Run: ParsableCommand {
             }
             times.append(seconds(clock.now - start))
         }
-        progress.clear()
+        progress.clear()                                    // before the report
 
         // Everything to write, prepared before anything is written.
         var files: [(path: String, content: OutputContent)] = [(output, .npy(result.output))]
@@ -482,10 +483,13 @@ func writeAllOrNothing(_ requested: [(path: String, content: OutputContent)],
             throw abandon(file.given, reason)
         }
     }
-    // Rename into place, keeping a way back (`done`); each file is named just before.
-    for (n, file) in files.enumerated() {
-        if let reason = pending[n].name() { throw abandon(file.given, reason) }
-        let temporary = pending[n].temporary!
+    // Named only now, all before the first rename (a failure here needs no undoing).
+    for n in pending.indices {
+        if let reason = pending[n].name() { throw abandon(files[n].given, reason) }
+    }
+
+    // Rename into place, keeping a way back (`done`).
+    for (file, temporary) in zip(files, pending.map { $0.temporary! }) {
         var backup: String?
         var linked = false
         var info = stat()

@@ -248,7 +248,7 @@ struct EdgeCaseTests {
         try long.checkWorkingMemory(threads: 2, wantWeights: false, results: 8 * 4096 * 64, "shapes")
         // Workers need a query row each: a decode step of 32 rows counts 32 workers' buffers,
         // not those of the 4096 threads asked for (which a review found refusing it).
-        let decode = try AttentionProblem(query: [1, 32, 1, 128], key: [1, 8, 1 << 22, 128], value: [1, 8, 1 << 22, 128])
+        let decode = try AttentionProblem(query: [1, 32, 1, 128], key: [1, 8, 1 << 20, 128], value: [1, 8, 1 << 20, 128])
         try decode.checkWorkingMemory(threads: AttentionThreads.maximum, wantWeights: false, results: 32 * 128, "shapes")
         for (keys, threads) in [(1 << 28, 2), (S, 1), (1 << 24, 64), (1 << 20, 2)] {
             let rows = blasRowBlock(unitRows: 4096, units: 1, keyLength: keys, threads: threads)

@@ -681,6 +681,49 @@ struct NPYCommandLineTests {
         #expect(yLabels.count >= 3 && Set(yLabels).count == yLabels.count && yLabels.allSatisfy { Double($0) != nil }, "\(yLabels)")
     }
 
+    /// A run killed while it writes its outputs leaves nothing in their directory: the files
+    /// being written have no name yet (`O_TMPFILE`, where the file system supports it). The
+    /// test waits until the process has a file open in the output directory, kills it, and
+    /// looks. (Before, a hidden `.w.npy.<pid>.<n>.tmp` of the whole weights stayed behind.)
+    @Test("a run killed while writing leaves no files behind",
+          .enabled(if: unnamedFilesSupported(in: NSTemporaryDirectory())))
+    func killedWhileWriting() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let inputs = directory.appendingPathComponent("in"), outputs = directory.appendingPathComponent("out")
+        for sub in [inputs, outputs] { try FileManager.default.createDirectory(at: sub, withIntermediateDirectories: false) }
+        // Weights [1, 1, 4096, 4096]: 64 MiB to write and flush.
+        try normalTensor([1, 1, 4096, 8], seed: 91).write(toNPY: inputs.appendingPathComponent("q.npy"))
+        try normalTensor([1, 1, 4096, 8], seed: 92).write(toNPY: inputs.appendingPathComponent("k.npy"))
+        let process = Process()
+        process.executableURL = try benchExecutable()
+        process.arguments = ["run", "--query", "in/q.npy", "--key", "in/k.npy", "--value", "in/k.npy", "--kernel", "blas",
+                            "--output", "out/o.npy", "--weights", "out/w.npy"]
+        process.currentDirectoryURL = directory
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Poll the process's descriptors for one open in the output directory.
+        let descriptors = "/proc/\(process.processIdentifier)/fd"
+        let resolved = try #require(realpath(outputs.path, nil))
+        let prefix = String(cString: resolved) + "/"
+        free(resolved)
+        var writing = false
+        while process.isRunning && !writing {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: descriptors)) ?? [] {
+                if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(descriptors)/\(name)"),
+                   target.hasPrefix(prefix) { writing = true }
+            }
+            if !writing { usleep(500) }
+        }
+        if writing { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        #expect(writing, "the run ended before it was seen writing (status \(process.terminationStatus))")
+        #expect(process.terminationReason == .uncaughtSignal)
+        let left = try FileManager.default.contentsOfDirectory(atPath: outputs.path)
+        #expect(left.isEmpty, "left behind: \(left)")
+    }
+
     /// layer --format csv: nine fields in every row (the check's error once printed as a
     /// struct with a comma in it), and the bandwidth rows when the bandwidth is measured.
     @Test("layer --format csv has nine fields per row")

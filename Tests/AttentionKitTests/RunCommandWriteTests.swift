@@ -44,32 +44,6 @@ struct RunCommandWriteTests {
         #expect(contents(dir) == ["out.npy", "w.svg"], "w.npy removed, no temporary or backup left: \(contents(dir))")
     }
 
-    #if os(Linux)
-    /// While the files are written they have no name in the directory (Linux, `O_TMPFILE`),
-    /// so a run killed then leaves nothing behind; each gets its hidden name only for its
-    /// own rename into place.
-    @Test func filesAreUnnamedUntilTheirRename() throws {
-        let dir = try makeTemporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        try Data("old".utf8).write(to: dir.appendingPathComponent("out.npy"))
-        var seen: [[String]] = []
-        try writeAllOrNothing([(dir.appendingPathComponent("out.npy").path, Data("new output".utf8)),
-                               (dir.appendingPathComponent("w.npy").path, Data("new weights".utf8))],
-                              moveIntoPlace: { from, to in
-                                  seen.append(self.contents(dir))
-                                  return rename(from, to)
-                              })
-        // At the first rename: the old output, its backup link and the first file's hidden
-        // name; the second file is still unnamed. At the second: the first is in place.
-        #expect(seen.count == 2)
-        #expect(seen.first.map { $0.count == 3 && $0.contains("out.npy") && $0.filter { $0.hasPrefix(".out.npy.") }.count == 2 } == true,
-                "\(seen)")
-        #expect(seen.last.map { $0.filter { $0.hasPrefix(".w.npy.") }.count == 1 && !$0.contains("w.npy") } == true, "\(seen)")
-        #expect(contents(dir) == ["out.npy", "w.npy"], "\(contents(dir))")
-        #expect(try String(contentsOfFile: dir.appendingPathComponent("w.npy").path, encoding: .utf8) == "new weights")
-    }
-    #endif
-
     @Test func everyRenameSucceeds() throws {
         let dir = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
