@@ -92,13 +92,16 @@ public struct AttentionHeatmap: Sendable {
         let B = shape.count == 2 ? 1 : shape[0]
         let H = shape.count == 4 ? shape[1] : 1
         let (L, S) = (shape[shape.count - 2], shape[shape.count - 1])
-        func bad(_ message: String) -> AttentionError {
-            AttentionError(.heatmapArgument, "\(message) (weights \(describe(shape)))")
-        }
+        func bad(_ message: String) -> AttentionError { argumentError(message, shape: shape) }
         guard (0..<B).contains(batch) else { throw bad("batch \(batch) is outside 0..<\(B)") }
         if let head, !(0..<H).contains(head) { throw bad("head \(head) is outside 0..<\(H)") }
         guard H > 0, L > 0, S > 0 else { throw bad("there is nothing to draw: H, L and S must be positive") }
         guard maximumCells >= 1 else { throw bad("maximumCells must be at least 1, got \(maximumCells)") }
+    }
+
+    /// A `.heatmapArgument` error naming the weights' shape.
+    private static func argumentError(_ message: String, shape: [Int]) -> AttentionError {
+        AttentionError(.heatmapArgument, "\(message) (weights \(describe(shape)))")
     }
 
     /// Prepares a heatmap of one batch entry's weights.
@@ -133,9 +136,7 @@ public struct AttentionHeatmap: Sendable {
         try Self.checkSelection(weightsShape: shape, batch: batch, head: head, maximumCells: maximumCells)
         let H = shape.count == 4 ? shape[1] : 1
         let (L, S) = (shape[shape.count - 2], shape[shape.count - 1])
-        func bad(_ message: String) -> AttentionError {
-            AttentionError(.heatmapArgument, "\(message) (weights \(describe(shape)))")
-        }
+        func bad(_ message: String) -> AttentionError { Self.argumentError(message, shape: shape) }
         if let queryLabels, queryLabels.count != L {
             throw bad("\(queryLabels.count) query labels for L = \(L) queries")
         }

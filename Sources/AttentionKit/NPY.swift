@@ -80,11 +80,10 @@ extension Tensor where Element == Float {
     /// Writes the tensor to a NumPy `.npy` file (`<f4`, C order; see `npyData()`).
     ///
     /// The file is written completely or not at all: the bytes go to a temporary file in the
-    /// same directory, which is renamed over the destination once it is complete (on Linux, where
-    /// the file system supports unnamed files, the file has no name until then, so a process
-    /// killed while writing leaves nothing behind).
-    /// Because the
-    /// file is replaced rather than written into, hard links to the old file keep the old
+    /// same directory, which is renamed over the destination once it is complete (on Linux,
+    /// where the file system supports unnamed files, the file has no name until then, so a
+    /// process killed while writing leaves nothing behind). Because the file is replaced
+    /// rather than written into, hard links to the old file keep the old
     /// contents, and the new file has the permissions of any newly created file (mode 0666
     /// less the umask), not those of the file it replaces. A symbolic link at `url` is kept
     /// and the file it points to is replaced (a link to nothing is refused); a character
