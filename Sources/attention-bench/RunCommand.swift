@@ -290,8 +290,8 @@ struct Run: ParsableCommand {
         }
     }
 
-    /// Reads a tensor, turning a library error into one line that names the option.
-    /// Runs `body` (reading the file of `option`), turning a library error into one line.
+    /// Runs `body` (reading the file of `option`), turning a library error into one line that
+    /// names the option (and, for a data type it cannot read, the types the option takes).
     /// With `otherwise`, a file of the wrong data type that the other option would read (a
     /// float array given to `--mask`, a boolean one to `--bias`) is named as such, with the
     /// option to use instead.
@@ -303,7 +303,11 @@ struct Run: ParsableCommand {
             if error.code == .npyUnsupported, let otherwise, (try? otherwise.read()) != nil {
                 throw BenchFailure(description: "\(option): the file holds a \(otherwise.kind) array; pass it with \(otherwise.option)")
             }
-            throw BenchFailure(description: "\(option): \(error.message)")
+            // The library's message lists every type it reads; say which this option takes.
+            let takes = T.self == Tensor<Bool>.self ? "a bool array (numpy: m.astype(bool))"
+                                                    : "float32 or float64 (numpy: x.astype(numpy.float32))"
+            throw BenchFailure(description: "\(option): \(error.message)"
+                               + (error.code == .npyUnsupported ? "; \(option) takes \(takes)" : ""))
         }
     }
 }

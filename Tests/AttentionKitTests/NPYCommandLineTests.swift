@@ -185,7 +185,11 @@ struct NPYCommandLineTests {
         let outputs = ["--output", "out.npy", "--weights", "w.npy", "--heatmap", "w.svg"]
         let cases: [(String, [String], String)] = [
             ("missing file", ["--query", "missing.npy", "--key", k, "--value", v] + outputs, "No such file"),
-            ("unsupported dtype", ["--query", try fixture("i4.npy"), "--key", k, "--value", v] + outputs, "'<i4' (int32)"),
+            ("unsupported dtype", ["--query", try fixture("i4.npy"), "--key", k, "--value", v] + outputs,
+             "'<i4' (int32) is not supported; AttentionKit reads '<f4' (float32), '<f8' (float64, converted to float32) and '|b1' "
+             + "(bool); --query takes float32 or float64 (numpy: x.astype(numpy.float32))"),
+            ("unsupported mask dtype", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("i4.npy")] + outputs,
+             "--mask takes a bool array (numpy: m.astype(bool))"),
             ("Fortran order", ["--query", try fixture("f4_fortran.npy"), "--key", k, "--value", v] + outputs, "Fortran"),
             ("zip archive as mask", ["--query", q, "--key", k, "--value", v, "--mask", try fixture("archive.npz")] + outputs, "--mask: "),
             ("Dk mismatch", ["--query", q, "--key", v, "--value", v] + outputs, "query Dk 8 does not match key Dk 6"),
