@@ -117,6 +117,11 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The heatmap's title (default: \"Attention weights\" and the query file's name).", valueName: "text"))
     var heatmapTitle: String?
 
+    /// `--heatmap-batch` with its default.
+    private var heatmapBatchOrDefault: Int { heatmapBatch ?? 0 }
+    /// `--heatmap-cells` with its default.
+    private var heatmapCellsOrDefault: Int { heatmapCells ?? 64 }
+
     /// Ranges ArgumentParser cannot check: a malformed command line, status 64 like the
     /// parser's own errors (errors in the files exit with 1).
     func validate() throws {
@@ -202,8 +207,8 @@ struct Run: ParsableCommand {
         if heatmap != nil, (2...4).contains(q.rank), k.rank == q.rank {
             let weightsShape = Array(q.shape.dropLast()) + [k.shape[k.rank - 2]]
             try libraryCall {
-                try AttentionHeatmap.checkSelection(weightsShape: weightsShape, batch: heatmapBatch ?? 0, head: heatmapHead,
-                                                    maximumCells: heatmapCells ?? 64)
+                try AttentionHeatmap.checkSelection(weightsShape: weightsShape, batch: heatmapBatchOrDefault, head: heatmapHead,
+                                                    maximumCells: heatmapCellsOrDefault)
             }
         }
 
@@ -250,14 +255,14 @@ struct Run: ParsableCommand {
                 headLabels = (0..<w.shape[1]).map { "head \($0) · kv \($0 / group)" }
             }
             let picture = try libraryCall {
-                try AttentionHeatmap(weights: w, batch: heatmapBatch ?? 0, head: heatmapHead, title: title,
-                                     headLabels: headLabels, maximumCells: heatmapCells ?? 64)
+                try AttentionHeatmap(weights: w, batch: heatmapBatchOrDefault, head: heatmapHead, title: title,
+                                     headLabels: headLabels, maximumCells: heatmapCellsOrDefault)
             }
             files.append((heatmapPath, .data(Data(picture.svg().utf8))))
             let (rows, columns) = picture.cellCounts
             let heads = w.rank < 4 ? "" : heatmapHead.map { ", head \($0)" } ?? (w.shape[1] == 1 ? ", head 0" : ", heads 0–\(w.shape[1] - 1)")
             let downsampled = (rows, columns) == (w.shape[w.rank - 2], w.shape[w.rank - 1]) ? "" : " (downsampled by block mean)"
-            let place = w.rank == 2 ? "" : "batch \(heatmapBatch ?? 0)\(heads), "
+            let place = w.rank == 2 ? "" : "batch \(heatmapBatchOrDefault)\(heads), "
             heatmapDescription = "\(place)\(rows)×\(columns) cells\(downsampled)"
         }
         try writeAllOrNothing(files)
