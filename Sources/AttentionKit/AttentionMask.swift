@@ -216,8 +216,11 @@ private func broadcastStrides(_ shape: [Int], kind: String, problem p: Attention
         let size = shape[axis]
         let target = scores[axis + scores.count - shape.count]
         guard size == target || size == 1 else {
-            throw failure(target == 1 ? "size \(size) at axis \(axis) is not 1"
-                                      : "size \(size) at axis \(axis) is neither 1 nor \(target)")
+            // PyTorch's 3-D attn_mask stacks batch and heads on one axis.
+            let stacked = shape.count == 3 && scores.count == 4 && axis == 0 && size == scores[0] &* scores[1]
+            throw failure((target == 1 ? "size \(size) at axis \(axis) is not 1"
+                                       : "size \(size) at axis \(axis) is neither 1 nor \(target)")
+                + (stacked ? " (a PyTorch attn_mask [B·H, L, S]: reshape it to \(describe([scores[0], scores[1], shape[1], shape[2]])) first)" : ""))
         }
         strides[axis + scores.count - shape.count] = size == 1 ? 0 : running
         running &*= size

@@ -80,6 +80,10 @@ extension MultiHeadAttention {
                 "expected q_proj_weight [E, E], k_proj_weight [E, kdim], v_proj_weight [E, vdim]; got \(shapes)")
         }
         let E = qProjWeight.shape[0]
+        guard heads > 0, E > 0, E % heads == 0 else {
+            throw AttentionError(.headWidth,
+                "embed_dim E = \(E) (q_proj_weight \(describe(qProjWeight.shape))) is not a positive multiple of num_heads (\(heads))")
+        }
         var biases: [Tensor<Float>?] = [nil, nil, nil]
         if let inProjBias {
             guard inProjBias.shape == [3 * E] else {

@@ -39,9 +39,14 @@ struct MultiHeadAttentionErrorTests {
             _ = try MultiHeadAttention(heads: 4, queryProjection: self.linear(8, 8), keyProjection: self.linear(8, 8),
                                        valueProjection: self.linear(6, 8), outputProjection: self.linear(8, 8))
         }
-        expectError(.headWidth, mentions: ["12", "5"]) {
+        // PyTorch's names for the sizes involved: embed_dim and num_heads.
+        expectError(.headWidth, mentions: ["embed_dim E = 12", "num_heads (5)"]) {
             _ = try MultiHeadAttention(heads: 5, inProjWeight: self.t([36, 12]), inProjBias: nil,
                                        outProjWeight: self.t([12, 12]), outProjBias: nil)
+        }
+        expectError(.headWidth, mentions: ["embed_dim E = 8", "num_heads (0)"]) {
+            _ = try MultiHeadAttention(heads: 0, qProjWeight: self.t([8, 8]), kProjWeight: self.t([8, 3]),
+                                       vProjWeight: self.t([8, 5]), inProjBias: nil, outProjWeight: self.t([8, 8]), outProjBias: nil)
         }
     }
 
@@ -125,6 +130,15 @@ struct MultiHeadAttentionErrorTests {
         expectError(.keyLengths, mentions: ["3", "2"]) {
             _ = try layer(query: self.t([2, 3, 8]), key: self.t([2, 4, 6]), value: self.t([2, 4, 5]), mask: .keyLengths([1, 2, 3]))
         }
+        // PyTorch's 3-D attn_mask [B·H, L, S] passed as is: the message says how to reshape it.
+        expectError(.maskShape, mentions: ["[4, 3, 4]", "PyTorch attn_mask [B·H, L, S]", "reshape it to [2, 2, 3, 4]"]) {
+            _ = try layer(query: self.t([2, 3, 8]), key: self.t([2, 4, 6]), value: self.t([2, 4, 5]),
+                          mask: .excluding(try Tensor(shape: [4, 3, 4], repeating: false)))
+        }
+        expectError(.maskShape, mentions: ["[3, 3, 4]", "neither 1 nor 2"]) {
+            _ = try layer(query: self.t([2, 3, 8]), key: self.t([2, 4, 6]), value: self.t([2, 4, 5]),
+                          mask: .excluding(try Tensor(shape: [3, 3, 4], repeating: false)))
+        }
         expectError(.maskShape, mentions: ["[2, 2, 2]"]) { _ = try AttentionMask.keyPadding(Tensor(shape: [2, 2, 2], repeating: false)) }
     }
 
@@ -178,7 +192,7 @@ struct MultiHeadAttentionErrorTests {
         let other = try MultiHeadAttention(modelDim: 8, heads: 2)
         var cache = layer.makeCache(batch: 2)
         _ = try layer.decode(t([2, 3, 8]), cache: &cache)
-        expectError(.cacheMismatch, mentions: ["another layer"]) { _ = try twin.decode(self.t([2, 1, 8]), cache: &cache) }
+        expectError(.cacheMismatch, mentions: ["another layer of the same shape", "copies"]) { _ = try twin.decode(self.t([2, 1, 8]), cache: &cache) }
         expectError(.cacheMismatch, mentions: ["another layer", "2 kv heads"]) { _ = try other.decode(self.t([2, 1, 8]), cache: &cache) }
         expectError(.cacheMismatch, mentions: ["batch 2", "[3, 1, 8]"]) { _ = try layer.decode(self.t([3, 1, 8]), cache: &cache) }
         expectError(.cacheMismatch, mentions: ["batch 2", "[1, 8]"]) { _ = try layer.decode(self.t([1, 8]), cache: &cache) }
