@@ -69,7 +69,8 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         /// An input's last dimension does not match the width its projection expects.
         case inputWidth
         /// A KV cache was made by another layer or for another batch size, or with a negative
-        /// batch size or capacity.
+        /// batch size or capacity; or positions or batch entries asked of it that it does
+        /// not hold.
         case cacheMismatch
     }
 

@@ -39,11 +39,16 @@ public struct KVCache: Sendable {
     var reallocations = 0
 
     init(layer: MultiHeadAttention, batch: Int, capacity: Int) {
+        self.init(layer: layer.identity, kvHeads: layer.kvHeads, headDim: layer.headDim,
+                  valueHeadDim: layer.valueHeadDim, batch: batch, capacity: capacity)
+    }
+
+    private init(layer: Int, kvHeads: Int, headDim: Int, valueHeadDim: Int, batch: Int, capacity: Int) {
         self.batch = batch
-        self.layer = layer.identity
-        self.kvHeads = layer.kvHeads
-        self.headDim = layer.headDim
-        self.valueHeadDim = layer.valueHeadDim
+        self.layer = layer
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        self.valueHeadDim = valueHeadDim
         self.requestedCapacity = capacity
         self.keys = Tensor(validatedShape: [0], scalars: [])
         self.values = Tensor(validatedShape: [0], scalars: [])
@@ -52,6 +57,79 @@ public struct KVCache: Sendable {
     /// Forgets every cached position, keeping the storage for the next sequence.
     public mutating func removeAll() {
         count = 0
+    }
+
+    /// Forgets the last `k` cached positions of every batch entry, keeping the storage: rolls
+    /// a generation back, as speculative decoding does with rejected draft tokens.
+    ///
+    /// The next ``MultiHeadAttention/decode(_:cache:mask:)`` writes at position `count`, so
+    /// decoding after `removeLast(k)` gives what decoding from the shorter cache would have.
+    ///
+    /// - Parameter k: The number of positions to forget, `0...count`.
+    /// - Throws: ``AttentionError`` with code `.cacheMismatch` when `k` is negative or more
+    ///   than ``count``.
+    public mutating func removeLast(_ k: Int) throws {
+        guard k >= 0, k <= count else {
+            throw AttentionError(.cacheMismatch, "cannot remove the last \(k) positions of a cache that holds \(count)")
+        }
+        count -= k
+    }
+
+    /// A cache holding the batch entries `indices` of this one, in that order: beam search's
+    /// reordering (an entry may appear several times, or not at all), or a batch without
+    /// the sequences that have finished.
+    ///
+    /// ```
+    /// selected.keys[i, h, t, :] = keys[indices[i], h, t, :]   for t < count (values alike)
+    /// ```
+    ///
+    /// The result has batch size `indices.count`, the same ``count`` and ``capacity``, and
+    /// belongs to the same layer; this cache is unchanged.
+    ///
+    /// - Parameter indices: Batch entries of this cache, each in `0..<batch`.
+    /// - Returns: The selected cache, whose storage is a new copy of the selected entries.
+    /// - Throws: ``AttentionError`` with code `.cacheMismatch` when an index is outside
+    ///   `0..<batch`, `.sizeOverflow` when the new storage does not fit in memory.
+    public func selectingBatch(_ indices: [Int]) throws -> KVCache {
+        if let bad = indices.first(where: { $0 < 0 || $0 >= batch }) {
+            throw AttentionError(.cacheMismatch,
+                "batch index \(bad) is outside the cache's batch entries 0..<\(max(batch, 0))")
+        }
+        var selected = KVCache(layer: layer, kvHeads: kvHeads, headDim: headDim, valueHeadDim: valueHeadDim,
+                               batch: indices.count, capacity: requestedCapacity)
+        guard capacity > 0 else { return selected }                      // nothing stored yet
+        let keyShape = [indices.count, kvHeads, capacity, headDim]
+        let valueShape = [indices.count, kvHeads, capacity, valueHeadDim]
+        try checkAllocation(count: elementCount(of: keyShape).addingReportingOverflow(elementCount(of: valueShape)),
+                            of: Float.self, "a KV cache of \(indices.count) batch entries (keys \(describe(keyShape)), "
+                                + "values \(describe(valueShape)))")
+        selected.keys = gathered(keys, width: headDim, indices)
+        selected.values = gathered(values, width: valueHeadDim, indices)
+        selected.capacity = capacity
+        selected.count = count
+        return selected
+    }
+
+    /// The batch entries `indices` of `storage` (`[B, Hkv, capacity, D]`): the first `count`
+    /// rows of each of their heads copied, the rest zero.
+    private func gathered(_ storage: Tensor<Float>, width: Int, _ indices: [Int]) -> Tensor<Float> {
+        let head = capacity * width                                      // one head's block
+        var scalars = [Float](repeating: 0, count: indices.count * kvHeads * head)
+        if count > 0, width > 0 {
+            storage.withUnsafeBufferPointer { src in
+                scalars.withUnsafeMutableBufferPointer { dst in
+                    let (src, dst) = (nonNull(src.baseAddress), nonNull(dst.baseAddress))
+                    for (i, b) in indices.enumerated() {
+                        for h in 0..<kvHeads {
+                            // [count, D] rows of head (b, h) → head (i, h)
+                            (dst + (i * kvHeads + h) * head).update(from: src + (b * kvHeads + h) * head,
+                                                                    count: count * width)
+                        }
+                    }
+                }
+            }
+        }
+        return Tensor(validatedShape: [indices.count, kvHeads, capacity, width], scalars: scalars)   // [B', Hkv, cap, D]
     }
 
     /// Makes room for `newCount` positions: at least doubles the capacity when it grows (up
@@ -295,9 +373,13 @@ extension MultiHeadAttention {
     func checkOwner(of cache: KVCache, remedy: String) throws {
         guard cache.layer == identity, cache.kvHeads == kvHeads, cache.headDim == headDim,
               cache.valueHeadDim == valueHeadDim else {
-            throw AttentionError(.cacheMismatch,
-                "the cache was made by another layer (\(cache.kvHeads) kv heads of width \(cache.headDim)/\(cache.valueHeadDim)); "
-                + "this layer has \(kvHeads) kv heads of width \(headDim)/\(valueHeadDim): make one with \(remedy)")
+            let sameShape = cache.kvHeads == kvHeads && cache.headDim == headDim && cache.valueHeadDim == valueHeadDim
+            throw AttentionError(.cacheMismatch, sameShape
+                ? "the cache was made by another layer of the same shape (\(kvHeads) kv heads of width \(headDim)/\(valueHeadDim)); "
+                    + "a cache belongs to the layer that made it and that layer's copies, since other weights give other keys "
+                    + "and values: make one with \(remedy)"
+                : "the cache was made by another layer (\(cache.kvHeads) kv heads of width \(cache.headDim)/\(cache.valueHeadDim)); "
+                    + "this layer has \(kvHeads) kv heads of width \(headDim)/\(valueHeadDim): make one with \(remedy)")
         }
     }
 

@@ -28,6 +28,12 @@ import Synchronization
 ///
 /// and for generation, ``makeCache(batch:capacity:)`` and ``decode(_:cache:mask:)``.
 ///
+/// Like PyTorch's `nn.MultiheadAttention`, the layer adds no positions of its own: positions
+/// added to its inputs work, and ALiBi is an ``AttentionMask/additive(_:)`` bias, but rotary
+/// embeddings (RoPE), which rotate Q and K between the projections and the scores, have no
+/// step here. The scores are always scaled by 1/√Dk; for another factor c, scale the query
+/// projection's weight and bias by c·√Dk.
+///
 /// How it runs: each projection is one `cblas_sgemm` over all B·L (or B·S) rows (sgemv for
 /// up to three rows; see ``Linear``), on ``AttentionThreads/count()`` OpenBLAS threads. The
 /// core attention is the library's ``scaledDotProductAttention(query:key:value:mask:scale:dropout:kernel:)``
