@@ -59,7 +59,12 @@ public enum AttentionKernel: String, Sendable, CaseIterable {
 /// the row weighs reaches its output. Scores, biases or sums that leave float32's range (a
 /// scale of 1e38, biases summing past −3.4e38, values near 3.4e38) give the float64 result:
 /// rows that a kernel finishes NaN or ±∞, or without weight although keys were allowed, are
-/// computed again in float64.
+/// computed again in float64. Only those rows: an overflow that leaves its row finite and
+/// weighted (a product q·k past 3.4e38 before a tiny scale, or three biases whose float32
+/// running sum passes −3.4e38 and comes back) drops the keys it sends to −∞, as PyTorch's
+/// float32 kernels do. A row computed again can differ from its float32 result by the
+/// rounding of its scores: with a bias of −1e9 on every key, which swamps q·k in float32,
+/// that is a uniform average against the exact softmax.
 ///
 /// The semantics match PyTorch's `torch.nn.functional.scaled_dot_product_attention`
 /// (including `enable_gqa`), with masks in its boolean convention (`true` = attend).

@@ -193,6 +193,22 @@ struct NonFiniteTests {
         }
     }
 
+    /// In a NaN row (an infinite query here), a key whose score is −∞ keeps weight 0 and the
+    /// others are NaN, as in the reference, wherever the NaN scores stand among the keys:
+    /// the float64 pass once stopped scoring at the first NaN and left every later key NaN.
+    @Test(arguments: [[Float(-1), 1, -1], [1, -1, -1], [-1, -1, 1]])
+    func minusInfinityScoresInANaNRowKeepZeroWeight(_ keys: [Float]) throws {
+        let q = try Tensor<Float>(shape: [1, 1, 1, 1], scalars: [.infinity])
+        let k = try Tensor<Float>(shape: [1, 1, 3, 1], scalars: keys)
+        let v = try Tensor<Float>(shape: [1, 1, 3, 2], repeating: 1)
+        let want = referenceAttention(query: q, key: k, value: v)
+        #expect(want.weights.map { $0 == 0 } == keys.map { $0 < 0 }, "the reference: 0 where the score is −∞, NaN elsewhere")
+        for (name, output, weights) in try results(q, k, v, mask: [], scale: nil) {
+            expectMatches(output, want.output, tolerance: 0, "keys \(keys), \(name)")
+            if let weights { expectMatches(weights, want.weights, tolerance: 0, "weights, keys \(keys), \(name)") }
+        }
+    }
+
     /// With `Dv = 0` there is no output to show a row's trouble, so the weights are checked:
     /// scale 1e38 gives the one-hot weights of the reference.
     @Test func weightsOnlyRowsAreRepairedToo() throws {

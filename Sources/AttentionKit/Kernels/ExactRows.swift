@@ -22,10 +22,9 @@ import Darwin
 /// the output itself is beyond float's range.
 ///
 /// Rows are spread over the call's threads. A row whose allowed scores include NaN or +∞ is
-/// NaN as soon as the first one is found (its weights NaN on the allowed keys), so NaN
-/// inputs cost little beyond the keys before it; rows that come out finite cost a float64
-/// pass over their keys and values (SIMD dot products), several times the fast kernels' time
-/// per row.
+/// NaN (its weights NaN on the allowed keys whose score is not −∞), and costs a float64 pass
+/// over its keys; rows that come out finite cost a float64 pass over their keys and values
+/// (SIMD dot products), several times the fast kernels' time per row.
 func repairNonFiniteRows(_ a: KernelArguments) {
     let p = a.problem
     let (S, Dv) = (p.keyLength, p.valueDim)
@@ -67,9 +66,10 @@ struct ExactRowScratch {
 ///     w    = softmax(s) rounded to float, then dropout (the kernels' decisions)
 ///     out  = Σ over keys not left out of w[j] · v_j
 ///
-/// A NaN or +∞ among the allowed scores makes the softmax undefined: the row's weights are
-/// NaN on its allowed keys and its output is NaN. Writes the output row and, when the caller
-/// wants them, the weights row.
+/// A NaN or +∞ among the allowed scores makes the softmax undefined: the row's output is NaN
+/// and so are its weights, except on keys left out (excluded, or scored −∞), which stay 0
+/// wherever they stand in the row. Writes the output row and, when the caller wants them,
+/// the weights row.
 func exactRow(_ a: KernelArguments, row: Int, scratch: ExactRowScratch) {
     let p = a.problem
     let (L, S, Dk, Dv) = (p.queryLength, p.keyLength, p.keyDim, p.valueDim)
@@ -91,13 +91,13 @@ func exactRow(_ a: KernelArguments, row: Int, scratch: ExactRowScratch) {
         (weights + row * S + end).update(repeating: 0, count: S - end)
     }
 
-    // s = q · Kᵀ · scale + bias, −∞ where excluded; stops at the first NaN or +∞.
+    // s = q · Kᵀ · scale + bias, −∞ where excluded. Every score is computed even once the row
+    // is undefined: which keys score −∞ (and so keep weight 0) must not depend on key order.
     var m = -Double.infinity
     var undefined = false
     for j in 0..<end {
         guard a.mask.allows(batch: b, head: h, query: i, key: j, keyLength: S),
               let bias = a.mask.exactBias(batch: b, head: h, query: i, key: j) else { s[j] = -.infinity; continue }
-        if undefined { s[j] = .nan; continue }               // only the allowed set is still needed
         s[j] = exactDot(q, keys + j * Dk, count: Dk) * Double(a.scale) + bias
         if s[j].isNaN || s[j] == .infinity { undefined = true; s[j] = .nan } else { m = max(m, s[j]) }
     }
