@@ -1,3 +1,5 @@
+import Foundation
+
 /// An error thrown for input that AttentionKit cannot compute with.
 ///
 /// Every entry point validates its arguments before touching memory and throws one of
@@ -8,7 +10,7 @@
 /// do {
 ///     _ = try scaledDotProductAttention(query: q, key: k, value: v)
 /// } catch let error as AttentionError {
-///     print(error)   // "query Dk 64 does not match key Dk 32 (query [1, 8, 128, 64], key [1, 8, 128, 32])"
+///     print(error)   // "query Dk 64 does not match key Dk 32 (query [1, 8, 128, 64], key [1, 8, 128, 32], value [1, 8, 128, 64])"
 /// }
 /// ```
 public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -91,6 +93,12 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
 
     /// The explanation, as printed.
     public var description: String { message }
+}
+
+extension AttentionError: LocalizedError {
+    /// The explanation, so that `localizedDescription` (which code written against `Error`
+    /// shows) gives ``message`` rather than a generic sentence.
+    public var errorDescription: String? { message }
 }
 
 /// Formats a shape as `[2, 8, 128, 64]`.

@@ -97,6 +97,26 @@ public enum AttentionThreads {
         try $scoped.withValue(checked(count), operation: body)
     }
 
+    /// Runs the asynchronous `body` with every AttentionKit call inside it using `count`
+    /// threads: calls on the current task and on the child tasks it starts (a task group's
+    /// tasks, `async let`), as ``withCount(_:_:)`` does for a synchronous body.
+    ///
+    /// ```swift
+    /// try await AttentionThreads.withCount(1) {
+    ///     try await withThrowingTaskGroup(of: Tensor<Float>.self) { group in
+    ///         for request in requests { group.addTask { try mha(query: request, key: request, value: request) } }
+    ///         for try await output in group { send(output) }
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// - Throws: ``AttentionError`` with code `.threadCount` when `count` is outside
+    ///   1...``maximum``; otherwise whatever `body` throws.
+    public static func withCount<Result>(_ count: Int, isolation: isolated (any Actor)? = #isolation,
+                                         _ body: () async throws -> Result) async throws -> Result {
+        try await $scoped.withValue(checked(count), operation: body, isolation: isolation)
+    }
+
     /// `count` when it is in 1...``maximum``.
     private static func checked(_ count: Int) throws -> Int {
         guard (1...maximum).contains(count) else {

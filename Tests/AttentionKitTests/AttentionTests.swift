@@ -368,4 +368,32 @@ struct ThreadTests {
         }
         #expect(counts.sorted() == [1, 2, 3, 4])
     }
+
+    /// The asynchronous `withCount` reaches the child tasks its body starts, and an invalid
+    /// count throws before the body runs.
+    @Test func scopedThreadCountAcrossChildTasks() async throws {
+        let outside = try AttentionThreads.count()
+        let q = gridTensor([1, 2, 9, 8], seed: 77)
+        // 3 threads: not what a machine of 1, 2 or 4 cores would use without the scope.
+        let alone = try AttentionThreads.withCount(3) { try scaledDotProductAttention(query: q, key: q, value: q) }
+        let seen = try await AttentionThreads.withCount(3) {
+            try await withThrowingTaskGroup(of: (Int, Tensor<Float>).self) { group in
+                for _ in 0..<4 {
+                    group.addTask { (try AttentionThreads.count(), try scaledDotProductAttention(query: q, key: q, value: q)) }
+                }
+                async let spawned = AttentionThreads.count()
+                var seen = [try await spawned]
+                for try await (count, out) in group {
+                    seen.append(count)
+                    #expect(out == alone)
+                }
+                return seen
+            }
+        }
+        #expect(seen == [3, 3, 3, 3, 3])
+        #expect(try AttentionThreads.count() == outside)
+        var ran = false
+        await #expect(throws: AttentionError.self) { try await AttentionThreads.withCount(0) { await Task.yield(); ran = true } }
+        #expect(!ran)
+    }
 }

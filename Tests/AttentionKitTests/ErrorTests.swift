@@ -13,6 +13,22 @@ struct ErrorTests {
         _ = try scaledDotProductAttention(query: t(q), key: t(k), value: t(v), mask: mask, scale: scale, kernel: kernel)
     }
 
+    /// The message the README and AttentionError's doc quote, and `localizedDescription`
+    /// (what code written against `Error` prints) giving that message, not a generic one.
+    @Test func messageAndLocalizedDescription() throws {
+        let (q, k, v) = (try Tensor<Float>(shape: [1, 8, 128, 64]), try Tensor<Float>(shape: [1, 8, 128, 32]),
+                         try Tensor<Float>(shape: [1, 8, 128, 64]))
+        let quoted = "query Dk 64 does not match key Dk 32 (query [1, 8, 128, 64], key [1, 8, 128, 32], value [1, 8, 128, 64])"
+        do {
+            _ = try scaledDotProductAttention(query: q, key: k, value: v)
+            Issue.record("no error thrown")
+        } catch let error as AttentionError {
+            #expect(error.code == .keyDimensionMismatch && error.message == quoted)
+            #expect((error as any Error).localizedDescription == quoted)
+            #expect("\(error)" == quoted)
+        }
+    }
+
     @Test func tensorConstruction() {
         expectError(.scalarCountMismatch, mentions: ["[2, 3]", "6", "5"]) {
             _ = try Tensor<Float>(shape: [2, 3], scalars: [1, 2, 3, 4, 5])
