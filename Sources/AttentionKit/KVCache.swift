@@ -10,7 +10,8 @@
 /// never O(N²).
 ///
 /// A cache is a value: copying it and decoding with both copies gives two independent
-/// continuations (the storage is copied on the first write after the copy).
+/// continuations (the storage, its whole ``capacity``, is copied on the first write after
+/// the copy).
 ///
 /// ```swift
 /// var cache = mha.makeCache(batch: 1)

@@ -61,11 +61,11 @@ struct READMEExamplesTests {
             (0..<2).flatMap { b in x.scalars[((b * 10 + t) * 512)..<((b * 10 + t + 1) * 512)] }
         }
         // README: cross-attention over a cached memory
-        let encoded = try cross.makeCache(key: memory, value: memory)       // K, V projected once: 30 positions
+        let memoryCache = try cross.makeCache(key: memory, value: memory)   // K, V projected once: 30 positions
         var outputs: [Tensor<Float>] = []
         for step in 0..<3 {
             let states = try Tensor<Float>(shape: [2, 1, 512], scalars: decoderStates(step))   // [B, 1, E]
-            outputs.append(try cross.attend(states, to: encoded, mask: .keyLengths([30, 21]))) // [2, 1, 512] each
+            outputs.append(try cross.attend(states, to: memoryCache, mask: .keyLengths([30, 21])))  // [2, 1, 512] each
         }
         // README end
         // The steps' rows equal the full call's rows 0, 1, 2.
@@ -78,7 +78,7 @@ struct READMEExamplesTests {
             let worst = zip(y, want).map { Swift.abs($0 - $1) }.max()!
             #expect(worst <= 1e-5 * max(1, scale), "step \(t): max difference \(worst)")
         }
-        #expect(encoded.count == 30)
+        #expect(memoryCache.count == 30)
         func decoderRows(_ t: Tensor<Float>, _ row: Int) -> [Float] {
             (0..<2).flatMap { b in t.scalars[((b * 10 + row) * 512)..<((b * 10 + row + 1) * 512)] }
         }
