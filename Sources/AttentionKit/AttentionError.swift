@@ -74,6 +74,9 @@ public struct AttentionError: Error, CustomStringConvertible, Equatable, Sendabl
         /// batch size or capacity; or positions or batch entries asked of it that it does
         /// not hold.
         case cacheMismatch
+        /// A rotary embedding's dimensions are not an even number of at least 2, or more
+        /// than the layer's head width, or its base is not finite and positive.
+        case rotaryEmbedding
     }
 
     /// The kind of problem.

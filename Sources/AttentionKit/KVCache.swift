@@ -317,13 +317,14 @@ extension MultiHeadAttention {
 
         let scratch = Scratch()                                                              // only used when n > 1
         defer { scratch.free() }
-        let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
+        var q: Tensor<Float>? = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
+        rotate(&q, length: n, heads: heads, start: P, threads: threads)                     // queries at positions P ..< P + n
         // Query t (position P + t) sees positions 0 ... P + t: the lower-right causal
         // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage, which also
         // hides the unused capacity. It only ends each row early (row t at P + t + 1), so the
         // kernels skip the rest and no [n, cap] pattern is built.
         let causal = AttentionMask.causalToKeyLengths([Int](repeating: P + n, count: B))
-        let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
+        let attention = try scaledDotProductAttention(query: q!, key: cache.keys, value: cache.values,
                                                       mask: [causal, stepMask],
                                                       kernel: .automatic)                  // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
@@ -366,6 +367,9 @@ extension MultiHeadAttention {
                 }
             }
         }
+        // Keys are cached rotated, at their positions P ..< P + n.
+        rotary?.rotate(keys, batch: B, length: n, heads: kvHeads, width: headDim, tokenMajor: true,
+                       start: cache.count, threads: threads)                                  // [B, n, Hkv, Dk]
         cache.append(keys: keys, values: values, tokens: n)                                   // cache[b, h, P + t, :]
     }
 
@@ -501,9 +505,10 @@ extension MultiHeadAttention {
         let (keys, values) = cache.storedTensors()                                       // [B, Hkv, capacity, D]
         let scratch = Scratch()
         defer { scratch.free() }
-        let q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim,
-                             threads: threads, scratch: scratch)                        // [B, Hq, n, Dk]
-        let attention = try scaledDotProductAttention(query: q, key: keys, value: values,
+        var q: Tensor<Float>? = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim,
+                                             threads: threads, scratch: scratch)        // [B, Hq, n, Dk]
+        rotate(&q, length: n, heads: heads, start: 0, threads: threads)                 // queries at positions 0 ..< n, as in a forward call
+        let attention = try scaledDotProductAttention(query: q!, key: keys, value: values,
                                                       mask: [.keyLengths([Int](repeating: S, count: B)), stored],
                                                       kernel: .automatic)                // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]

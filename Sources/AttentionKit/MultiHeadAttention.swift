@@ -65,6 +65,9 @@ public struct MultiHeadAttention: Sendable {
     public let valueProjection: Linear
     /// `W_o [E_out, Hq·Dv]`, `b_o [E_out]`.
     public let outputProjection: Linear
+    /// Rotary position embeddings applied to the projected queries and keys, or `nil` (the
+    /// Transformer's layer, which leaves positions to its inputs).
+    public let rotary: RotaryEmbedding?
     /// Identifies the layer (and its copies) to the caches it makes.
     let identity: Int
 
@@ -87,13 +90,16 @@ public struct MultiHeadAttention: Sendable {
     ///   - keyProjection: `[Hkv·Dk, keyDim]`.
     ///   - valueProjection: `[Hkv·Dv, valueDim]`, for any Dv ≥ 1.
     ///   - outputProjection: `[E_out, Hq·Dv]`.
+    ///   - rotary: Rotary position embeddings for the queries and keys (a Llama-style
+    ///     model), or `nil` for none.
     /// - Throws: ``AttentionError`` with code `.headWidth` when a head count is not positive
     ///   or a projection width is not divisible by its head count (or is 0), `.headGrouping`
-    ///   when `heads` is not a multiple of `kvHeads`, and `.weightShape` when the key or
-    ///   output projection does not fit the heads.
+    ///   when `heads` is not a multiple of `kvHeads`, `.weightShape` when the key or
+    ///   output projection does not fit the heads, and `.rotaryEmbedding` when `rotary`
+    ///   rotates more coordinates than Dk.
     public init(heads: Int, kvHeads: Int? = nil,
                 queryProjection: Linear, keyProjection: Linear,
-                valueProjection: Linear, outputProjection: Linear) throws {
+                valueProjection: Linear, outputProjection: Linear, rotary: RotaryEmbedding? = nil) throws {
         let kvHeads = kvHeads ?? heads
         guard heads >= 1, kvHeads >= 1 else {
             throw AttentionError(.headWidth, "head counts must be at least 1, got heads \(heads), kvHeads \(kvHeads)")
@@ -124,8 +130,14 @@ public struct MultiHeadAttention: Sendable {
                 "the output projection must take heads·Dv = \(heads)·\(valueHeadDim) = \(heads * valueHeadDim) inputs "
                 + "(value weight \(describe(v))), got weight \(describe(o))")
         }
+        if let rotary, rotary.dimensions > headDim {
+            throw AttentionError(.rotaryEmbedding,
+                "rotary embeddings over \(rotary.dimensions) dimensions do not fit heads of width Dk = \(headDim) "
+                + "(query weight \(describe(q)))")
+        }
         self.heads = heads
         self.kvHeads = kvHeads
+        self.rotary = rotary
         self.headDim = headDim
         self.valueHeadDim = valueHeadDim
         self.queryProjection = queryProjection
@@ -152,11 +164,13 @@ public struct MultiHeadAttention: Sendable {
     ///   - valueDim: The width of the value input (PyTorch's `vdim`); `nil` means E.
     ///   - bias: Whether the projections have (zero-initialised) biases.
     ///   - seed: Selects the weights; equal seeds give equal layers.
+    ///   - rotary: Rotary position embeddings for the queries and keys, or `nil` for none.
     /// - Throws: ``AttentionError`` with code `.headWidth` when E is not a positive multiple
     ///   of `heads`, a head count is not positive or a width is negative, `.headGrouping`
-    ///   when `heads` is not a multiple of `kvHeads`, or `.sizeOverflow` for huge widths.
+    ///   when `heads` is not a multiple of `kvHeads`, `.rotaryEmbedding` when `rotary`
+    ///   rotates more coordinates than Dk, or `.sizeOverflow` for huge widths.
     public init(modelDim: Int, heads: Int, kvHeads: Int? = nil, keyDim: Int? = nil,
-                valueDim: Int? = nil, bias: Bool = true, seed: UInt64 = 0) throws {
+                valueDim: Int? = nil, bias: Bool = true, seed: UInt64 = 0, rotary: RotaryEmbedding? = nil) throws {
         let kvHeads = kvHeads ?? heads
         guard heads >= 1, kvHeads >= 1 else {
             throw AttentionError(.headWidth, "head counts must be at least 1, got heads \(heads), kvHeads \(kvHeads)")
@@ -182,7 +196,8 @@ public struct MultiHeadAttention: Sendable {
             queryProjection: Linear(inputDim: modelDim, outputDim: modelDim, bias: bias, seed: stream &+ 1),
             keyProjection: Linear(inputDim: keyDim ?? modelDim, outputDim: kvHeads * headDim, bias: bias, seed: stream &+ 2),
             valueProjection: Linear(inputDim: valueDim ?? modelDim, outputDim: kvHeads * headDim, bias: bias, seed: stream &+ 3),
-            outputProjection: Linear(inputDim: modelDim, outputDim: modelDim, bias: bias, seed: stream &+ 4))
+            outputProjection: Linear(inputDim: modelDim, outputDim: modelDim, bias: bias, seed: stream &+ 4),
+            rotary: rotary)
     }
 
     /// Attention of `query` over `key`/`value`: projections, heads, scaled dot-product
@@ -324,6 +339,8 @@ extension MultiHeadAttention {
         var q: Tensor<Float>? = projectHeads(queryProjection, query, batch: B, length: L, heads: heads, width: headDim, threads: threads, scratch: scratch)   // [B, Hq, L, Dk]
         var k: Tensor<Float>? = projectHeads(keyProjection, key, batch: B, length: S, heads: kvHeads, width: headDim, threads: threads, scratch: scratch)     // [B, Hkv, S, Dk]
         var v: Tensor<Float>? = projectHeads(valueProjection, value, batch: B, length: S, heads: kvHeads, width: valueHeadDim, threads: threads, scratch: scratch) // [B, Hkv, S, Dv]
+        rotate(&q, length: L, heads: heads, start: 0, threads: threads)                 // queries at positions 0 ..< L
+        rotate(&k, length: S, heads: kvHeads, start: 0, threads: threads)               // keys at positions 0 ..< S
 
         var attention: Tensor<Float>?                                                   // [B, Hq, L, Dv]
         var weights: Tensor<Float>? = nil                                               // [B, Hq, L, S]
@@ -342,6 +359,17 @@ extension MultiHeadAttention {
             weights = weights.map { Tensor(validatedShape: [heads, L, S], scalars: $0.scalars) }  // [Hq, L, S]
         }
         return (output, weights)
+    }
+
+    /// Applies ``rotary`` (if any) in place to heads `[B, H, T, Dk]` at positions
+    /// `start ..< start + T`.
+    func rotate(_ x: inout Tensor<Float>?, length T: Int, heads H: Int, start: Int, threads: Int) {
+        guard let rotary, x != nil else { return }
+        let B = x!.shape[0]
+        x!.withUnsafeMutableBufferPointer { buffer in
+            guard let base = buffer.baseAddress else { return }
+            rotary.rotate(base, batch: B, length: T, heads: H, width: headDim, tokenMajor: false, start: start, threads: threads)
+        }
     }
 
     /// Projects `input` `[B, T, in]` and splits the result into heads: `[B, H, T, D]`.

@@ -12,6 +12,9 @@ struct ReferenceWeights {
     var kvHeads: Int
     var wq, wk, wv, wo: (rows: Int, cols: Int, data: [Double])
     var bq, bk, bv, bo: [Double]?
+    /// Rotary embeddings: R, the base, and whether pairs are neighbours (GPT-J) rather than
+    /// halves (Hugging Face's rotate_half).
+    var rotary: (dimensions: Int, base: Double, interleaved: Bool)?
 
     init(_ layer: MultiHeadAttention) {
         func matrix(_ t: Tensor<Float>) -> (rows: Int, cols: Int, data: [Double]) {
@@ -27,6 +30,7 @@ struct ReferenceWeights {
         bk = layer.keyProjection.bias?.scalars.map(Double.init)
         bv = layer.valueProjection.bias?.scalars.map(Double.init)
         bo = layer.outputProjection.bias?.scalars.map(Double.init)
+        rotary = layer.rotary.map { ($0.dimensions, $0.base, $0.pairing == .interleaved) }
     }
 }
 
@@ -48,7 +52,7 @@ func referenceLinear(_ x: [Double], rows: Int, _ w: (rows: Int, cols: Int, data:
 /// the weights `[B·Hq·L·S]`, flat.
 func referenceMultiHeadAttention(
     _ w: ReferenceWeights, query: Tensor<Float>, key: Tensor<Float>, value: Tensor<Float>,
-    mask: [MaskSpec] = []
+    mask: [MaskSpec] = [], queryStart: Int = 0, keyStart: Int = 0
 ) -> (output: [Double], weights: [Double]) {
     let rank = query.rank
     let B = rank == 3 ? query.shape[0] : 1
@@ -58,8 +62,12 @@ func referenceMultiHeadAttention(
     let group = Hq / Hkv
 
     // Projections, row by row: Q [B·L, Hq·Dk], K [B·S, Hkv·Dk], V [B·S, Hkv·Dv].
-    let q = referenceLinear(query.scalars.map(Double.init), rows: B * L, w.wq, w.bq)
-    let k = referenceLinear(key.scalars.map(Double.init), rows: B * S, w.wk, w.bk)
+    var q = referenceLinear(query.scalars.map(Double.init), rows: B * L, w.wq, w.bq)
+    var k = referenceLinear(key.scalars.map(Double.init), rows: B * S, w.wk, w.bk)
+    if let r = w.rotary {
+        referenceRotate(&q, rows: B, length: L, heads: Hq, width: Dk, r, start: queryStart)
+        referenceRotate(&k, rows: B, length: S, heads: Hkv, width: Dk, r, start: keyStart)
+    }
     let v = referenceLinear(value.scalars.map(Double.init), rows: B * S, w.wv, w.bv)
 
     let scale = 1 / Double(Dk).squareRoot()
@@ -97,11 +105,36 @@ func referenceMultiHeadAttention(
     return (referenceLinear(concat, rows: B * L, w.wo, w.bo), weights)
 }
 
+/// Rotary position embeddings (Su et al. 2021, §3.4) in float64 on projection rows
+/// `[B, T, H·D]`: the token at position p = start + t turns each pair (x_a, x_b) of the first
+/// R coordinates of every head by the angle p·base^(−2i/R), i the pair's index; pairs are
+/// (i, i + R/2) or, interleaved, (2i, 2i + 1).
+func referenceRotate(_ x: inout [Double], rows B: Int, length T: Int, heads H: Int, width D: Int,
+                     _ r: (dimensions: Int, base: Double, interleaved: Bool), start: Int) {
+    let half = r.dimensions / 2
+    for b in 0..<B {
+        for t in 0..<T {
+            let p = Double(start + t)
+            for h in 0..<H {
+                let head = ((b * T + t) * H + h) * D
+                for i in 0..<half {
+                    let angle = p / Foundation.pow(r.base, Double(2 * i) / Double(r.dimensions))
+                    let (ia, ib) = r.interleaved ? (head + 2 * i, head + 2 * i + 1) : (head + i, head + i + half)
+                    let (xa, xb) = (x[ia], x[ib])
+                    x[ia] = xa * Foundation.cos(angle) - xb * Foundation.sin(angle)
+                    x[ib] = xb * Foundation.cos(angle) + xa * Foundation.sin(angle)
+                }
+            }
+        }
+    }
+}
+
 /// A layer with weights on a grid (multiples of 1/64, |w| ≤ 1/2) and biases (multiples of
 /// 1/16, |b| ≤ 2), so that projections of grid inputs are exact in float32 and the
 /// comparison measures the attention and the output projection.
 func gridLayer(modelDim E: Int, heads: Int, kvHeads: Int? = nil, keyDim: Int? = nil, valueDim: Int? = nil,
-               valueHeadDim: Int? = nil, outputDim: Int? = nil, bias: Bool = true, seed: UInt64) throws -> MultiHeadAttention {
+               valueHeadDim: Int? = nil, outputDim: Int? = nil, bias: Bool = true, rotary: RotaryEmbedding? = nil,
+               seed: UInt64) throws -> MultiHeadAttention {
     let kv = kvHeads ?? heads
     let Dk = E / heads
     let Dv = valueHeadDim ?? Dk
@@ -114,7 +147,8 @@ func gridLayer(modelDim E: Int, heads: Int, kvHeads: Int? = nil, keyDim: Int? = 
         queryProjection: linear(E, E, 1),
         keyProjection: linear(kv * Dk, keyDim ?? E, 2),
         valueProjection: linear(kv * Dv, valueDim ?? E, 3),
-        outputProjection: linear(outputDim ?? E, heads * Dv, 4))
+        outputProjection: linear(outputDim ?? E, heads * Dv, 4),
+        rotary: rotary)
 }
 
 /// The tolerance for a layer's float32 output against the float64 reference: float32
