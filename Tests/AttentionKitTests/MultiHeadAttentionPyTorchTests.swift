@@ -4,7 +4,8 @@
 // how, and which torch produced it): torch.nn.MultiheadAttention (batch_first, with and
 // without bias, packed and separate q/k/v weights for kdim/vdim, key_padding_mask, boolean
 // and float attn_mask, need_weights with average_attn_weights=False) and a grouped-query
-// layer built from F.scaled_dot_product_attention(enable_gqa=True). Expected values were
+// layer built from F.scaled_dot_product_attention(enable_gqa=True), with and without rotary
+// position embeddings (Hugging Face's rotate_half and GPT-J's interleaved pairs). Expected values were
 // computed by torch in float64; outputs and weights must match within 1e-5 absolute.
 //
 // The layers are built the way a user porting a model would: the "mha" cases through
@@ -25,6 +26,13 @@ private enum MaskFixture: Decodable, Sendable {
     }
 }
 
+/// Rotary embeddings of a "gqa" case: R, the base, and "halves" or "interleaved".
+private struct RotaryFixture: Decodable, Sendable {
+    let dimensions: Int
+    let base: Double
+    let pairing: String
+}
+
 private struct MHAFixtureCase: Decodable, Sendable {
     let name: String
     let kind: String
@@ -37,6 +45,7 @@ private struct MHAFixtureCase: Decodable, Sendable {
     let value: FloatTensorFixture
     let keyPaddingMask: BoolTensorFixture?
     let attnMask: MaskFixture?
+    let rotary: RotaryFixture?
     let output: FloatTensorFixture
     let weights: FloatTensorFixture
 }
@@ -54,6 +63,9 @@ private let expectedCases = [
     "mha-unbatched-kdim-key-padding",
     "gqa-8-2-causal-self",
     "gqa-6-1-cross",
+    "rope-llama-4-2-causal",
+    "rope-gptj-interleaved-partial",
+    "rope-neox-partial-mqa",
 ]
 
 
@@ -69,12 +81,17 @@ private func optionalParam(_ c: MHAFixtureCase, _ name: String) throws -> Tensor
 /// The layer, built as a user would from PyTorch's parameters.
 private func layer(for c: MHAFixtureCase) throws -> MultiHeadAttention {
     if c.kind == "gqa" {
+        let rotary = try c.rotary.map { r -> RotaryEmbedding in
+            let pairing = try #require(RotaryEmbedding.Pairing(rawValue: r.pairing), "\(c.name): pairing \(r.pairing)")
+            return try RotaryEmbedding(dimensions: r.dimensions, base: r.base, pairing: pairing)
+        }
         return try MultiHeadAttention(
             heads: c.heads, kvHeads: c.kvHeads,
             queryProjection: Linear(weight: param(c, "q_weight"), bias: param(c, "q_bias")),
             keyProjection: Linear(weight: param(c, "k_weight"), bias: param(c, "k_bias")),
             valueProjection: Linear(weight: param(c, "v_weight"), bias: param(c, "v_bias")),
-            outputProjection: Linear(weight: param(c, "o_weight"), bias: param(c, "o_bias")))
+            outputProjection: Linear(weight: param(c, "o_weight"), bias: param(c, "o_bias")),
+            rotary: rotary)
     }
     if c.params["in_proj_weight"] != nil {
         return try MultiHeadAttention(heads: c.heads, inProjWeight: param(c, "in_proj_weight"),
@@ -149,10 +166,11 @@ struct MultiHeadAttentionPyTorchTests {
         expectClose(try mha(query: q, key: k, value: v, mask: m), c.output, "\(name) output without weights")
     }
 
-    @Test("the causal GQA fixture decodes token by token to PyTorch's output")
-    func decodeMatches() throws {
+    @Test("the causal GQA fixtures decode token by token to PyTorch's output",
+          arguments: ["gqa-8-2-causal-self", "rope-llama-4-2-causal", "rope-gptj-interleaved-partial"])
+    func decodeMatches(_ name: String) throws {
         let file = try loadFixture("pytorch-mha", as: MHAFixtureFile.self)
-        let c = try #require(file.cases.first { $0.name == "gqa-8-2-causal-self" })
+        let c = try #require(file.cases.first { $0.name == name })
         let mha = try layer(for: c)
         let x = try c.query.tensor()                              // [B, L, E]
         let (B, L, E) = (x.shape[0], x.shape[1], x.shape[2])

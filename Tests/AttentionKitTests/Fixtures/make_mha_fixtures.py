@@ -24,6 +24,12 @@ What the fixtures contain
   F.scaled_dot_product_attention(q, k, v, is_causal=..., enable_gqa=True), heads merged
   and the output projection applied. Weights are softmax(q k^T / sqrt(D) + causal mask)
   with the key/value head h // (Hq / Hkv).
+* "gqa" cases with a "rotary" entry: the same layer with rotary position embeddings on q and
+  k after the projections, written out here as Hugging Face's Llama / GPT-NeoX code does
+  (inv_freq = 1 / base^(arange(0, R, 2) / R), cos/sin of position * inv_freq,
+  x * cos + rotate_half(x) * sin on the first R coordinates of each head, the rest passed
+  through) or, with pairing "interleaved", as GPT-J does (rotate_every_two on neighbouring
+  coordinates). Positions are 0 ..< L for queries and 0 ..< S for keys.
 * Every expected value is computed in float64 (the module converted with .double(), inputs
   converted from their float32 values). The script asserts that torch's own float32 result
   agrees with the float64 one to 1e-5, so the 1e-5 tolerance of the Swift test is one that
@@ -108,12 +114,40 @@ def mha_case(name, E, H, B, L, S, bias=True, kdim=None, vdim=None, key_padding=N
     return case
 
 
-def gqa_forward(p, q_in, k_in, v_in, Hq, Hkv, causal):
+def rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rotate_every_two(x):
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_rotary(x, rotary):
+    """x [B, H, T, D] at positions 0 ..< T; rotates the first R coordinates of each head."""
+    R, base, pairing = rotary["dimensions"], rotary["base"], rotary["pairing"]
+    T = x.shape[2]
+    inv_freq = 1.0 / (base ** (torch.arange(0, R, 2, dtype=torch.int64).to(x.dtype) / R))
+    freqs = torch.outer(torch.arange(T, dtype=x.dtype), inv_freq)          # [T, R/2]
+    rot, rest = x[..., :R], x[..., R:]
+    if pairing == "halves":
+        emb = torch.cat((freqs, freqs), dim=-1)                             # [T, R]
+        rot = rot * emb.cos() + rotate_half(rot) * emb.sin()
+    else:
+        emb = freqs.repeat_interleave(2, dim=-1)                            # [T, R]
+        rot = rot * emb.cos() + rotate_every_two(rot) * emb.sin()
+    return torch.cat((rot, rest), dim=-1)
+
+
+def gqa_forward(p, q_in, k_in, v_in, Hq, Hkv, causal, rotary=None):
     B, L, _ = q_in.shape
     S = k_in.shape[1]
     D = p["q_weight"].shape[0] // Hq
     q = F.linear(q_in, p["q_weight"], p["q_bias"]).view(B, L, Hq, D).transpose(1, 2)
     k = F.linear(k_in, p["k_weight"], p["k_bias"]).view(B, S, Hkv, D).transpose(1, 2)
+    if rotary is not None:
+        q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
     v = F.linear(v_in, p["v_weight"], p["v_bias"]).view(B, S, Hkv, -1).transpose(1, 2)
     a = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
     out = F.linear(a.transpose(1, 2).reshape(B, L, -1), p["o_weight"], p["o_bias"])
@@ -125,7 +159,7 @@ def gqa_forward(p, q_in, k_in, v_in, Hq, Hkv, causal):
     return out, scores.softmax(-1)
 
 
-def gqa_case(name, E, Hq, Hkv, B, L, S, causal):
+def gqa_case(name, E, Hq, Hkv, B, L, S, causal, rotary=None):
     D = E // Hq
     shapes = {"q": (Hq * D, E), "k": (Hkv * D, E), "v": (Hkv * D, E), "o": (E, Hq * D)}
     p = {}
@@ -135,15 +169,18 @@ def gqa_case(name, E, Hq, Hkv, B, L, S, causal):
     x = randn(B, L, E)
     mem = x if S == L else randn(B, S, E)
     with torch.no_grad():
-        out32, w32 = gqa_forward(p, x, mem, mem, Hq, Hkv, causal)
+        out32, w32 = gqa_forward(p, x, mem, mem, Hq, Hkv, causal, rotary)
         p64 = {key: value.double() for key, value in p.items()}
-        out64, w64 = gqa_forward(p64, x.double(), mem.double(), mem.double(), Hq, Hkv, causal)
+        out64, w64 = gqa_forward(p64, x.double(), mem.double(), mem.double(), Hq, Hkv, causal, rotary)
     check_close(out32, out64, f"{name} output")
     check_close(w32, w64, f"{name} weights")
-    return {"name": name, "kind": "gqa", "heads": Hq, "kvHeads": Hkv, "causal": causal,
+    case = {"name": name, "kind": "gqa", "heads": Hq, "kvHeads": Hkv, "causal": causal,
             "params": {key: encode(value) for key, value in p.items()},
             "query": encode(x), "key": encode(mem), "value": encode(mem),
             "output": encode(out64), "weights": encode(w64)}
+    if rotary is not None:
+        case["rotary"] = rotary
+    return case
 
 
 def main():
@@ -176,6 +213,15 @@ def main():
     cases.append(gqa_case("gqa-8-2-causal-self", E=32, Hq=8, Hkv=2, B=2, L=7, S=7, causal=True))
     # 7. MQA cross-attention, L != S.
     cases.append(gqa_case("gqa-6-1-cross", E=24, Hq=6, Hkv=1, B=2, L=3, S=9, causal=False))
+    # 8. Llama-style: GQA, causal, rotary embeddings over the whole head (rotate_half).
+    cases.append(gqa_case("rope-llama-4-2-causal", E=32, Hq=4, Hkv=2, B=2, L=9, S=9, causal=True,
+                          rotary={"dimensions": 8, "base": 10000.0, "pairing": "halves"}))
+    # 9. GPT-J-style: interleaved pairs on 4 of 8 coordinates, causal.
+    cases.append(gqa_case("rope-gptj-interleaved-partial", E=24, Hq=3, Hkv=3, B=1, L=6, S=6, causal=True,
+                          rotary={"dimensions": 4, "base": 10000.0, "pairing": "interleaved"}))
+    # 10. GPT-NeoX-style partial rotary (4 of 16, base 100), MQA, not causal.
+    cases.append(gqa_case("rope-neox-partial-mqa", E=32, Hq=2, Hkv=1, B=2, L=7, S=7, causal=False,
+                          rotary={"dimensions": 4, "base": 100.0, "pairing": "halves"}))
 
     out = {"generator": f"torch {torch.__version__}, make_mha_fixtures.py, seed {SEED}", "cases": cases}
     with open(OUT_PATH, "w") as f:
