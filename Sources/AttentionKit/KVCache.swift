@@ -240,6 +240,9 @@ extension MultiHeadAttention {
     /// output[:, t] = MHA of token P + t over positions 0 ... P + t     [B, n, E_out]
     /// ```
     ///
+    /// With ``rotary`` embeddings, the new queries and keys are rotated to their positions
+    /// `P ..< P + n`, and the keys are cached rotated.
+    ///
     /// Without a mask this is causal self-attention computed incrementally: decoding a
     /// sequence one token at a time, or in chunks of any size, gives the rows of
     /// `self(query: x, key: x, value: x, mask: .causal(.upperLeft))` over the whole sequence
@@ -470,7 +473,8 @@ extension MultiHeadAttention {
     /// with K and V the cache's S = ``KVCache/count`` positions, so the result equals
     /// `self(query: tokens, key: key, value: value, mask: mask)` for the key and value the
     /// cache was made from (up to float rounding), at the cost of the query and output
-    /// projections only.
+    /// projections only. With ``rotary`` embeddings the queries are rotated to positions
+    /// `0 ..< n`, as in that call.
     ///
     /// - Parameters:
     ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1.

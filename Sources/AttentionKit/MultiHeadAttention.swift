@@ -4,8 +4,8 @@ import Synchronization
 /// grouped-query heads and a KV cache for token-by-token decoding.
 ///
 /// ```
-/// Q = query · W_qᵀ + b_q      [B, L, Hq·Dk]   → heads [B, Hq, L, Dk]
-/// K = key   · W_kᵀ + b_k      [B, S, Hkv·Dk]  → heads [B, Hkv, S, Dk]
+/// Q = query · W_qᵀ + b_q      [B, L, Hq·Dk]   → heads [B, Hq, L, Dk]   (rotated, with ``rotary``)
+/// K = key   · W_kᵀ + b_k      [B, S, Hkv·Dk]  → heads [B, Hkv, S, Dk]  (rotated, with ``rotary``)
 /// V = value · W_vᵀ + b_v      [B, S, Hkv·Dv]  → heads [B, Hkv, S, Dv]
 /// A = softmax(Q·Kᵀ/√Dk + mask) · V            [B, Hq, L, Dv]  (query head h uses K/V head h / (Hq/Hkv))
 /// output = concat_h(A) · W_oᵀ + b_o           [B, L, E_out]
@@ -28,11 +28,11 @@ import Synchronization
 ///
 /// and for generation, ``makeCache(batch:capacity:)`` and ``decode(_:cache:mask:)``.
 ///
-/// Like PyTorch's `nn.MultiheadAttention`, the layer adds no positions of its own: positions
-/// added to its inputs work, and ALiBi is an ``AttentionMask/additive(_:)`` bias, but rotary
-/// embeddings (RoPE), which rotate Q and K between the projections and the scores, have no
-/// step here. The scores are always scaled by 1/√Dk; for another factor c, scale the query
-/// projection's weight and bias by c·√Dk.
+/// Positions: like PyTorch's `nn.MultiheadAttention`, the layer adds none of its own unless
+/// given ``rotary`` embeddings (RoPE, as in Llama), which rotate the projected Q and K heads
+/// before the scores. Positions added to the inputs work either way, and ALiBi is an
+/// ``AttentionMask/additive(_:)`` bias. The scores are always scaled by 1/√Dk; for another
+/// factor c, scale the query projection's weight and bias by c·√Dk.
 ///
 /// How it runs: each projection is one `cblas_sgemm` over all B·L (or B·S) rows (sgemv for
 /// up to three rows; see ``Linear``), on ``AttentionThreads/count()`` OpenBLAS threads. The
@@ -78,7 +78,7 @@ public struct MultiHeadAttention: Sendable {
     /// The width of the value input (PyTorch's `vdim`); E unless given otherwise.
     public var valueDim: Int { valueProjection.inputDim }
     /// E_out, the width of the output (E for layers made by
-    /// ``init(modelDim:heads:kvHeads:keyDim:valueDim:bias:seed:)``).
+    /// ``init(modelDim:heads:kvHeads:keyDim:valueDim:bias:seed:rotary:)``).
     public var outputDim: Int { outputProjection.outputDim }
 
     /// Creates a layer from four projections in PyTorch's `nn.Linear` layout.

@@ -5,7 +5,7 @@ import Testing
 // The code of README.md's "Multi-head attention" section, compiled and run here. Each test
 // holds one README snippet verbatim between the `README` markers; what comes before the
 // first marker supplies the inputs the README leaves to the reader (xs, ms, decoderStates, prompt, the
-// PyTorch tensors). If you edit a snippet, edit it in both places.
+// PyTorch tensors, promptStates, nextState). If you edit a snippet, edit it in both places.
 
 /// Deterministic stand-in data for the README's inputs.
 private func data(_ count: Int, seed: UInt64) -> [Float] { normalTensor([count], seed: seed).scalars }
@@ -133,6 +133,35 @@ struct READMEExamplesTests {
         #expect(zip(out.scalars, unmasked.scalars).map { Swift.abs($0 - $1) }.max()! > 1e-2 * scale, "the masks changed nothing")
     }
 
+    @Test("rotary embeddings: a Llama-style layer decodes a prompt and a token")
+    func rotary() throws {
+        let (E, Hq, Hkv, D) = (256, 8, 2, 32)
+        let qProj = try Tensor<Float>(shape: [Hq * D, E], scalars: data(Hq * D * E, seed: 20).map { $0 * 0.05 })
+        let kProj = try Tensor<Float>(shape: [Hkv * D, E], scalars: data(Hkv * D * E, seed: 21).map { $0 * 0.05 })
+        let vProj = try Tensor<Float>(shape: [Hkv * D, E], scalars: data(Hkv * D * E, seed: 22).map { $0 * 0.05 })
+        let oProj = try Tensor<Float>(shape: [E, Hq * D], scalars: data(E * Hq * D, seed: 23).map { $0 * 0.05 })
+        let x = try Tensor<Float>(shape: [1, 13, E], scalars: data(13 * E, seed: 24))
+        let promptStates = try Tensor<Float>(shape: [1, 12, E], scalars: Array(x.scalars[0..<(12 * E)]))
+        let nextState = try Tensor<Float>(shape: [1, 1, E], scalars: Array(x.scalars[(12 * E)...]))
+        // README: rotary embeddings
+        // From a Hugging Face LlamaAttention: q_proj, k_proj, v_proj, o_proj (no biases), rope_theta.
+        let llama = try MultiHeadAttention(heads: 8, kvHeads: 2,
+                                           queryProjection: Linear(weight: qProj),   // [Hq·D, E]  [256, 256]
+                                           keyProjection: Linear(weight: kProj),     // [Hkv·D, E] [64, 256]
+                                           valueProjection: Linear(weight: vProj),   // [Hkv·D, E] [64, 256]
+                                           outputProjection: Linear(weight: oProj),  // [E, Hq·D]  [256, 256]
+                                           rotary: RotaryEmbedding(dimensions: 32, base: 10_000, pairing: .halves))
+        var llamaCache = llama.makeCache(batch: 1, capacity: 256)
+        let first = try llama.decode(promptStates, cache: &llamaCache)   // [1, 12, 256]: positions 0 ..< 12
+        let next = try llama.decode(nextState, cache: &llamaCache)       // [1, 1, 256]: position 12
+        // README end
+        #expect(first.shape == [1, 12, 256] && next.shape == [1, 1, 256] && llamaCache.count == 13)
+        let want = referenceMultiHeadAttention(ReferenceWeights(llama), query: x, key: x, value: x, mask: [.causal(.upperLeft)])
+        let decoded = try Tensor<Float>(shape: [1, 13, E], scalars: first.scalars + next.scalars)
+        assertClose(decoded, want.output, shape: [1, 13, E], absolute: layerTolerance(llama, value: x), relative: 0,
+                    "Llama-style layer, decoded")
+    }
+
     @Test("README.md's multi-head attention snippets are exactly the code of these tests")
     func readmeMatches() throws {
         let readme = try readmeText(besides: #filePath)
@@ -141,7 +170,7 @@ struct READMEExamplesTests {
             .components(separatedBy: "\n## ").first!
         let blocks = swiftBlocks(section)
         let snippets = try readmeSnippets(in: #filePath).map(\.code)
-        #expect(blocks.count == 6 && snippets.count == 6, "\(blocks.count) README blocks, \(snippets.count) test snippets")
+        #expect(blocks.count == 7 && snippets.count == 7, "\(blocks.count) README blocks, \(snippets.count) test snippets")
         for (block, snippet) in zip(blocks, snippets) {
             #expect(block == snippet, "README block differs from its test:\n\(block)\n---\n\(snippet)")
         }
