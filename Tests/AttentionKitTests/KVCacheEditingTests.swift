@@ -6,17 +6,6 @@ import Testing
 /// sequences the edited cache stands for, against the float64 reference.
 @Suite("KV cache editing")
 struct KVCacheEditingTests {
-    /// `[B, T, E]` pieces joined along the sequence.
-    func concat(_ parts: [Tensor<Float>]) -> Tensor<Float> {
-        let (B, E) = (parts[0].shape[0], parts[0].shape[2])
-        let total = parts.map { $0.shape[1] }.reduce(0, +)
-        var scalars: [Float] = []
-        for b in 0..<B {
-            for p in parts { let n = p.shape[1]; scalars += p.scalars[(b * n * E)..<((b + 1) * n * E)] }
-        }
-        return try! Tensor(shape: [B, total, E], scalars: scalars)
-    }
-
     /// Batch entries `indices` of `x` `[B, T, E]`, in that order.
     func entries(_ x: Tensor<Float>, _ indices: [Int]) -> Tensor<Float> {
         let (T, E) = (x.shape[1], x.shape[2])
@@ -47,7 +36,7 @@ struct KVCacheEditingTests {
         let first = try layer.decode(slice(y, 0..<2), cache: &cache)
         let rest = try layer.decode(slice(y, 2..<6), cache: &cache)
         #expect(cache.count == 13 && cache.reallocations == reallocations)    // 13 fit the storage kept
-        checkCausal(layer, concat([slice(x, 0..<7), y]), decoded: concat([prompt, first, rest]), "prompt then y after rollback")
+        checkCausal(layer, joined([slice(x, 0..<7), y]), decoded: joined([prompt, first, rest]), "prompt then y after rollback")
         // Removing nothing, and everything.
         try cache.removeLast(0)
         #expect(cache.count == 13)
@@ -64,21 +53,21 @@ struct KVCacheEditingTests {
         var cache = layer.makeCache(batch: 3)
         let head = try layer.decode(slice(x, 0..<6), cache: &cache)
         let tail = try layer.decode(slice(x, 6..<9), cache: &cache)
-        let before = concat([head, tail])
+        let before = joined([head, tail])
         for indices in [[2, 0, 2, 1], [1], [2, 1, 0]] {
             var selected = try cache.selectingBatch(indices)
             #expect(selected.batch == indices.count && selected.count == 9 && selected.capacity == cache.capacity)
             let z = gridTensor([indices.count, 4, 24], seed: 512 + UInt64(indices.count))
             let z1 = try layer.decode(slice(z, 0..<1), cache: &selected)
             let z2 = try layer.decode(slice(z, 1..<4), cache: &selected)
-            checkCausal(layer, concat([entries(x, indices), z]), decoded: concat([entries(before, indices), z1, z2]),
+            checkCausal(layer, joined([entries(x, indices), z]), decoded: joined([entries(before, indices), z1, z2]),
                         "entries \(indices)")
         }
         // The source cache is unchanged and goes on with its own sequences.
         #expect(cache.batch == 3 && cache.count == 9)
         let w = gridTensor([3, 2, 24], seed: 520)
         let next = try layer.decode(w, cache: &cache)
-        checkCausal(layer, concat([x, w]), decoded: concat([before, next]), "source after selections")
+        checkCausal(layer, joined([x, w]), decoded: joined([before, next]), "source after selections")
     }
 
     @Test("selectingBatch before anything is stored, and an empty selection")

@@ -14,17 +14,6 @@ struct RotaryEmbeddingTests {
         ("interleaved, partial 2 of 8", try! RotaryEmbedding(dimensions: 2, pairing: .interleaved)),
     ]
 
-    /// `[B, T, E]` pieces joined along the sequence.
-    func concat(_ parts: [Tensor<Float>]) -> Tensor<Float> {
-        let (B, E) = (parts[0].shape[0], parts[0].shape[2])
-        let total = parts.map { $0.shape[1] }.reduce(0, +)
-        var scalars: [Float] = []
-        for b in 0..<B {
-            for p in parts { let n = p.shape[1]; scalars += p.scalars[(b * n * E)..<((b + 1) * n * E)] }
-        }
-        return try! Tensor(shape: [B, total, E], scalars: scalars)
-    }
-
     @Test("forward pass: self- and cross-attention, GQA, masks, weights", arguments: rotaries.indices)
     func forward(_ index: Int) throws {
         let (name, rotary) = Self.rotaries[index]
@@ -69,13 +58,13 @@ struct RotaryEmbeddingTests {
         }
         let tolerance = layerTolerance(layer, value: x)
         let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: [.causal(.upperLeft)])
-        assertClose(concat(outputs), want.output, shape: [2, 23, 32], absolute: tolerance, relative: 0, "\(name): decoded")
+        assertClose(joined(outputs), want.output, shape: [2, 23, 32], absolute: tolerance, relative: 0, "\(name): decoded")
         // Roll back 12 positions and decode other tokens: they take positions 11 ..< 15.
         try cache.removeLast(12)
         let y = gridTensor([2, 4, 32], seed: 622)
         let again = try layer.decode(y, cache: &cache)
-        let joined = concat([slice(x, 0..<11), y])
-        let full = referenceMultiHeadAttention(ReferenceWeights(layer), query: joined, key: joined, value: joined,
+        let sequence = joined([slice(x, 0..<11), y])
+        let full = referenceMultiHeadAttention(ReferenceWeights(layer), query: sequence, key: sequence, value: sequence,
                                                mask: [.causal(.upperLeft)])
         var rows: [Double] = []
         for b in 0..<2 {

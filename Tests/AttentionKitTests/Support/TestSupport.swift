@@ -108,3 +108,15 @@ func slice(_ x: Tensor<Float>, _ range: Range<Int>) -> Tensor<Float> {
     for b in 0..<B { scalars += x.scalars[((b * T + range.lowerBound) * E)..<((b * T + range.upperBound) * E)] }
     return try! Tensor(shape: [B, range.count, E], scalars: scalars)
 }
+
+/// Sequence tensors `[B, T_i, E]` joined along the sequence: `[B, Σ T_i, E]` (what decoding
+/// piece by piece returns, put back together).
+func joined(_ parts: [Tensor<Float>]) -> Tensor<Float> {
+    let (B, E) = (parts[0].shape[0], parts[0].shape[2])
+    let total = parts.map { $0.shape[1] }.reduce(0, +)
+    var scalars: [Float] = []
+    for b in 0..<B {
+        for p in parts { let n = p.shape[1]; scalars += p.scalars[(b * n * E)..<((b + 1) * n * E)] }
+    }
+    return try! Tensor(shape: [B, total, E], scalars: scalars)
+}
