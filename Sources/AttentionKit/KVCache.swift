@@ -99,38 +99,45 @@ public struct KVCache: Sendable {
         var selected = KVCache(layer: layer, kvHeads: kvHeads, headDim: headDim, valueHeadDim: valueHeadDim,
                                batch: indices.count, capacity: requestedCapacity)
         guard capacity > 0 else { return selected }                      // nothing stored yet
-        let keyShape = [indices.count, kvHeads, capacity, headDim]
-        let valueShape = [indices.count, kvHeads, capacity, valueHeadDim]
-        try checkAllocation(count: elementCount(of: keyShape).addingReportingOverflow(elementCount(of: valueShape)),
-                            of: Float.self, "a KV cache of \(indices.count) batch entries (keys \(describe(keyShape)), "
-                                + "values \(describe(valueShape)))")
-        selected.keys = gathered(keys, width: headDim, indices)
-        selected.values = gathered(values, width: valueHeadDim, indices)
+        try checkStorage(batch: indices.count, positions: capacity)
+        selected.keys = copied(keys, width: headDim, entries: indices, rows: capacity)
+        selected.values = copied(values, width: valueHeadDim, entries: indices, rows: capacity)
         selected.capacity = capacity
         selected.count = count
         return selected
     }
 
-    /// The batch entries `indices` of `storage` (`[B, Hkv, capacity, D]`): the first `count`
-    /// rows of each of their heads copied, the rest zero.
-    private func gathered(_ storage: Tensor<Float>, width: Int, _ indices: [Int]) -> Tensor<Float> {
-        let head = capacity * width                                      // one head's block
-        var scalars = [Float](repeating: 0, count: indices.count * kvHeads * head)
+    /// `.sizeOverflow` unless key and value storage for `batch` entries of `positions`
+    /// positions fits in memory.
+    private func checkStorage(batch: Int, positions: Int) throws {
+        let keyShape = [batch, kvHeads, positions, headDim]
+        let valueShape = [batch, kvHeads, positions, valueHeadDim]
+        try checkAllocation(count: elementCount(of: keyShape).addingReportingOverflow(elementCount(of: valueShape)),
+                            of: Float.self, "a KV cache of \(positions) positions for \(batch) batch entries "
+                                + "(keys \(describe(keyShape)), values \(describe(valueShape)))")
+    }
+
+    /// New storage `[entries.count, Hkv, rows, D]` holding the batch entries `entries` of
+    /// `storage` (`[B, Hkv, capacity, D]`): the first `count` rows of each of their heads
+    /// copied, the rest zero. Growing the cache re-lays every entry with more rows; selecting
+    /// entries keeps the rows.
+    private func copied(_ storage: Tensor<Float>, width: Int, entries: [Int], rows: Int) -> Tensor<Float> {
+        var scalars = [Float](repeating: 0, count: entries.count * kvHeads * rows * width)
         if count > 0, width > 0 {
             storage.withUnsafeBufferPointer { src in
                 scalars.withUnsafeMutableBufferPointer { dst in
                     let (src, dst) = (nonNull(src.baseAddress), nonNull(dst.baseAddress))
-                    for (i, b) in indices.enumerated() {
+                    for (i, b) in entries.enumerated() {
                         for h in 0..<kvHeads {
-                            // [count, D] rows of head (b, h) → head (i, h)
-                            (dst + (i * kvHeads + h) * head).update(from: src + (b * kvHeads + h) * head,
-                                                                    count: count * width)
+                            // [count, D] rows of head (b, h), stride capacity·D → head (i, h), stride rows·D
+                            (dst + (i * kvHeads + h) * rows * width).update(from: src + (b * kvHeads + h) * capacity * width,
+                                                                            count: count * width)
                         }
                     }
                 }
             }
         }
-        return Tensor(validatedShape: [indices.count, kvHeads, capacity, width], scalars: scalars)   // [B', Hkv, cap, D]
+        return Tensor(validatedShape: [entries.count, kvHeads, rows, width], scalars: scalars)   // [B', Hkv, rows, D]
     }
 
     /// Makes room for `newCount` positions: at least doubles the capacity when it grows (up
@@ -143,38 +150,14 @@ public struct KVCache: Sendable {
         let newCapacity = capacity == 0
             ? (exactly ? newCount : max(newCount, requestedCapacity, 8))   // requestedCapacity ≥ 0: decode checked it
             : max(newCount, min(2 * capacity, BLAS.maximumDimension))            // capacity ≤ that limit
-        let keyShape = [batch, kvHeads, newCapacity, headDim]
-        let valueShape = [batch, kvHeads, newCapacity, valueHeadDim]
-        let keyCount = try elementCount(of: keyShape)
-        let valueCount = try elementCount(of: valueShape)
         guard newCapacity <= BLAS.maximumDimension else {
             throw AttentionError(.sizeOverflow, "a KV cache of \(newCapacity) positions exceeds BLAS's 32-bit sizes")
         }
-        try checkAllocation(count: keyCount.addingReportingOverflow(valueCount), of: Float.self,
-                            "a KV cache of \(newCapacity) positions (keys \(describe(keyShape)), values \(describe(valueShape)))")
-        keys = relaid(keys, width: headDim, rows: newCapacity)
-        values = relaid(values, width: valueHeadDim, rows: newCapacity)
+        try checkStorage(batch: batch, positions: newCapacity)
+        keys = copied(keys, width: headDim, entries: Array(0..<batch), rows: newCapacity)            // [B, Hkv, newCapacity, Dk]
+        values = copied(values, width: valueHeadDim, entries: Array(0..<batch), rows: newCapacity)   // [B, Hkv, newCapacity, Dv]
         if capacity > 0 { reallocations += 1 }
         capacity = newCapacity
-    }
-
-    /// `storage` (`[B, Hkv, capacity, D]`) re-laid with `rows` positions per head: the first
-    /// `count` rows of every head copied over, the rest zero: growing the cache.
-    private func relaid(_ storage: Tensor<Float>, width: Int, rows: Int) -> Tensor<Float> {
-        let units = batch * kvHeads
-        var scalars = [Float](repeating: 0, count: units * rows * width)
-        if count > 0, units > 0, width > 0 {
-            storage.withUnsafeBufferPointer { src in
-                scalars.withUnsafeMutableBufferPointer { dst in
-                    let (src, dst) = (nonNull(src.baseAddress), nonNull(dst.baseAddress))
-                    for unit in 0..<units {
-                        // [count, D] rows of head (b, h): stride capacity·D → rows·D
-                        (dst + unit * rows * width).update(from: src + unit * capacity * width, count: count * width)
-                    }
-                }
-            }
-        }
-        return Tensor(validatedShape: [batch, kvHeads, rows, width], scalars: scalars)    // [B, Hkv, rows, D]
     }
 
     /// The storage as the core attention reads it, `[B, Hkv, capacity, D]`: empty tensors of
@@ -316,12 +299,14 @@ extension MultiHeadAttention {
         let P = cache.count
         let stepMask = try mask.overStorage(valid: total, capacity: cache.capacity, batch: B)   // [B, Hq, n, capacity]
 
-        appendProjected(key: tokens, value: tokens, batch: B, tokens: n, to: &cache, threads: threads)   // cache[b, h, P + t, :]
+        let positions = rotary?.table(start: P, count: n, threads: threads)                // the step's positions P ..< P + n
+        appendProjected(key: tokens, value: tokens, batch: B, tokens: n, to: &cache, rotation: positions,
+                        threads: threads)                                                    // cache[b, h, P + t, :]
 
         let scratch = Scratch()                                                              // only used when n > 1
         defer { scratch.free() }
         var q: Tensor<Float>? = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
-        rotate(&q, length: n, heads: heads, start: P, threads: threads)                     // queries at positions P ..< P + n
+        rotate(&q, length: n, heads: heads, table: positions, threads: threads)             // queries at positions P ..< P + n
         // Query t (position P + t) sees positions 0 ... P + t: the lower-right causal
         // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage, which also
         // hides the unused capacity. It only ends each row early (row t at P + t + 1), so the
@@ -352,10 +337,11 @@ extension MultiHeadAttention {
     }
 
     /// Projects `key` `[B·n, keyDim]` and `value` `[B·n, valueDim]` (one projection each over
-    /// all B·n rows) and appends them to `cache` as n positions of each batch entry; the
-    /// cache has room for them.
+    /// all B·n rows) and appends them to `cache` as n positions of each batch entry, the keys
+    /// rotated by `rotation` (the positions `P ..< P + n` after the cached ones) when the layer
+    /// has rotary embeddings; the cache has room for them.
     func appendProjected(key: Tensor<Float>, value: Tensor<Float>, batch B: Int, tokens n: Int,
-                         to cache: inout KVCache, threads: Int) {
+                         to cache: inout KVCache, rotation: RotaryTable?, threads: Int) {
         let kWidth = kvHeads * headDim, vWidth = kvHeads * valueHeadDim
         let keys = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * n * kWidth))      // [B·n, Hkv·Dk]
         let values = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * n * vWidth))    // [B·n, Hkv·Dv]
@@ -371,8 +357,10 @@ extension MultiHeadAttention {
             }
         }
         // Keys are cached rotated, at their positions P ..< P + n.
-        rotary?.rotate(keys, batch: B, length: n, heads: kvHeads, width: headDim, tokenMajor: true,
-                       start: cache.count, threads: threads)                                  // [B, n, Hkv, Dk]
+        if let rotary, let rotation {
+            rotary.rotate(keys, batch: B, length: n, heads: kvHeads, width: headDim, tokenMajor: true,
+                          table: rotation, threads: threads)                                  // [B, n, Hkv, Dk]
+        }
         cache.append(keys: keys, values: values, tokens: n)                                   // cache[b, h, P + t, :]
     }
 
@@ -412,6 +400,9 @@ extension MultiHeadAttention {
     /// cache.keys   = heads(key · W_kᵀ + b_k)     [B, Hkv, S, Dk]
     /// cache.values = heads(value · W_vᵀ + b_v)   [B, Hkv, S, Dv]
     /// ```
+    ///
+    /// With ``rotary`` embeddings the keys are rotated to positions `0 ..< S`, as in a
+    /// forward call.
     ///
     /// ```swift
     /// let cross = try MultiHeadAttention(modelDim: 512, heads: 8, keyDim: 768, valueDim: 768, seed: 2)
@@ -457,7 +448,8 @@ extension MultiHeadAttention {
         var cache = makeCache(batch: B)
         try cache.reserve(S, exactly: true)
         guard S > 0 else { return cache }
-        appendProjected(key: key, value: value, batch: B, tokens: S, to: &cache, threads: threads)   // cache[b, h, t, :]
+        appendProjected(key: key, value: value, batch: B, tokens: S, to: &cache,
+                        rotation: rotary?.table(start: 0, count: S, threads: threads), threads: threads)   // cache[b, h, t, :], keys at 0 ..< S
         return cache
     }
 
@@ -474,7 +466,10 @@ extension MultiHeadAttention {
     /// `self(query: tokens, key: key, value: value, mask: mask)` for the key and value the
     /// cache was made from (up to float rounding), at the cost of the query and output
     /// projections only. With ``rotary`` embeddings the queries are rotated to positions
-    /// `0 ..< n`, as in that call.
+    /// `0 ..< n`, as in that call; queries that continue a sequence (after a cache that
+    /// ``decode(_:cache:mask:)`` filled) belong in `decode` instead, which places them after
+    /// the cached positions (on a copy of the cache, or followed by
+    /// ``KVCache/removeLast(_:)``, to leave it as it was).
     ///
     /// - Parameters:
     ///   - tokens: `[B, n, E]`, or `[n, E]` for a cache of batch 1.
@@ -511,7 +506,8 @@ extension MultiHeadAttention {
         defer { scratch.free() }
         var q: Tensor<Float>? = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim,
                                              threads: threads, scratch: scratch)        // [B, Hq, n, Dk]
-        rotate(&q, length: n, heads: heads, start: 0, threads: threads)                 // queries at positions 0 ..< n, as in a forward call
+        rotate(&q, length: n, heads: heads, table: rotary?.table(start: 0, count: n, threads: threads),
+               threads: threads)                                                        // queries at positions 0 ..< n, as in a forward call
         let attention = try scaledDotProductAttention(query: q!, key: keys, value: values,
                                                       mask: [.keyLengths([Int](repeating: S, count: B)), stored],
                                                       kernel: .automatic)                // [B, Hq, n, Dv]

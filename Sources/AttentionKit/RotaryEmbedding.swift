@@ -22,7 +22,15 @@ import Foundation
 ///
 /// Hugging Face's Llama, Mistral, Qwen and GPT-NeoX pair the two halves of each head
 /// (`rotate_half`): ``Pairing/halves``. GPT-J and Meta's original Llama checkpoints pair
-/// neighbouring coordinates: ``Pairing/interleaved``.
+/// neighbouring coordinates: ``Pairing/interleaved``. The frequencies are the plain
+/// `base^(−2i/R)`: a model whose config has a `rope_scaling` entry (Llama 3.1's `llama3`,
+/// linear, dynamic NTK, YaRN) scales them and is not computed by this type.
+///
+/// Queries take positions `0 ..< L` in a forward call and in
+/// ``MultiHeadAttention/attend(_:to:mask:)``; queries that continue a cached sequence
+/// (chunked prefill, scoring candidate tokens) go through
+/// ``MultiHeadAttention/decode(_:cache:mask:)``, on a copy of the cache to leave it as it
+/// was.
 public struct RotaryEmbedding: Sendable, Equatable {
     /// Which coordinates of a head vector rotate together.
     public enum Pairing: String, Sendable, CaseIterable {
@@ -63,30 +71,55 @@ public struct RotaryEmbedding: Sendable, Equatable {
         self.pairing = pairing
     }
 
-    /// Rotates the head vectors of `x` in place: `T` positions `start ..< start + T` of `H`
-    /// heads of width `D` (≥ ``dimensions``) for each of `B` batch entries, laid out
-    /// head-major `[B, H, T, D]` or, with `tokenMajor`, as projection rows `[B, T, H, D]`.
-    func rotate(_ x: UnsafeMutablePointer<Float>, batch B: Int, length T: Int, heads H: Int, width D: Int,
-                tokenMajor: Bool, start: Int, threads: Int) {
+    /// cos(p·θ_i) and sin(p·θ_i) for the positions `start ..< start + count`, `[count, R/2]`,
+    /// in float64 rounded once to float32. Each block of 64 positions starts from `cos` and
+    /// `sin` and steps on by the angle-addition formulas (4 multiplications instead of two
+    /// calls), which drift by a few float64 ulps over the block: far below float32's rounding.
+    func table(start: Int, count: Int, threads: Int) -> RotaryTable {
         let half = dimensions / 2
-        guard B > 0, T > 0, H > 0 else { return }
-        // cos/sin of (start + t)·θ_i, [T, R/2], in float64 rounded once.
-        var cosines = [Float](repeating: 0, count: T * half)
-        var sines = [Float](repeating: 0, count: T * half)
+        var cosines = [Float](repeating: 0, count: count * half)
+        var sines = [Float](repeating: 0, count: count * half)
         let frequencies = (0..<half).map { Foundation.pow(base, -Double(2 * $0) / Double(dimensions)) }
-        for t in 0..<T {
-            for i in 0..<half {
-                let angle = Double(start + t) * frequencies[i]
-                cosines[t * half + i] = Float(Foundation.cos(angle))
-                sines[t * half + i] = Float(Foundation.sin(angle))
+        let steps = frequencies.map { (Foundation.cos($0), Foundation.sin($0)) }
+        let block = 64
+        cosines.withUnsafeMutableBufferPointer { c in
+            sines.withUnsafeMutableBufferPointer { s in
+                guard let c = c.baseAddress, let s = s.baseAddress else { return }      // count 0
+                let job = UncheckedSendable((c, s))
+                parallelWork(threads: count * half < 65_536 ? 1 : threads, items: (count + block - 1) / block) { claim in
+                    let (c, s) = job.value
+                    while let item = claim() {
+                        let first = item * block, last = min(count, first + block)
+                        for i in 0..<half {
+                            let angle = Double(start + first) * frequencies[i]
+                            var (cp, sp) = (Foundation.cos(angle), Foundation.sin(angle))     // at position start + first
+                            let (cd, sd) = steps[i]
+                            for t in first..<last {
+                                c[t * half + i] = Float(cp)
+                                s[t * half + i] = Float(sp)
+                                (cp, sp) = (cp * cd - sp * sd, sp * cd + cp * sd)           // one position on
+                            }
+                        }
+                    }
+                }
             }
         }
+        return RotaryTable(start: start, count: count, cosines: cosines, sines: sines)
+    }
+
+    /// Rotates the head vectors of `x` in place: `T` positions `table.start ..< table.start + T`
+    /// (`T ≤ table.count`) of `H` heads of width `D` (≥ ``dimensions``) for each of `B` batch
+    /// entries, laid out head-major `[B, H, T, D]` or, with `tokenMajor`, as projection rows
+    /// `[B, T, H, D]`.
+    func rotate(_ x: UnsafeMutablePointer<Float>, batch B: Int, length T: Int, heads H: Int, width D: Int,
+                tokenMajor: Bool, table: RotaryTable, threads: Int) {
+        let half = dimensions / 2
+        guard B > 0, T > 0, H > 0 else { return }
         let interleaved = pairing == .interleaved
-        cosines.withUnsafeBufferPointer { c in
-            sines.withUnsafeBufferPointer { s in
+        table.cosines.withUnsafeBufferPointer { c in
+            table.sines.withUnsafeBufferPointer { s in
                 let job = UncheckedSendable((x, nonNull(c.baseAddress), nonNull(s.baseAddress)))
-                let threads = B * H * T * D < 65_536 ? 1 : threads
-                parallelWork(threads: threads, items: B * H) { claim in
+                parallelWork(threads: B * H * T * D < 65_536 ? 1 : threads, items: B * H) { claim in
                     let (x, c, s) = job.value
                     while let item = claim() {
                         let b = item / H, h = item % H
@@ -112,4 +145,14 @@ public struct RotaryEmbedding: Sendable, Equatable {
             }
         }
     }
+}
+
+/// cos(p·θ_i) and sin(p·θ_i) of a ``RotaryEmbedding`` for the positions
+/// `start ..< start + count`, `[count, R/2]` each: made once per call and shared by the
+/// queries and keys at the same positions.
+struct RotaryTable {
+    let start: Int
+    let count: Int
+    let cosines: [Float]
+    let sines: [Float]
 }

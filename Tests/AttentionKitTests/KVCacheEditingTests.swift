@@ -6,13 +6,6 @@ import Testing
 /// sequences the edited cache stands for, against the float64 reference.
 @Suite("KV cache editing")
 struct KVCacheEditingTests {
-    /// Batch entries `indices` of `x` `[B, T, E]`, in that order.
-    func entries(_ x: Tensor<Float>, _ indices: [Int]) -> Tensor<Float> {
-        let (T, E) = (x.shape[1], x.shape[2])
-        let scalars = indices.flatMap { b in x.scalars[(b * T * E)..<((b + 1) * T * E)] }
-        return try! Tensor(shape: [indices.count, T, E], scalars: scalars)
-    }
-
     /// Checks `decoded` `[B, T, E_out]` against causal self-attention over `x` `[B, T, E]`.
     func checkCausal(_ layer: MultiHeadAttention, _ x: Tensor<Float>, decoded: Tensor<Float>, _ what: String,
                      sourceLocation: SourceLocation = #_sourceLocation) {

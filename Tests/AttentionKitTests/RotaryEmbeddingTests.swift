@@ -47,7 +47,10 @@ struct RotaryEmbeddingTests {
     @Test("decoding: new tokens at positions P ..< P + n, keys cached rotated, rollback", arguments: rotaries.indices)
     func decoding(_ index: Int) throws {
         let (name, rotary) = Self.rotaries[index]
-        let layer = try gridLayer(modelDim: 32, heads: 4, kvHeads: 1, rotary: rotary, seed: 620 + UInt64(index))
+        // GQA with Dv ≠ Dk for half of the cases (cached keys are token-major rows of several
+        // heads), MQA for the others.
+        let layer = try gridLayer(modelDim: 32, heads: 4, kvHeads: index % 2 == 0 ? 2 : 1,
+                                  valueHeadDim: index % 2 == 0 ? 6 : nil, rotary: rotary, seed: 620 + UInt64(index))
         let x = gridTensor([2, 23, 32], seed: 621)
         var cache = layer.makeCache(batch: 2)
         var outputs: [Tensor<Float>] = []
@@ -72,6 +75,19 @@ struct RotaryEmbeddingTests {
             rows += full.output[first..<end]
         }
         assertClose(again, rows, shape: [2, 4, 32], absolute: tolerance, relative: 0, "\(name): after rollback")
+        // Swap the batch entries and go on: each continues its own sequence at position 15.
+        var swapped = try cache.selectingBatch([1, 0])
+        let z = gridTensor([2, 3, 32], seed: 623)
+        let onward = try layer.decode(z, cache: &swapped)
+        let swappedSequence = joined([entries(sequence, [1, 0]), z])
+        let reference = referenceMultiHeadAttention(ReferenceWeights(layer), query: swappedSequence, key: swappedSequence,
+                                                    value: swappedSequence, mask: [.causal(.upperLeft)])
+        var last: [Double] = []
+        for b in 0..<2 {
+            let first = (b * 18 + 15) * 32, end = (b * 18 + 18) * 32
+            last += reference.output[first..<end]
+        }
+        assertClose(onward, last, shape: [2, 3, 32], absolute: tolerance, relative: 0, "\(name): after selectingBatch")
     }
 
     @Test("attending to a cached memory equals the forward call (queries at 0 ..< n)", arguments: rotaries.indices)
@@ -83,6 +99,13 @@ struct RotaryEmbeddingTests {
         let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: memory, value: memory)
         assertClose(try layer.attend(x, to: cache), want.output, shape: [2, 3, 32],
                     absolute: layerTolerance(layer, value: memory), relative: 0, "\(name): attend")
+        // A cache that decode filled holds the same rotated keys: attend still places its
+        // queries at 0 ..< n, as the forward call does.
+        var decoded = layer.makeCache(batch: 2)
+        _ = try layer.decode(slice(memory, 0..<4), cache: &decoded)
+        _ = try layer.decode(slice(memory, 4..<9), cache: &decoded)
+        assertClose(try layer.attend(x, to: decoded), want.output, shape: [2, 3, 32],
+                    absolute: layerTolerance(layer, value: memory), relative: 0, "\(name): attend to a decoded cache")
     }
 
     @Test("positions far along: decoding at P = 5000 against the reference")

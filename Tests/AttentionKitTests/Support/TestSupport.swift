@@ -120,3 +120,11 @@ func joined(_ parts: [Tensor<Float>]) -> Tensor<Float> {
     }
     return try! Tensor(shape: [B, total, E], scalars: scalars)
 }
+
+/// Batch entries `indices` of a sequence tensor `[B, T, E]`, in that order (entries may
+/// repeat): `[indices.count, T, E]`.
+func entries(_ x: Tensor<Float>, _ indices: [Int]) -> Tensor<Float> {
+    let (T, E) = (x.shape[1], x.shape[2])
+    let scalars = indices.flatMap { b in x.scalars[(b * T * E)..<((b + 1) * T * E)] }
+    return try! Tensor(shape: [indices.count, T, E], scalars: scalars)
+}
