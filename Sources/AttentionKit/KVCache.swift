@@ -305,14 +305,14 @@ extension MultiHeadAttention {
 
         let scratch = Scratch()                                                              // only used when n > 1
         defer { scratch.free() }
-        var q: Tensor<Float>? = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
-        rotate(&q, length: n, heads: heads, table: positions, threads: threads)             // queries at positions P ..< P + n
+        var q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim, threads: threads, scratch: scratch)  // [B, Hq, n, Dk]
+        rotate(&q, table: positions, threads: threads)                                      // queries at positions P ..< P + n
         // Query t (position P + t) sees positions 0 ... P + t: the lower-right causal
         // alignment over the P + n valid keys of the [B, Hkv, cap, D] storage, which also
         // hides the unused capacity. It only ends each row early (row t at P + t + 1), so the
         // kernels skip the rest and no [n, cap] pattern is built.
         let causal = AttentionMask.causalToKeyLengths([Int](repeating: P + n, count: B))
-        let attention = try scaledDotProductAttention(query: q!, key: cache.keys, value: cache.values,
+        let attention = try scaledDotProductAttention(query: q, key: cache.keys, value: cache.values,
                                                       mask: [causal, stepMask],
                                                       kernel: .automatic)                  // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]
@@ -367,9 +367,8 @@ extension MultiHeadAttention {
     /// `.cacheMismatch` unless this layer (or a copy) made `cache`; `remedy` names the call
     /// that makes a fitting one.
     func checkOwner(of cache: KVCache, remedy: String) throws {
-        guard cache.layer == identity, cache.kvHeads == kvHeads, cache.headDim == headDim,
-              cache.valueHeadDim == valueHeadDim else {
-            let sameShape = cache.kvHeads == kvHeads && cache.headDim == headDim && cache.valueHeadDim == valueHeadDim
+        let sameShape = cache.kvHeads == kvHeads && cache.headDim == headDim && cache.valueHeadDim == valueHeadDim
+        guard cache.layer == identity, sameShape else {
             throw AttentionError(.cacheMismatch, sameShape
                 ? "the cache was made by another layer of the same shape (\(kvHeads) kv heads of width \(headDim)/\(valueHeadDim)); "
                     + "a cache belongs to the layer that made it and that layer's copies, since other weights give other keys "
@@ -504,11 +503,10 @@ extension MultiHeadAttention {
         let (keys, values) = cache.storedTensors()                                       // [B, Hkv, capacity, D]
         let scratch = Scratch()
         defer { scratch.free() }
-        var q: Tensor<Float>? = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim,
-                                             threads: threads, scratch: scratch)        // [B, Hq, n, Dk]
-        rotate(&q, length: n, heads: heads, table: rotary?.table(start: 0, count: n, threads: threads),
-               threads: threads)                                                        // queries at positions 0 ..< n, as in a forward call
-        let attention = try scaledDotProductAttention(query: q!, key: keys, value: values,
+        var q = projectHeads(queryProjection, tokens, batch: B, length: n, heads: heads, width: headDim,
+                             threads: threads, scratch: scratch)                        // [B, Hq, n, Dk]
+        rotate(&q, table: rotary?.table(start: 0, count: n, threads: threads), threads: threads)   // queries at 0 ..< n, as in a forward call
+        let attention = try scaledDotProductAttention(query: q, key: keys, value: values,
                                                       mask: [.keyLengths([Int](repeating: S, count: B)), stored],
                                                       kernel: .automatic)                // [B, Hq, n, Dv]
         let output = projectOutput(attention, batch: B, length: n, threads: threads, scratch: scratch)   // [B, n, E_out]

@@ -340,8 +340,8 @@ extension MultiHeadAttention {
         var k: Tensor<Float>? = projectHeads(keyProjection, key, batch: B, length: S, heads: kvHeads, width: headDim, threads: threads, scratch: scratch)     // [B, Hkv, S, Dk]
         var v: Tensor<Float>? = projectHeads(valueProjection, value, batch: B, length: S, heads: kvHeads, width: valueHeadDim, threads: threads, scratch: scratch) // [B, Hkv, S, Dv]
         let positions = rotary?.table(start: 0, count: max(L, S), threads: threads)     // one table for both
-        rotate(&q, length: L, heads: heads, table: positions, threads: threads)         // queries at positions 0 ..< L
-        rotate(&k, length: S, heads: kvHeads, table: positions, threads: threads)       // keys at positions 0 ..< S
+        rotate(&q!, table: positions, threads: threads)                                 // queries at positions 0 ..< L
+        rotate(&k!, table: positions, threads: threads)                                 // keys at positions 0 ..< S
 
         var attention: Tensor<Float>?                                                   // [B, Hq, L, Dv]
         var weights: Tensor<Float>? = nil                                               // [B, Hq, L, S]
@@ -362,12 +362,12 @@ extension MultiHeadAttention {
         return (output, weights)
     }
 
-    /// Applies ``rotary`` in place to heads `[B, H, T, Dk]` at the positions
-    /// `table.start ..< table.start + T`; nothing without a table (no rotary embeddings).
-    func rotate(_ x: inout Tensor<Float>?, length T: Int, heads H: Int, table: RotaryTable?, threads: Int) {
-        guard let rotary, let table, x != nil else { return }
-        let B = x!.shape[0]
-        x!.withUnsafeMutableBufferPointer { buffer in
+    /// Applies ``rotary`` in place to heads `[B, H, T, Dk]` at the first T positions of
+    /// `table`; nothing without a table (no rotary embeddings).
+    func rotate(_ x: inout Tensor<Float>, table: RotaryTable?, threads: Int) {
+        guard let rotary, let table else { return }
+        let (B, H, T) = (x.shape[0], x.shape[1], x.shape[2])                          // [B, H, T, Dk]
+        x.withUnsafeMutableBufferPointer { buffer in
             guard let base = buffer.baseAddress else { return }
             rotary.rotate(base, batch: B, length: T, heads: H, width: headDim, tokenMajor: false, table: table, threads: threads)
         }

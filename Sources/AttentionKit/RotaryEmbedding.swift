@@ -104,11 +104,11 @@ public struct RotaryEmbedding: Sendable, Equatable {
                 }
             }
         }
-        return RotaryTable(start: start, count: count, cosines: cosines, sines: sines)
+        return RotaryTable(cosines: cosines, sines: sines)
     }
 
-    /// Rotates the head vectors of `x` in place: `T` positions `table.start ..< table.start + T`
-    /// (`T ≤ table.count`) of `H` heads of width `D` (≥ ``dimensions``) for each of `B` batch
+    /// Rotates the head vectors of `x` in place: `T` positions, the first `T` of those `table`
+    /// was made for, of `H` heads of width `D` (≥ ``dimensions``) for each of `B` batch
     /// entries, laid out head-major `[B, H, T, D]` or, with `tokenMajor`, as projection rows
     /// `[B, T, H, D]`.
     func rotate(_ x: UnsafeMutablePointer<Float>, batch B: Int, length T: Int, heads H: Int, width D: Int,
@@ -148,11 +148,10 @@ public struct RotaryEmbedding: Sendable, Equatable {
 }
 
 /// cos(p·θ_i) and sin(p·θ_i) of a ``RotaryEmbedding`` for the positions
-/// `start ..< start + count`, `[count, R/2]` each: made once per call and shared by the
-/// queries and keys at the same positions.
+/// `start ..< start + count` given to ``RotaryEmbedding/table(start:count:threads:)``,
+/// `[count, R/2]` each: made once per call and shared by the queries and keys at the same
+/// positions.
 struct RotaryTable {
-    let start: Int
-    let count: Int
     let cosines: [Float]
     let sines: [Float]
 }
