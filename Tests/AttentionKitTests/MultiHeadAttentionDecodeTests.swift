@@ -8,16 +8,6 @@ import Testing
 /// `layerTolerance`, and with the library's own full causal pass within the same bound.
 @Suite("KV cache decoding")
 struct MultiHeadAttentionDecodeTests {
-    /// Concatenates `[B, n_i, E]` pieces along the sequence.
-    func concat(_ parts: [Tensor<Float>], batch B: Int, width E: Int) -> Tensor<Float> {
-        let total = parts.map { $0.shape[1] }.reduce(0, +)
-        var scalars: [Float] = []
-        for b in 0..<B {
-            for p in parts { let n = p.shape[1]; scalars += p.scalars[(b * n * E)..<((b + 1) * n * E)] }
-        }
-        return try! Tensor(shape: [B, total, E], scalars: scalars)
-    }
-
     /// Decodes `x` `[B, T, E]` in steps of the given sizes and checks the concatenated
     /// outputs against the float64 reference and the library's full causal pass.
     func checkDecoding(_ layer: MultiHeadAttention, _ x: Tensor<Float>, steps: [Int], capacity: Int = 0,
@@ -35,7 +25,7 @@ struct MultiHeadAttentionDecodeTests {
             #expect(cache.capacity >= position, sourceLocation: sourceLocation)
             outputs.append(out)
         }
-        let decoded = concat(outputs, batch: B, width: layer.outputDim)
+        let decoded = joined(outputs)
         let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: [.causal(.upperLeft)])
         let tolerance = layerTolerance(layer, value: x)
         assertClose(decoded, want.output, shape: [B, T, layer.outputDim], absolute: tolerance, relative: 0,
@@ -184,7 +174,7 @@ struct MultiHeadAttentionDecodeTests {
             if Double(stored) != k[(b * T + t) * 8 + h * 4 + d] { wrong += 1 }
         } } } }
         #expect(wrong == 0, "\(wrong) cached key elements differ from the projections")
-        let decoded = concat(outputs, batch: 2, width: 16)
+        let decoded = joined(outputs)
         let want = referenceMultiHeadAttention(w, query: x, key: x, value: x, mask: [.causal(.upperLeft)])
         assertClose(decoded, want.output, shape: [2, T, 16], absolute: layerTolerance(layer, value: x), relative: 0,
                     "150 tokens with growth")
@@ -260,7 +250,7 @@ struct MultiHeadAttentionDecodeTests {
                 p = keys
             }
             #expect(storageWider, "some step must read storage wider than its keys, so that the mask is widened")
-            let decoded = concat(outputs, batch: B, width: layer.outputDim)
+            let decoded = joined(outputs)
             var spec: [MaskSpec] = [.causal(.upperLeft), .boolean(shape: [B, 1, 1, T], data: allowed)]
             if withBias { spec.append(.additive(shape: [1, H, T, T], data: bias)) }
             let want = referenceMultiHeadAttention(ReferenceWeights(layer), query: x, key: x, value: x, mask: spec)
